@@ -1,0 +1,11 @@
+#pragma once
+// Everything of rewind's autodiff core.
+
+#include "autograd/engine.hpp"
+#include "autograd/errors.hpp"
+#include "autograd/function.hpp"
+#include "autograd/gemm.hpp"
+#include "autograd/gradcheck.hpp"
+#include "autograd/ops.hpp"
+#include "autograd/random.hpp"
+#include "autograd/tensor.hpp"

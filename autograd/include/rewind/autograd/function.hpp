@@ -1,0 +1,128 @@
+#pragma once
+// The one way to put an op on the tape, used by the built-in ops and open to users.
+//
+// An op computes its output values itself, then calls record_op() with its inputs, those
+// values and its backward rule. The rule receives a BackwardContext (gradients of all outputs,
+// some possibly undefined; the inputs and outputs as tensors) and returns one gradient per
+// input (undefined where there is none). Rules written with differentiable ops support
+// create_graph, so gradients of gradients come for free.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tensor.hpp"
+
+namespace rw {
+
+template <class T>
+class BackwardContext;
+
+template <class T>
+using Gradients = std::vector<Tensor<T>>;
+
+template <class T>
+using BackwardRule = std::function<Gradients<T>(const BackwardContext<T>&)>;
+
+template <class T>
+struct Node {
+    std::string name;
+    std::uint64_t sequence = 0;  // position on the tape: inputs always precede their consumers
+    std::vector<Tensor<T>> inputs;
+    std::vector<std::weak_ptr<TensorImpl<T>>> outputs;
+    std::vector<Shape> output_shapes;
+    BackwardRule<T> backward;
+    bool released = false;  // saved state dropped after a backward without retain_graph
+};
+
+template <class T>
+class BackwardContext {
+public:
+    BackwardContext(const Node<T>& node, const std::vector<Tensor<T>>& grad_outputs, bool create_graph)
+        : node_(node), grad_outputs_(grad_outputs), create_graph_(create_graph) {}
+
+    std::size_t num_inputs() const { return node_.inputs.size(); }
+    std::size_t num_outputs() const { return node_.outputs.size(); }
+    // Undefined when no gradient reached that output.
+    const Tensor<T>& grad_output(std::size_t index) const { return grad_outputs_.at(index); }
+    bool has_grad_output(std::size_t index) const { return grad_outputs_.at(index).defined(); }
+    // The gradient of an output, or zeros of its shape when none reached it.
+    Tensor<T> grad_output_or_zeros(std::size_t index) const;
+    const Tensor<T>& input(std::size_t index) const { return node_.inputs.at(index); }
+    // An output as a tensor still attached to this node, so a rule that uses it stays differentiable.
+    Tensor<T> output(std::size_t index) const;
+    bool needs_input_grad(std::size_t index) const { return node_.inputs.at(index).requires_grad(); }
+    bool create_graph() const { return create_graph_; }
+    const std::string& op_name() const { return node_.name; }
+
+private:
+    const Node<T>& node_;
+    const std::vector<Tensor<T>>& grad_outputs_;
+    bool create_graph_;
+};
+
+// Records an op with several outputs. When grad mode is off or no input requires a gradient,
+// nothing is recorded and the outputs are plain tensors.
+template <class T>
+std::vector<Tensor<T>> record_op(std::string name, std::vector<Tensor<T>> inputs,
+                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward);
+
+// The single-output form.
+template <class T>
+Tensor<T> record_op(std::string name, std::vector<Tensor<T>> inputs, xt::xarray<T> output_value,
+                    BackwardRule<T> backward);
+
+// ---- grad mode and anomaly mode (per thread) ----
+
+bool grad_mode_enabled();
+void set_grad_mode(bool enabled);
+bool anomaly_mode_enabled();
+void set_anomaly_mode(bool enabled);
+
+// Nothing is recorded while a NoGradGuard lives.
+class NoGradGuard {
+public:
+    NoGradGuard() : previous_(grad_mode_enabled()) { set_grad_mode(false); }
+    ~NoGradGuard() { set_grad_mode(previous_); }
+    NoGradGuard(const NoGradGuard&) = delete;
+    NoGradGuard& operator=(const NoGradGuard&) = delete;
+private:
+    bool previous_;
+};
+
+class EnableGradGuard {
+public:
+    explicit EnableGradGuard(bool enabled) : previous_(grad_mode_enabled()) { set_grad_mode(enabled); }
+    ~EnableGradGuard() { set_grad_mode(previous_); }
+    EnableGradGuard(const EnableGradGuard&) = delete;
+    EnableGradGuard& operator=(const EnableGradGuard&) = delete;
+private:
+    bool previous_;
+};
+
+// While an AnomalyGuard lives, the first op whose forward or backward yields NaN or Inf throws
+// AnomalyError naming the op and the pass.
+class AnomalyGuard {
+public:
+    AnomalyGuard() : previous_(anomaly_mode_enabled()) { set_anomaly_mode(true); }
+    ~AnomalyGuard() { set_anomaly_mode(previous_); }
+    AnomalyGuard(const AnomalyGuard&) = delete;
+    AnomalyGuard& operator=(const AnomalyGuard&) = delete;
+private:
+    bool previous_;
+};
+
+extern template std::vector<Tensor<float>> record_op(std::string, std::vector<Tensor<float>>,
+    std::vector<xt::xarray<float>>, BackwardRule<float>);
+extern template std::vector<Tensor<double>> record_op(std::string, std::vector<Tensor<double>>,
+    std::vector<xt::xarray<double>>, BackwardRule<double>);
+extern template Tensor<float> record_op(std::string, std::vector<Tensor<float>>, xt::xarray<float>,
+    BackwardRule<float>);
+extern template Tensor<double> record_op(std::string, std::vector<Tensor<double>>, xt::xarray<double>,
+    BackwardRule<double>);
+extern template class BackwardContext<float>;
+extern template class BackwardContext<double>;
+
+}  // namespace rw

@@ -1,0 +1,95 @@
+#pragma once
+// The differentiable ops. Each is defined, forward and backward side by side, in one of
+// src/ops_*.cpp and instantiated there for float and double. docs/derivatives.md lists every
+// backward formula in one table.
+
+#include <cstdint>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+#include "function.hpp"
+#include "random.hpp"
+#include "tensor.hpp"
+
+namespace rw {
+
+template <class T>
+using Scalar = std::type_identity_t<T>;  // keeps `x * 2.0` working for Tensor<float>
+
+// ---- element-wise, with numpy broadcasting (ops_elementwise.cpp) ----
+template <class T> Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b);
+template <class T> Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b);
+template <class T> Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b);
+template <class T> Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b);
+template <class T> Tensor<T> neg(const Tensor<T>& a);
+template <class T> Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> b);
+template <class T> Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> b);
+template <class T> Tensor<T> tanh(const Tensor<T>& x);
+template <class T> Tensor<T> sigmoid(const Tensor<T>& x);
+template <class T> Tensor<T> relu(const Tensor<T>& x);
+template <class T> Tensor<T> exp(const Tensor<T>& x);
+template <class T> Tensor<T> log(const Tensor<T>& x);
+template <class T> Tensor<T> sqrt(const Tensor<T>& x);
+template <class T> Tensor<T> pow(const Tensor<T>& x, Scalar<T> exponent);
+template <class T> Tensor<T> clamp(const Tensor<T>& x, Scalar<T> low, Scalar<T> high);
+// g * (1 - y^2) and g * y * (1 - y): the backward of tanh and sigmoid as one pass each,
+// themselves differentiable so that second derivatives work.
+template <class T> Tensor<T> tanh_backward(const Tensor<T>& grad, const Tensor<T>& y);
+template <class T> Tensor<T> sigmoid_backward(const Tensor<T>& grad, const Tensor<T>& y);
+// a * mask with a constant mask (no gradient to the mask): relu', dropout, padding.
+template <class T> Tensor<T> mul_mask(const Tensor<T>& a, const xt::xarray<T>& mask);
+
+template <class T> Tensor<T> operator+(const Tensor<T>& a, const Tensor<T>& b) { return add(a, b); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, const Tensor<T>& b) { return sub(a, b); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, const Tensor<T>& b) { return mul(a, b); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, const Tensor<T>& b) { return div(a, b); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a) { return neg(a); }
+template <class T> Tensor<T> operator+(const Tensor<T>& a, Scalar<T> b) { return add_scalar(a, b); }
+template <class T> Tensor<T> operator+(Scalar<T> a, const Tensor<T>& b) { return add_scalar(b, a); }
+template <class T> Tensor<T> operator-(const Tensor<T>& a, Scalar<T> b) { return add_scalar(a, -b); }
+template <class T> Tensor<T> operator-(Scalar<T> a, const Tensor<T>& b) { return add_scalar(neg(b), a); }
+template <class T> Tensor<T> operator*(const Tensor<T>& a, Scalar<T> b) { return mul_scalar(a, b); }
+template <class T> Tensor<T> operator*(Scalar<T> a, const Tensor<T>& b) { return mul_scalar(b, a); }
+template <class T> Tensor<T> operator/(const Tensor<T>& a, Scalar<T> b) { return mul_scalar(a, Scalar<T>(1) / b); }
+
+// ---- shapes and products (ops_shape.cpp) ----
+// [M, K] x [K, N] -> [M, N] and [B, M, K] x [K, N] -> [B, M, N], through the GEMM layer.
+template <class T> Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b);
+// 2-D product with either operand transposed, without materialising the transpose.
+template <class T> Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool transpose_b);
+template <class T> Tensor<T> transpose(const Tensor<T>& x);  // 2-D
+template <class T> Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& axes);
+template <class T> Tensor<T> reshape(const Tensor<T>& x, const Shape& shape);
+// Elements [begin, end) along axis.
+template <class T> Tensor<T> slice(const Tensor<T>& x, std::size_t axis, std::size_t begin, std::size_t end);
+template <class T> Tensor<T> concat(const std::vector<Tensor<T>>& parts, std::size_t axis);
+template <class T> Tensor<T> stack(const std::vector<Tensor<T>>& parts, std::size_t axis);
+template <class T> std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<std::size_t>& sizes, std::size_t axis);
+template <class T> std::vector<Tensor<T>> chunk(const Tensor<T>& x, std::size_t chunks, std::size_t axis);
+// Rows of x picked by index (an embedding lookup); repeated indices accumulate in backward.
+template <class T> Tensor<T> index_select(const Tensor<T>& x, std::size_t axis, const std::vector<std::int64_t>& indices);
+template <class T> Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape);
+// Sums the broadcast axes away so the result has `shape`: the backward of broadcasting.
+template <class T> Tensor<T> sum_to(const Tensor<T>& x, const Shape& shape);
+
+// ---- reductions (ops_reduce.cpp) ----
+template <class T> Tensor<T> sum(const Tensor<T>& x);
+template <class T> Tensor<T> sum(const Tensor<T>& x, const std::vector<std::size_t>& axes, bool keepdims = false);
+template <class T> Tensor<T> mean(const Tensor<T>& x);
+template <class T> Tensor<T> mean(const Tensor<T>& x, const std::vector<std::size_t>& axes, bool keepdims = false);
+// Stable for large logits: the maximum is subtracted first.
+template <class T> Tensor<T> softmax(const Tensor<T>& x, std::size_t axis);
+template <class T> Tensor<T> log_softmax(const Tensor<T>& x, std::size_t axis);
+
+// ---- losses and dropout (ops_loss.cpp) ----
+// Mean over the unmasked rows of -log softmax(logits)[target]; logits [N, C], targets [N] in [0, C).
+// mask [N] of 0/1 weights; when given the mean is over its sum.
+template <class T>
+Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>& targets,
+                        const std::optional<xt::xarray<T>>& mask = std::nullopt);
+template <class T> Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target);
+// Inverted dropout: zeroes with probability p and scales survivors by 1/(1-p); identity when !training.
+template <class T> Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& generator);
+
+}  // namespace rw

@@ -1,0 +1,187 @@
+#include "rewind/autograd/engine.hpp"
+
+#include <algorithm>
+#include <unordered_map>
+#include <unordered_set>
+
+#include <fmt/format.h>
+
+#include "rewind/autograd/errors.hpp"
+#include "rewind/autograd/ops.hpp"
+
+namespace rw {
+
+template <class T>
+void check_backward_anomaly(const Node<T>& node, const Gradients<T>& gradients);
+
+namespace {
+
+// One run of the tape in reverse. Gradients of intermediate tensors are summed in their
+// TensorImpl::pending slot; nodes run in decreasing sequence number, which is a reverse
+// topological order because an op is always recorded after its inputs.
+template <class T>
+class BackwardPass {
+public:
+    BackwardPass(BackwardOptions options, const std::vector<Tensor<T>>* targets)
+        : options_(options), targets_(targets) {
+        if (targets_)
+            for (std::size_t i = 0; i < targets_->size(); ++i) target_index_[(*targets_)[i].impl().get()] = i;
+    }
+
+    ~BackwardPass() {
+        // Leaves no scratch state behind, also when a backward rule threw.
+        for (auto& impl : touched_) impl->pending.reset();
+    }
+
+    std::vector<Tensor<T>> run(const std::vector<Tensor<T>>& roots, const std::vector<Tensor<T>>& seeds) {
+        if (seeds.size() != roots.size())
+            throw std::invalid_argument(fmt::format("backward: {} roots but {} seeds", roots.size(), seeds.size()));
+        for (std::size_t i = 0; i < roots.size(); ++i) seed(roots[i], seeds[i]);
+        collect_nodes(roots);
+
+        EnableGradGuard grad_mode(options_.create_graph);
+        for (const auto& node : nodes_) run_node(*node);
+        return finish_leaves();
+    }
+
+private:
+    void seed(const Tensor<T>& root, Tensor<T> seed) {
+        if (!root.requires_grad()) throw GraphError("backward: the root tensor does not require a gradient");
+        if (!seed.defined()) {
+            if (root.size() != 1)
+                throw_shape_error("backward", "an implicit seed needs a one-element root; pass a seed gradient",
+                                  root.shape());
+            seed = Tensor<T>::ones(root.shape());
+        } else if (seed.shape() != root.shape()) {
+            throw_shape_error("backward", "seed shape differs from the root's", seed.shape(), root.shape());
+        }
+        accumulate(root.impl(), std::move(seed));
+    }
+
+    void collect_nodes(const std::vector<Tensor<T>>& roots) {
+        std::unordered_set<Node<T>*> seen;
+        std::vector<std::shared_ptr<Node<T>>> stack;
+        auto visit = [&](const std::shared_ptr<Node<T>>& node) {
+            if (node && seen.insert(node.get()).second) stack.push_back(node);
+        };
+        for (const auto& root : roots) visit(root.grad_fn());
+        while (!stack.empty()) {
+            std::shared_ptr<Node<T>> node = stack.back();
+            stack.pop_back();
+            if (node->released)
+                throw GraphError(fmt::format(
+                    "backward through a graph that was already freed (op '{}'); pass retain_graph=true to the "
+                    "first backward to run it again",
+                    node->name));
+            nodes_.push_back(node);
+            for (const auto& input : node->inputs)
+                if (input.requires_grad()) visit(input.grad_fn());
+        }
+        std::sort(nodes_.begin(), nodes_.end(), [](const auto& a, const auto& b) { return a->sequence > b->sequence; });
+    }
+
+    // Shared ownership keeps the tensor (and its pending gradient) alive when a released node
+    // drops its inputs before the tensor's own producer has run.
+    void accumulate(const std::shared_ptr<TensorImpl<T>>& impl, Tensor<T> gradient) {
+        if (!impl->pending) {
+            impl->pending = std::make_unique<Tensor<T>>(std::move(gradient));
+            touched_.push_back(impl);
+            if (!impl->grad_fn) leaves_.push_back(impl);
+        } else {
+            // Out of place: the stored gradient may be shared with the caller or another rule.
+            *impl->pending = add(*impl->pending, gradient);
+        }
+    }
+
+    // A tensor's gradient is complete; show it to hooks, keep it where asked.
+    void deliver(TensorImpl<T>& impl, const Tensor<T>& gradient) {
+        for (const auto& hook : impl.hooks) hook(gradient);
+        if (auto it = target_index_.find(&impl); it != target_index_.end()) {
+            captured_[it->second] = gradient;
+        } else if (!targets_ && (!impl.grad_fn || impl.retains_grad)) {
+            impl.grad = std::make_unique<Tensor<T>>(impl.grad ? add(*impl.grad, gradient) : gradient);
+        }
+    }
+
+    void run_node(Node<T>& node) {
+        std::vector<Tensor<T>> grad_outputs(node.outputs.size());
+        bool any = false;
+        for (std::size_t i = 0; i < node.outputs.size(); ++i) {
+            auto impl = node.outputs[i].lock();
+            if (!impl || !impl->pending) continue;
+            grad_outputs[i] = std::move(*impl->pending);
+            impl->pending.reset();
+            deliver(*impl, grad_outputs[i]);
+            any = true;
+        }
+        if (any) {
+            BackwardContext<T> context(node, grad_outputs, options_.create_graph);
+            Gradients<T> gradients = node.backward(context);
+            check_gradients(node, gradients);
+            if (anomaly_mode_enabled()) check_backward_anomaly(node, gradients);
+            for (std::size_t i = 0; i < gradients.size(); ++i) {
+                const auto& input = node.inputs[i];
+                if (gradients[i].defined() && input.requires_grad()) accumulate(input.impl(), std::move(gradients[i]));
+            }
+        }
+        if (!options_.retain_graph) {
+            node.backward = nullptr;
+            node.inputs.clear();
+            node.released = true;
+        }
+    }
+
+    static void check_gradients(const Node<T>& node, const Gradients<T>& gradients) {
+        if (gradients.size() != node.inputs.size())
+            throw GraphError(fmt::format("backward of op '{}' returned {} gradients for {} inputs", node.name,
+                                         gradients.size(), node.inputs.size()));
+        for (std::size_t i = 0; i < gradients.size(); ++i)
+            if (gradients[i].defined() && gradients[i].shape() != node.inputs[i].shape())
+                throw GraphError(fmt::format("backward of op '{}' returned a gradient of shape {} for input {} of shape {}",
+                                             node.name, shape_string(gradients[i].shape()), i,
+                                             shape_string(node.inputs[i].shape())));
+    }
+
+    std::vector<Tensor<T>> finish_leaves() {
+        for (auto& impl : leaves_) {
+            if (!impl->pending) continue;
+            Tensor<T> gradient = std::move(*impl->pending);
+            impl->pending.reset();
+            deliver(*impl, gradient);
+        }
+        return std::move(captured_);
+    }
+
+    BackwardOptions options_;
+    const std::vector<Tensor<T>>* targets_;
+    std::unordered_map<const TensorImpl<T>*, std::size_t> target_index_;
+    std::vector<Tensor<T>> captured_ = std::vector<Tensor<T>>(targets_ ? targets_->size() : 0);
+    std::vector<std::shared_ptr<Node<T>>> nodes_;
+    std::vector<std::shared_ptr<TensorImpl<T>>> touched_;
+    std::vector<std::shared_ptr<TensorImpl<T>>> leaves_;
+};
+
+}  // namespace
+
+template <class T>
+void backward(const std::vector<Tensor<T>>& roots, const std::vector<Tensor<T>>& seeds, BackwardOptions options) {
+    BackwardPass<T>(options, nullptr).run(roots, seeds);
+}
+
+template <class T>
+std::vector<Tensor<T>> grad(const std::vector<Tensor<T>>& outputs, const std::vector<Tensor<T>>& inputs,
+                            const std::vector<Tensor<T>>& seeds, BackwardOptions options) {
+    for (const auto& input : inputs)
+        if (!input.requires_grad()) throw GraphError("grad: an input does not require a gradient");
+    std::vector<Tensor<T>> all_seeds = seeds.empty() ? std::vector<Tensor<T>>(outputs.size()) : seeds;
+    return BackwardPass<T>(options, &inputs).run(outputs, all_seeds);
+}
+
+template void backward(const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&, BackwardOptions);
+template void backward(const std::vector<Tensor<double>>&, const std::vector<Tensor<double>>&, BackwardOptions);
+template std::vector<Tensor<float>> grad(const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&,
+                                         const std::vector<Tensor<float>>&, BackwardOptions);
+template std::vector<Tensor<double>> grad(const std::vector<Tensor<double>>&, const std::vector<Tensor<double>>&,
+                                          const std::vector<Tensor<double>>&, BackwardOptions);
+
+}  // namespace rw

@@ -1,0 +1,239 @@
+// Element-wise ops. Each forward is one xtensor expression; each backward sits right below it,
+// written with differentiable ops so gradients of gradients work.
+
+#include <cmath>
+
+#include <xtensor/xmath.hpp>
+#include <xtensor/xoperation.hpp>
+
+#include "rewind/autograd/broadcast.hpp"
+#include "rewind/autograd/errors.hpp"
+#include "rewind/autograd/ops.hpp"
+
+namespace rw {
+
+Shape broadcast_shapes(std::string_view op, const Shape& a, const Shape& b) {
+    Shape result(std::max(a.size(), b.size()), 1);
+    for (std::size_t i = 0; i < result.size(); ++i) {
+        std::size_t da = i < result.size() - a.size() ? 1 : a[i - (result.size() - a.size())];
+        std::size_t db = i < result.size() - b.size() ? 1 : b[i - (result.size() - b.size())];
+        if (da != db && da != 1 && db != 1) throw_shape_error(op, "shapes do not broadcast", a, b);
+        result[i] = da == 1 ? db : da;
+    }
+    return result;
+}
+
+namespace {
+
+template <class T, class Expression>
+xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view op, Expression expression) {
+    if (a.value().shape() != b.value().shape()) broadcast_shapes(op, a.shape(), b.shape());
+    return expression(a.value(), b.value());
+}
+
+}  // namespace
+
+// ---- binary ----
+
+template <class T>
+Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
+    auto value = evaluate(a, b, "add", [](const auto& x, const auto& y) { return xt::xarray<T>(x + y); });
+    return record_op<T>("add", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& g = ctx.grad_output(0);
+        return {sum_to(g, ctx.input(0).shape()), sum_to(g, ctx.input(1).shape())};
+    });
+}
+
+template <class T>
+Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
+    auto value = evaluate(a, b, "sub", [](const auto& x, const auto& y) { return xt::xarray<T>(x - y); });
+    return record_op<T>("sub", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& g = ctx.grad_output(0);
+        return {sum_to(g, ctx.input(0).shape()), ctx.needs_input_grad(1) ? sum_to(neg(g), ctx.input(1).shape()) : Tensor<T>()};
+    });
+}
+
+template <class T>
+Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
+    auto value = evaluate(a, b, "mul", [](const auto& x, const auto& y) { return xt::xarray<T>(x * y); });
+    return record_op<T>("mul", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& g = ctx.grad_output(0);
+        const auto &a = ctx.input(0), &b = ctx.input(1);
+        return {ctx.needs_input_grad(0) ? sum_to(mul(g, b), a.shape()) : Tensor<T>(),
+                ctx.needs_input_grad(1) ? sum_to(mul(g, a), b.shape()) : Tensor<T>()};
+    });
+}
+
+template <class T>
+Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
+    auto value = evaluate(a, b, "div", [](const auto& x, const auto& y) { return xt::xarray<T>(x / y); });
+    return record_op<T>("div", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& g = ctx.grad_output(0);
+        const auto &a = ctx.input(0), &b = ctx.input(1);
+        Tensor<T> grad_a = div(g, b);  // d(a/b)/db = -(a/b)/b, so grad_b = -grad_a * (a/b)
+        return {sum_to(grad_a, a.shape()),
+                ctx.needs_input_grad(1) ? sum_to(neg(mul(grad_a, ctx.output(0))), b.shape()) : Tensor<T>()};
+    });
+}
+
+template <class T>
+Tensor<T> mul_mask(const Tensor<T>& a, const xt::xarray<T>& mask) {
+    if (a.value().shape() != mask.shape()) throw_shape_error("mul_mask", "mask shape differs", a.shape(), to_shape(mask.shape()));
+    return record_op<T>("mul_mask", {a}, xt::xarray<T>(a.value() * mask), [mask](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {mul_mask(ctx.grad_output(0), mask)};
+    });
+}
+
+// ---- with a scalar ----
+
+template <class T>
+Tensor<T> neg(const Tensor<T>& a) {
+    return record_op<T>("neg", {a}, xt::xarray<T>(-a.value()), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {neg(ctx.grad_output(0))};
+    });
+}
+
+template <class T>
+Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> b) {
+    return record_op<T>("add_scalar", {a}, xt::xarray<T>(a.value() + b), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {ctx.grad_output(0)};
+    });
+}
+
+template <class T>
+Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> b) {
+    return record_op<T>("mul_scalar", {a}, xt::xarray<T>(a.value() * b), [b](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {mul_scalar(ctx.grad_output(0), b)};
+    });
+}
+
+// ---- unary ----
+
+template <class T>
+Tensor<T> tanh(const Tensor<T>& x) {
+    return record_op<T>("tanh", {x}, xt::xarray<T>(xt::tanh(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {tanh_backward(ctx.grad_output(0), ctx.output(0))};
+    });
+}
+
+template <class T>
+Tensor<T> tanh_backward(const Tensor<T>& grad, const Tensor<T>& y) {
+    if (grad.value().shape() != y.value().shape()) throw_shape_error("tanh_backward", "shapes differ", grad.shape(), y.shape());
+    const auto &g = grad.value(), &yv = y.value();
+    return record_op<T>("tanh_backward", {grad, y}, xt::xarray<T>(g * (T(1) - yv * yv)),
+                        [](const BackwardContext<T>& ctx) -> Gradients<T> {
+                            const auto &gg = ctx.grad_output(0), &g = ctx.input(0), &y = ctx.input(1);
+                            // d/dg = 1 - y^2;  d/dy = -2 g y
+                            return {tanh_backward(gg, y),
+                                    ctx.needs_input_grad(1) ? mul_scalar(mul(mul(gg, g), y), T(-2)) : Tensor<T>()};
+                        });
+}
+
+template <class T>
+Tensor<T> sigmoid(const Tensor<T>& x) {
+    xt::xarray<T> value = T(1) / (T(1) + xt::exp(-x.value()));
+    return record_op<T>("sigmoid", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {sigmoid_backward(ctx.grad_output(0), ctx.output(0))};
+    });
+}
+
+template <class T>
+Tensor<T> sigmoid_backward(const Tensor<T>& grad, const Tensor<T>& y) {
+    if (grad.value().shape() != y.value().shape()) throw_shape_error("sigmoid_backward", "shapes differ", grad.shape(), y.shape());
+    const auto &g = grad.value(), &yv = y.value();
+    return record_op<T>("sigmoid_backward", {grad, y}, xt::xarray<T>(g * yv * (T(1) - yv)),
+                        [](const BackwardContext<T>& ctx) -> Gradients<T> {
+                            const auto &gg = ctx.grad_output(0), &g = ctx.input(0), &y = ctx.input(1);
+                            // d/dg = y (1 - y);  d/dy = g (1 - 2y)
+                            return {sigmoid_backward(gg, y),
+                                    ctx.needs_input_grad(1) ? mul(mul(gg, g), add_scalar(mul_scalar(y, T(-2)), T(1))) : Tensor<T>()};
+                        });
+}
+
+template <class T>
+Tensor<T> relu(const Tensor<T>& x) {
+    return record_op<T>("relu", {x}, xt::xarray<T>(xt::maximum(x.value(), T(0))), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {mul_mask(ctx.grad_output(0), xt::xarray<T>(xt::cast<T>(ctx.input(0).value() > T(0))))};
+    });
+}
+
+template <class T>
+Tensor<T> exp(const Tensor<T>& x) {
+    return record_op<T>("exp", {x}, xt::xarray<T>(xt::exp(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {mul(ctx.grad_output(0), ctx.output(0))};
+    });
+}
+
+template <class T>
+Tensor<T> log(const Tensor<T>& x) {
+    return record_op<T>("log", {x}, xt::xarray<T>(xt::log(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {div(ctx.grad_output(0), ctx.input(0))};
+    });
+}
+
+template <class T>
+Tensor<T> sqrt(const Tensor<T>& x) {
+    return record_op<T>("sqrt", {x}, xt::xarray<T>(xt::sqrt(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {div(mul_scalar(ctx.grad_output(0), T(0.5)), ctx.output(0))};
+    });
+}
+
+template <class T>
+Tensor<T> pow(const Tensor<T>& x, Scalar<T> exponent) {
+    return record_op<T>("pow", {x}, xt::xarray<T>(xt::pow(x.value(), exponent)), [exponent](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& g = ctx.grad_output(0);
+        if (exponent == T(0)) return {mul_scalar(g, T(0))};
+        return {mul(mul_scalar(g, exponent), pow(ctx.input(0), exponent - T(1)))};
+    });
+}
+
+template <class T>
+Tensor<T> clamp(const Tensor<T>& x, Scalar<T> low, Scalar<T> high) {
+    if (low > high) throw std::invalid_argument("clamp: low is greater than high");
+    return record_op<T>("clamp", {x}, xt::xarray<T>(xt::clip(x.value(), low, high)), [low, high](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& v = ctx.input(0).value();
+        // Like PyTorch, the gradient passes at the bounds themselves.
+        return {mul_mask(ctx.grad_output(0), xt::xarray<T>(xt::cast<T>(v >= low && v <= high)))};
+    });
+}
+
+// ---- instantiations ----
+
+template Tensor<float> add(const Tensor<float>&, const Tensor<float>&);
+template Tensor<double> add(const Tensor<double>&, const Tensor<double>&);
+template Tensor<float> sub(const Tensor<float>&, const Tensor<float>&);
+template Tensor<double> sub(const Tensor<double>&, const Tensor<double>&);
+template Tensor<float> mul(const Tensor<float>&, const Tensor<float>&);
+template Tensor<double> mul(const Tensor<double>&, const Tensor<double>&);
+template Tensor<float> div(const Tensor<float>&, const Tensor<float>&);
+template Tensor<double> div(const Tensor<double>&, const Tensor<double>&);
+template Tensor<float> mul_mask(const Tensor<float>&, const xt::xarray<float>&);
+template Tensor<double> mul_mask(const Tensor<double>&, const xt::xarray<double>&);
+template Tensor<float> neg(const Tensor<float>&);
+template Tensor<double> neg(const Tensor<double>&);
+template Tensor<float> add_scalar(const Tensor<float>&, float);
+template Tensor<double> add_scalar(const Tensor<double>&, double);
+template Tensor<float> mul_scalar(const Tensor<float>&, float);
+template Tensor<double> mul_scalar(const Tensor<double>&, double);
+template Tensor<float> tanh(const Tensor<float>&);
+template Tensor<double> tanh(const Tensor<double>&);
+template Tensor<float> tanh_backward(const Tensor<float>&, const Tensor<float>&);
+template Tensor<double> tanh_backward(const Tensor<double>&, const Tensor<double>&);
+template Tensor<float> sigmoid(const Tensor<float>&);
+template Tensor<double> sigmoid(const Tensor<double>&);
+template Tensor<float> sigmoid_backward(const Tensor<float>&, const Tensor<float>&);
+template Tensor<double> sigmoid_backward(const Tensor<double>&, const Tensor<double>&);
+template Tensor<float> relu(const Tensor<float>&);
+template Tensor<double> relu(const Tensor<double>&);
+template Tensor<float> exp(const Tensor<float>&);
+template Tensor<double> exp(const Tensor<double>&);
+template Tensor<float> log(const Tensor<float>&);
+template Tensor<double> log(const Tensor<double>&);
+template Tensor<float> sqrt(const Tensor<float>&);
+template Tensor<double> sqrt(const Tensor<double>&);
+template Tensor<float> pow(const Tensor<float>&, float);
+template Tensor<double> pow(const Tensor<double>&, double);
+template Tensor<float> clamp(const Tensor<float>&, float, float);
+template Tensor<double> clamp(const Tensor<double>&, double, double);
+
+}  // namespace rw

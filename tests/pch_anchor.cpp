@@ -1,0 +1,1 @@
+// Anchors the precompiled header target; it has no code of its own.
