@@ -1,0 +1,61 @@
+#pragma once
+// The cell concept that the one layer machinery (recurrent.hpp) runs over time, layers and
+// directions. A cell owns its parameters and maps (x_t, state) to the next state. The state is
+// one tensor (RNN, GRU) or several (LSTM's h and c); state[0] is always the hidden state h,
+// which is the cell's output and the next layer's input.
+//
+// A user's cell derives from RecurrentCell, registers its parameters and writes step() with
+// ordinary ops; everything else (stacking, directions, lengths, initial states, dropout,
+// truncated BPTT) comes from the layer.
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <rewind/autograd/random.hpp>
+#include <rewind/autograd/tensor.hpp>
+
+#include "module.hpp"
+
+namespace rw::nn {
+
+template <class T>
+using State = std::vector<Tensor<T>>;
+
+template <class T>
+class RecurrentCell : public Module<T> {
+public:
+    RecurrentCell(std::size_t input_size, std::size_t hidden_size)
+        : input_size_(input_size), hidden_size_(hidden_size) {}
+
+    std::size_t input_size() const { return input_size_; }
+    std::size_t hidden_size() const { return hidden_size_; }
+    // Names of the state tensors, e.g. {"h"} or {"h", "c"}; each is [batch, hidden_size].
+    virtual std::vector<std::string> state_names() const { return {"h"}; }
+    std::size_t state_count() const { return state_names().size(); }
+
+    // Work that does not depend on the state, done once for the whole sequence [T, B, I]
+    // (typically the input projection, one large GEMM). The result's slice at step t is what
+    // step() receives as x_t. The default passes the input through.
+    virtual Tensor<T> prepare_input(const Tensor<T>& input) const { return input; }
+
+    // One time step: x_t is row t of prepare_input()'s result, [B, *]; returns the next state.
+    virtual State<T> step(const Tensor<T>& x_t, const State<T>& state) const = 0;
+
+    // The cell's PyTorch cell type for fused kernels and file formats ("rnn_tanh", "lstm", ...),
+    // or empty for a user's cell.
+    virtual std::string kind() const { return {}; }
+
+private:
+    std::size_t input_size_;
+    std::size_t hidden_size_;
+};
+
+// Creates the cell of one layer and direction; the layer calls it with that layer's input size.
+template <class T>
+using CellFactory = std::function<std::shared_ptr<RecurrentCell<T>>(std::size_t input_size, std::size_t hidden_size,
+                                                                    Generator& generator)>;
+
+}  // namespace rw::nn

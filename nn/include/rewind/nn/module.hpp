@@ -1,0 +1,51 @@
+#pragma once
+// Modules own named parameters and child modules, like torch.nn.Module.
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <rewind/autograd/tensor.hpp>
+
+namespace rw::nn {
+
+template <class T>
+using NamedTensors = std::vector<std::pair<std::string, Tensor<T>>>;
+
+template <class T>
+class Module {
+public:
+    virtual ~Module() = default;
+
+    // Own parameters in registration order, then each child's as "child.name": a stable order
+    // that state dicts, optimizers and checkpoints rely on.
+    NamedTensors<T> named_parameters() const;
+    std::vector<Tensor<T>> parameters() const;
+    // Looks a parameter up by its full name; throws std::out_of_range naming it when absent.
+    Tensor<T> parameter(const std::string& name) const;
+
+    void train(bool training = true);
+    void eval() { train(false); }
+    bool is_training() const { return training_; }
+    void zero_grad();
+
+protected:
+    // Marks the tensor as requiring a gradient and returns it (the same handle).
+    Tensor<T> register_parameter(std::string name, Tensor<T> value);
+    template <class M>
+    std::shared_ptr<M> register_module(std::string name, std::shared_ptr<M> child) {
+        children_.emplace_back(std::move(name), child);
+        return child;
+    }
+
+private:
+    NamedTensors<T> parameters_;
+    std::vector<std::pair<std::string, std::shared_ptr<Module<T>>>> children_;
+    bool training_ = true;
+};
+
+extern template class Module<float>;
+extern template class Module<double>;
+
+}  // namespace rw::nn

@@ -1,0 +1,102 @@
+#pragma once
+// The one layer machinery for every cell: stacking, both directions, variable lengths with
+// PyTorch's packed-sequence semantics, initial states (zeros, given or learned), dropout between
+// layers, and the final state that truncated BPTT carries to the next chunk.
+//
+// Parameters are named as in torch.nn.RNN/LSTM/GRU: each cell parameter "weight_ih" of layer k
+// becomes "weight_ih_l<k>", with "_reverse" for the backward direction.
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <rewind/autograd/random.hpp>
+
+#include "cell.hpp"
+#include "cells.hpp"
+
+namespace rw::nn {
+
+enum class InitialState { zeros, learned };
+
+struct RecurrentOptions {
+    std::size_t input_size = 0;
+    std::size_t hidden_size = 0;
+    std::size_t num_layers = 1;
+    bool bidirectional = false;
+    double dropout = 0.0;      // between layers, in training mode only
+    bool batch_first = false;  // input and output [B, T, *] instead of [T, B, *]
+    // Used when forward() is given no initial state: zeros, or a trainable vector per layer,
+    // direction and state tensor ("initial_h_l0", "initial_c_l0_reverse", ...).
+    InitialState initial_state = InitialState::zeros;
+    std::uint64_t seed = 0;  // initialisation and dropout
+    CellInit init = {};
+};
+
+template <class T>
+struct RecurrentResult {
+    Tensor<T> output;               // [T, B, D*H] (or [B, T, D*H] when batch_first)
+    std::vector<Tensor<T>> state;   // per state tensor (h, then c for LSTM): [L*D, B, H]
+    const Tensor<T>& h_n() const { return state.at(0); }
+    const Tensor<T>& c_n() const { return state.at(1); }
+};
+
+// Called with each step's hidden state as it is computed, e.g. to register a gradient hook
+// that traces dL/dh_t over time.
+template <class T>
+using StepObserver = std::function<void(std::size_t layer, std::size_t direction, std::size_t step,
+                                        const Tensor<T>& hidden)>;
+
+template <class T>
+class Recurrent : public Module<T> {
+public:
+    Recurrent(const CellFactory<T>& factory, const RecurrentOptions& options);
+
+    // input [T, B, I]; initial_state empty (zeros or learned) or one [L*D, B, H] tensor per
+    // state tensor; lengths, when given, one per sequence in 1..T.
+    RecurrentResult<T> forward(const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state = {},
+                               const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt);
+
+    const RecurrentOptions& options() const { return options_; }
+    std::size_t num_directions() const { return options_.bidirectional ? 2 : 1; }
+    const RecurrentCell<T>& cell(std::size_t layer, std::size_t direction) const;
+    std::vector<std::string> state_names() const { return cells_.front()->state_names(); }
+    void set_step_observer(StepObserver<T> observer) { observer_ = std::move(observer); }
+    Generator& generator() { return generator_; }
+
+private:
+    struct Sequence;
+    struct DirectionResult {
+        std::vector<Tensor<T>> outputs;  // per step, [B, H]
+        State<T> final_state;
+    };
+    DirectionResult run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
+                                         const Sequence& sequence, std::size_t layer, std::size_t direction);
+    State<T> initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
+                               std::size_t batch) const;
+
+    RecurrentOptions options_;
+    Generator generator_;
+    std::vector<std::shared_ptr<RecurrentCell<T>>> cells_;  // layer-major, then direction
+    std::vector<std::vector<Tensor<T>>> learned_initial_;    // same order, one per state tensor
+    StepObserver<T> observer_;
+};
+
+// torch.nn.RNN / LSTM / GRU.
+template <class T>
+std::shared_ptr<Recurrent<T>> make_rnn(const RecurrentOptions& options, Nonlinearity nonlinearity = Nonlinearity::tanh);
+template <class T>
+std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options);
+template <class T>
+std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options);
+// By PyTorch's mode name: "rnn_tanh", "rnn_relu", "lstm" or "gru".
+template <class T>
+std::shared_ptr<Recurrent<T>> make_recurrent(const std::string& cell, const RecurrentOptions& options);
+
+extern template class Recurrent<float>;
+extern template class Recurrent<double>;
+
+}  // namespace rw::nn

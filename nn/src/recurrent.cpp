@@ -1,0 +1,228 @@
+#include "rewind/nn/recurrent.hpp"
+
+#include <fmt/format.h>
+
+#include <rewind/autograd/errors.hpp>
+#include <rewind/autograd/ops.hpp>
+
+namespace rw::nn {
+
+namespace {
+
+std::string parameter_suffix(std::size_t layer, std::size_t direction) {
+    return fmt::format("_l{}{}", layer, direction == 1 ? "_reverse" : "");
+}
+
+}  // namespace
+
+// Which sequences are still running at each step (PyTorch's packed-sequence semantics).
+template <class T>
+struct Recurrent<T>::Sequence {
+    std::size_t steps = 0;
+    std::size_t batch = 0;
+    std::vector<std::int64_t> lengths;  // empty: every sequence runs all steps
+
+    bool all_active(std::size_t step) const {
+        for (auto length : lengths)
+            if (std::int64_t(step) >= length) return false;
+        return true;
+    }
+    // 1 for the rows whose sequence covers `step`, 0 past their end; [batch, width].
+    xt::xarray<T> active_mask(std::size_t step, std::size_t width) const {
+        xt::xarray<T> mask = xt::xarray<T>::from_shape({batch, width});
+        for (std::size_t b = 0; b < batch; ++b)
+            for (std::size_t j = 0; j < width; ++j) mask(b, j) = std::int64_t(step) < lengths[b] ? T(1) : T(0);
+        return mask;
+    }
+};
+
+template <class T>
+Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& options)
+    : options_(options), generator_(options.seed) {
+    if (options.num_layers == 0) throw std::invalid_argument("recurrent layer: num_layers must be at least 1");
+    if (options.dropout < 0 || options.dropout >= 1) throw std::invalid_argument("recurrent layer: dropout must be in [0, 1)");
+    for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
+        const std::size_t layer_input = layer == 0 ? options.input_size : options.hidden_size * num_directions();
+        for (std::size_t direction = 0; direction < num_directions(); ++direction) {
+            auto cell = factory(layer_input, options.hidden_size, generator_);
+            for (auto& [name, tensor] : cell->named_parameters())
+                this->register_parameter(name + parameter_suffix(layer, direction), tensor);
+            cells_.push_back(std::move(cell));
+        }
+    }
+    if (options.initial_state == InitialState::learned) {
+        for (std::size_t layer = 0; layer < options.num_layers; ++layer)
+            for (std::size_t direction = 0; direction < num_directions(); ++direction) {
+                std::vector<Tensor<T>> initial;
+                for (const auto& state : state_names())
+                    initial.push_back(this->register_parameter("initial_" + state + parameter_suffix(layer, direction),
+                                                               Tensor<T>::zeros({options.hidden_size})));
+                learned_initial_.push_back(std::move(initial));
+            }
+    }
+}
+
+template <class T>
+const RecurrentCell<T>& Recurrent<T>::cell(std::size_t layer, std::size_t direction) const {
+    return *cells_.at(layer * num_directions() + direction);
+}
+
+template <class T>
+State<T> Recurrent<T>::initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
+                                         std::size_t batch) const {
+    const std::size_t index = layer * num_directions() + direction;
+    const std::size_t hidden = options_.hidden_size;
+    State<T> state;
+    for (std::size_t s = 0; s < state_names().size(); ++s) {
+        if (!given.empty())
+            state.push_back(reshape(slice(given[s], 0, index, index + 1), {batch, hidden}));
+        else if (!learned_initial_.empty())
+            state.push_back(broadcast_to(reshape(learned_initial_[index][s], {1, hidden}), {batch, hidden}));
+        else
+            state.push_back(Tensor<T>::zeros({batch, hidden}));
+    }
+    return state;
+}
+
+template <class T>
+typename Recurrent<T>::DirectionResult Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input,
+                                                   State<T> state, const Sequence& sequence, std::size_t layer,
+                                                   std::size_t direction) {
+    const Tensor<T> prepared = cell.prepare_input(input);
+    const Shape step_shape = [&] {
+        Shape shape = prepared.shape();
+        shape.erase(shape.begin());
+        return shape;
+    }();
+    std::vector<Tensor<T>> outputs(sequence.steps);
+    for (std::size_t i = 0; i < sequence.steps; ++i) {
+        const std::size_t t = direction == 0 ? i : sequence.steps - 1 - i;
+        State<T> next = cell.step(reshape(slice(prepared, 0, t, t + 1), step_shape), state);
+        if (next.size() != state.size())
+            throw std::logic_error(fmt::format("recurrent cell returned {} state tensors, expected {}", next.size(), state.size()));
+        Tensor<T> output = next[0];
+        if (!sequence.all_active(t)) {
+            // Finished sequences keep their state (so h_n is taken at each one's own last step) and
+            // output zeros; in the reverse direction a sequence starts at its own last step.
+            const xt::xarray<T> mask = sequence.active_mask(t, options_.hidden_size);
+            for (std::size_t s = 0; s < next.size(); ++s) next[s] = add(state[s], mul_mask(sub(next[s], state[s]), mask));
+            output = mul_mask(next[0], mask);
+        }
+        state = std::move(next);
+        if (observer_) observer_(layer, direction, t, state[0]);
+        outputs[t] = output;
+    }
+    return {std::move(outputs), std::move(state)};
+}
+
+template <class T>
+RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
+                                         const std::optional<std::vector<std::int64_t>>& lengths) {
+    if (input.dim() != 3)
+        throw_shape_error("recurrent layer", "expects a 3-D input [T, B, input_size]", input.shape());
+    Tensor<T> layer_input = options_.batch_first ? permute(input, {1, 0, 2}) : input;
+    Sequence sequence{layer_input.size(0), layer_input.size(1), {}};
+    if (layer_input.size(2) != options_.input_size)
+        throw_shape_error("recurrent layer", fmt::format("input size differs from input_size {}", options_.input_size),
+                          input.shape());
+    if (sequence.steps == 0 || sequence.batch == 0)
+        throw_shape_error("recurrent layer", "needs at least one step and one sequence", input.shape());
+
+    const std::size_t directions = num_directions(), hidden = options_.hidden_size;
+    const Shape state_shape{options_.num_layers * directions, sequence.batch, hidden};
+    if (!initial_state.empty()) {
+        if (initial_state.size() != state_names().size())
+            throw std::invalid_argument(fmt::format("recurrent layer: {} initial state tensors given, expected {}",
+                                                    initial_state.size(), state_names().size()));
+        for (std::size_t s = 0; s < initial_state.size(); ++s)
+            if (initial_state[s].shape() != state_shape)
+                throw_shape_error("recurrent layer", fmt::format("initial state '{}' has the wrong shape", state_names()[s]),
+                                  initial_state[s].shape(), state_shape);
+    }
+    if (lengths) {
+        if (lengths->size() != sequence.batch)
+            throw std::invalid_argument(fmt::format("recurrent layer: {} lengths given for a batch of {}", lengths->size(),
+                                                    sequence.batch));
+        for (std::size_t b = 0; b < lengths->size(); ++b) {
+            const auto length = (*lengths)[b];
+            if (length < 1 || length > std::int64_t(sequence.steps))
+                throw std::invalid_argument(fmt::format(
+                    "recurrent layer: length {} of sequence {} is outside 1..{} (the number of steps)", length, b,
+                    sequence.steps));
+        }
+        sequence.lengths = *lengths;
+    }
+
+    std::vector<std::vector<Tensor<T>>> finals(state_names().size());
+    for (std::size_t layer = 0; layer < options_.num_layers; ++layer) {
+        std::vector<Tensor<T>> direction_outputs;
+        for (std::size_t direction = 0; direction < directions; ++direction) {
+            const auto& cell = *cells_[layer * directions + direction];
+            auto result = run_direction(cell, layer_input, initial_state_for(layer, direction, initial_state, sequence.batch),
+                                        sequence, layer, direction);
+            direction_outputs.push_back(stack(result.outputs, 0));
+            for (std::size_t s = 0; s < finals.size(); ++s) finals[s].push_back(result.final_state[s]);
+        }
+        layer_input = directions == 1 ? direction_outputs[0] : concat(direction_outputs, 2);
+        if (layer + 1 < options_.num_layers && options_.dropout > 0)
+            layer_input = dropout(layer_input, options_.dropout, this->is_training(), generator_);
+    }
+    RecurrentResult<T> result;
+    result.output = options_.batch_first ? permute(layer_input, {1, 0, 2}) : layer_input;
+    for (auto& per_layer : finals) result.state.push_back(stack(per_layer, 0));
+    return result;
+}
+
+// ---- the standard layers ----
+
+template <class T>
+std::shared_ptr<Recurrent<T>> make_rnn(const RecurrentOptions& options, Nonlinearity nonlinearity) {
+    CellInit init = options.init;
+    return std::make_shared<Recurrent<T>>(
+        [nonlinearity, init](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
+            return std::make_shared<RNNCell<T>>(input_size, hidden_size, nonlinearity, generator, init);
+        },
+        options);
+}
+
+template <class T>
+std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options) {
+    CellInit init = options.init;
+    return std::make_shared<Recurrent<T>>(
+        [init](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
+            return std::make_shared<LSTMCell<T>>(input_size, hidden_size, generator, init);
+        },
+        options);
+}
+
+template <class T>
+std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options) {
+    CellInit init = options.init;
+    return std::make_shared<Recurrent<T>>(
+        [init](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
+            return std::make_shared<GRUCell<T>>(input_size, hidden_size, generator, init);
+        },
+        options);
+}
+
+template <class T>
+std::shared_ptr<Recurrent<T>> make_recurrent(const std::string& cell, const RecurrentOptions& options) {
+    if (cell == "rnn_tanh") return make_rnn<T>(options, Nonlinearity::tanh);
+    if (cell == "rnn_relu") return make_rnn<T>(options, Nonlinearity::relu);
+    if (cell == "lstm") return make_lstm<T>(options);
+    if (cell == "gru") return make_gru<T>(options);
+    throw std::invalid_argument("unknown cell '" + cell + "' (expected rnn_tanh, rnn_relu, lstm or gru)");
+}
+
+template class Recurrent<float>;
+template class Recurrent<double>;
+template std::shared_ptr<Recurrent<float>> make_rnn(const RecurrentOptions&, Nonlinearity);
+template std::shared_ptr<Recurrent<double>> make_rnn(const RecurrentOptions&, Nonlinearity);
+template std::shared_ptr<Recurrent<float>> make_lstm(const RecurrentOptions&);
+template std::shared_ptr<Recurrent<double>> make_lstm(const RecurrentOptions&);
+template std::shared_ptr<Recurrent<float>> make_gru(const RecurrentOptions&);
+template std::shared_ptr<Recurrent<double>> make_gru(const RecurrentOptions&);
+template std::shared_ptr<Recurrent<float>> make_recurrent(const std::string&, const RecurrentOptions&);
+template std::shared_ptr<Recurrent<double>> make_recurrent(const std::string&, const RecurrentOptions&);
+
+}  // namespace rw::nn
