@@ -85,9 +85,10 @@ State<T> Recurrent<T>::initial_state_for(std::size_t layer, std::size_t directio
 }
 
 template <class T>
-typename Recurrent<T>::DirectionResult Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input,
-                                                   State<T> state, const Sequence& sequence, std::size_t layer,
-                                                   std::size_t direction) {
+SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
+                                              const Sequence& sequence, std::size_t layer, std::size_t direction) {
+    if (options_.path == ExecutionPath::fused && !observer_)
+        if (auto fused = cell.run_sequence(input, state, sequence.lengths, direction == 1)) return std::move(*fused);
     const Tensor<T> prepared = cell.prepare_input(input);
     const Shape step_shape = [&] {
         Shape shape = prepared.shape();
@@ -112,7 +113,7 @@ typename Recurrent<T>::DirectionResult Recurrent<T>::run_direction(const Recurre
         if (observer_) observer_(layer, direction, t, state[0]);
         outputs[t] = output;
     }
-    return {std::move(outputs), std::move(state)};
+    return {stack(outputs, 0), std::move(state)};
 }
 
 template <class T>
@@ -160,7 +161,7 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
             const auto& cell = *cells_[layer * directions + direction];
             auto result = run_direction(cell, layer_input, initial_state_for(layer, direction, initial_state, sequence.batch),
                                         sequence, layer, direction);
-            direction_outputs.push_back(stack(result.outputs, 0));
+            direction_outputs.push_back(result.output);
             for (std::size_t s = 0; s < finals.size(); ++s) finals[s].push_back(result.final_state[s]);
         }
         layer_input = directions == 1 ? direction_outputs[0] : concat(direction_outputs, 2);

@@ -10,7 +10,9 @@
 
 #include <cstddef>
 #include <functional>
+#include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +25,13 @@ namespace rw::nn {
 
 template <class T>
 using State = std::vector<Tensor<T>>;
+
+// One layer-direction run over the whole sequence.
+template <class T>
+struct SequenceResult {
+    Tensor<T> output;      // [T, B, H]: each step's hidden state, zeros past a sequence's end
+    State<T> final_state;  // each [B, H], taken at each sequence's own last step
+};
 
 template <class T>
 class RecurrentCell : public Module<T> {
@@ -43,6 +52,15 @@ public:
 
     // One time step: x_t is row t of prepare_input()'s result, [B, *]; returns the next state.
     virtual State<T> step(const Tensor<T>& x_t, const State<T>& state) const = 0;
+
+    // A whole-sequence kernel (one tape op per layer and direction with its own backward), when
+    // the cell has one; the layer uses it on its fused path and falls back to step() otherwise.
+    // lengths is empty when every sequence runs all steps.
+    virtual std::optional<SequenceResult<T>> run_sequence(const Tensor<T>& input, const State<T>& initial_state,
+                                                          const std::vector<std::int64_t>& lengths, bool reverse) const {
+        (void)input, (void)initial_state, (void)lengths, (void)reverse;
+        return std::nullopt;
+    }
 
     // The cell's PyTorch cell type for fused kernels and file formats ("rnn_tanh", "lstm", ...),
     // or empty for a user's cell.

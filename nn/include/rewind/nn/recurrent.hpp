@@ -22,6 +22,10 @@ namespace rw::nn {
 
 enum class InitialState { zeros, learned };
 
+// fused: a cell's whole-sequence kernel where it has one (the default); generic: the tape
+// records every op of every step. Both give the same numbers.
+enum class ExecutionPath { fused, generic };
+
 struct RecurrentOptions {
     std::size_t input_size = 0;
     std::size_t hidden_size = 0;
@@ -32,6 +36,7 @@ struct RecurrentOptions {
     // Used when forward() is given no initial state: zeros, or a trainable vector per layer,
     // direction and state tensor ("initial_h_l0", "initial_c_l0_reverse", ...).
     InitialState initial_state = InitialState::zeros;
+    ExecutionPath path = ExecutionPath::fused;
     std::uint64_t seed = 0;  // initialisation and dropout
     CellInit init = {};
 };
@@ -64,16 +69,14 @@ public:
     std::size_t num_directions() const { return options_.bidirectional ? 2 : 1; }
     const RecurrentCell<T>& cell(std::size_t layer, std::size_t direction) const;
     std::vector<std::string> state_names() const { return cells_.front()->state_names(); }
+    // An observer needs every step's hidden state on the tape, so it implies the generic path.
     void set_step_observer(StepObserver<T> observer) { observer_ = std::move(observer); }
+    void set_path(ExecutionPath path) { options_.path = path; }
     Generator& generator() { return generator_; }
 
 private:
     struct Sequence;
-    struct DirectionResult {
-        std::vector<Tensor<T>> outputs;  // per step, [B, H]
-        State<T> final_state;
-    };
-    DirectionResult run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
+    SequenceResult<T> run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
                                          const Sequence& sequence, std::size_t layer, std::size_t direction);
     State<T> initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
                                std::size_t batch) const;
