@@ -1,0 +1,50 @@
+#pragma once
+
+// Reading and writing the safetensors format
+// (https://github.com/huggingface/safetensors): an 8-byte little-endian
+// header length, a JSON header describing each tensor, then the raw
+// little-endian row-major data of all tensors back to back.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+
+namespace rw::nn {
+
+// The element types the format can carry here: F32, F64 and I64.
+using StoredArray = std::variant<xt::xarray<float>, xt::xarray<double>, xt::xarray<std::int64_t>>;
+
+// Ordered by name, which is also the order tensors are laid out on disk.
+using TensorMap = std::map<std::string, StoredArray>;
+
+// Every failure to save or load, with the file path, the tensor name where
+// one applies, and what is wrong.
+struct SafetensorsError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Writes atomically: the data goes to a temporary file in the same directory,
+// which is synced and then renamed over `file`, so `file` is either the old
+// content or the complete new one. A tensor may not be named "__metadata__"
+// and names and metadata must be valid UTF-8.
+void save_safetensors(const std::filesystem::path& file, const TensorMap& tensors,
+                      const std::map<std::string, std::string>& metadata = {});
+
+// Validates the whole header against the file before allocating any tensor,
+// so a corrupt or hostile file is rejected rather than trusted. When
+// `metadata` is given it receives the "__metadata__" entries (empty if none).
+TensorMap load_safetensors(const std::filesystem::path& file, std::map<std::string, std::string>* metadata = nullptr);
+
+// "F32", "F64" or "I64".
+std::string dtype_name(const StoredArray& array);
+
+std::vector<std::size_t> shape_of(const StoredArray& array);
+
+}  // namespace rw::nn
