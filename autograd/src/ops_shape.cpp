@@ -1,9 +1,12 @@
 // Ops that move elements around or multiply matrices. Each backward sits below its forward.
 
+#include <algorithm>
 #include <numeric>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <xtensor/xbroadcast.hpp>
+#include <xtensor/xbuilder.hpp>
 #include <xtensor/xmanipulation.hpp>
 #include <xtensor/xreducer.hpp>
 #include <xtensor/xtensor.hpp>
@@ -21,6 +24,49 @@ namespace {
 std::size_t element_count(const Shape& shape) {
     return std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>());
 }
+
+void check_axis(std::string_view op, const Shape& shape, std::size_t axis) {
+    if (axis >= shape.size()) throw_shape_error(op, fmt::format("axis {} out of range", axis), shape);
+}
+
+// A row-major array seen as [outer, extent, inner] around one axis. Slicing, concatenating,
+// stacking and index selection then move contiguous runs of whole inner blocks with copy_n,
+// instead of walking an xt::view element by element: the recurrent layers call them once per
+// time step.
+struct AxisLayout {
+    std::size_t outer = 1;
+    std::size_t extent = 1;
+    std::size_t inner = 1;
+};
+
+AxisLayout layout_around(const Shape& shape, std::size_t axis) {
+    AxisLayout layout;
+    for (std::size_t i = 0; i < axis; ++i) layout.outer *= shape[i];
+    layout.extent = axis < shape.size() ? shape[axis] : 1;
+    for (std::size_t i = axis + 1; i < shape.size(); ++i) layout.inner *= shape[i];
+    return layout;
+}
+
+// For every outer index, copies `count` positions of the axis (each `inner` elements) from
+// position `from_begin` of an axis of extent `from_extent` to position `to_begin` of an axis of
+// extent `to_extent`.
+template <class T>
+void copy_along_axis(const T* from, std::size_t from_extent, std::size_t from_begin, T* to, std::size_t to_extent,
+                     std::size_t to_begin, std::size_t count, std::size_t outer, std::size_t inner) {
+    const std::size_t run = count * inner;
+    if (run == 0) return;
+    for (std::size_t o = 0; o < outer; ++o)
+        std::copy_n(from + (o * from_extent + from_begin) * inner, run, to + (o * to_extent + to_begin) * inner);
+}
+
+// The adjoints of slice, stack and index_select; each pair calls the other in its backward.
+template <class T>
+Tensor<T> pad_slice(const Tensor<T>& part, std::size_t axis, std::size_t begin, std::size_t extent);
+template <class T>
+std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis);
+template <class T>
+Tensor<T> index_add(const Tensor<T>& source, std::size_t axis, const std::vector<std::size_t>& indices,
+                    std::size_t extent);
 
 }  // namespace
 
@@ -48,7 +94,12 @@ Tensor<T> sum_to(const Tensor<T>& x, const Shape& shape) {
     const std::size_t lead = from.size() - shape.size();
     for (std::size_t i = 0; i < from.size(); ++i)
         if (i < lead || (shape[i - lead] == 1 && from[i] != 1)) axes.push_back(i);
-    xt::xarray<T> summed = xt::sum(x.value(), axes, xt::evaluation_strategy::immediate);
+    xt::xarray<T> summed;
+    {
+        // Only sum's value is wanted here; sum_to records its own node below.
+        NoGradGuard no_grad;
+        summed = std::move(sum(x, axes, true).mutable_value());
+    }
     summed.reshape(shape);
     return record_op<T>("sum_to", {x}, std::move(summed), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {broadcast_to(ctx.grad_output(0), ctx.input(0).shape())};
@@ -129,6 +180,224 @@ Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& axes) {
     });
 }
 
+// ---- pieces along an axis ----
+
+template <class T>
+Tensor<T> slice(const Tensor<T>& x, std::size_t axis, std::size_t begin, std::size_t end) {
+    const Shape shape = x.shape();
+    check_axis("slice", shape, axis);
+    if (begin > end || end > shape[axis])
+        throw_shape_error("slice", fmt::format("range [{}, {}) does not fit axis {} of extent {}", begin, end, axis, shape[axis]),
+                          shape);
+    if (begin == 0 && end == shape[axis]) return x;
+    const AxisLayout from = layout_around(shape, axis);
+    Shape result_shape = shape;
+    result_shape[axis] = end - begin;
+    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    copy_along_axis(x.value().data(), from.extent, begin, value.data(), end - begin, 0, end - begin, from.outer, from.inner);
+    return record_op<T>("slice", {x}, std::move(value), [axis, begin, extent = from.extent](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {pad_slice(ctx.grad_output(0), axis, begin, extent)};
+    });
+}
+
+namespace {
+
+// The adjoint of slice: `part` written at [begin, begin + length) along `axis` of zeros whose
+// axis has `extent` elements. Its backward is slice, which keeps slicing twice differentiable.
+template <class T>
+Tensor<T> pad_slice(const Tensor<T>& part, std::size_t axis, std::size_t begin, std::size_t extent) {
+    Shape shape = part.shape();
+    const std::size_t length = shape[axis];
+    shape[axis] = extent;
+    const AxisLayout to = layout_around(shape, axis);
+    xt::xarray<T> value = xt::zeros<T>(shape);
+    copy_along_axis(part.value().data(), length, 0, value.data(), extent, begin, length, to.outer, to.inner);
+    return record_op<T>("pad_slice", {part}, std::move(value), [axis, begin, length](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {slice(ctx.grad_output(0), axis, begin, begin + length)};
+    });
+}
+
+}  // namespace
+
+template <class T>
+Tensor<T> concat(const std::vector<Tensor<T>>& parts, std::size_t axis) {
+    if (parts.empty()) throw std::invalid_argument("concat: needs at least one tensor");
+    const Shape first = parts[0].shape();
+    check_axis("concat", first, axis);
+    Shape result_shape = first;
+    result_shape[axis] = 0;
+    for (std::size_t i = 0; i < parts.size(); ++i) {
+        const Shape shape = parts[i].shape();
+        bool fits = shape.size() == first.size();
+        for (std::size_t d = 0; fits && d < shape.size(); ++d) fits = d == axis || shape[d] == first[d];
+        if (!fits)
+            throw_shape_error("concat", fmt::format("tensor {} differs from tensor 0 outside axis {}", i, axis), first, shape);
+        result_shape[axis] += shape[axis];
+    }
+    if (parts.size() == 1) return parts[0];
+
+    const AxisLayout to = layout_around(result_shape, axis);
+    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    std::vector<std::size_t> offsets;  // where each part starts along the axis
+    std::size_t offset = 0;
+    for (const auto& part : parts) {
+        const std::size_t length = part.size(axis);
+        copy_along_axis(part.value().data(), length, 0, value.data(), to.extent, offset, length, to.outer, to.inner);
+        offsets.push_back(offset);
+        offset += length;
+    }
+    return record_op<T>("concat", parts, std::move(value), [axis, offsets](const BackwardContext<T>& ctx) -> Gradients<T> {
+        Gradients<T> gradients(ctx.num_inputs());
+        for (std::size_t i = 0; i < ctx.num_inputs(); ++i)
+            if (ctx.needs_input_grad(i))
+                gradients[i] = slice(ctx.grad_output(0), axis, offsets[i], offsets[i] + ctx.input(i).size(axis));
+        return gradients;
+    });
+}
+
+template <class T>
+Tensor<T> stack(const std::vector<Tensor<T>>& parts, std::size_t axis) {
+    if (parts.empty()) throw std::invalid_argument("stack: needs at least one tensor");
+    const Shape first = parts[0].shape();
+    if (axis > first.size())
+        throw_shape_error("stack", fmt::format("axis {} out of range for stacking", axis), first);
+    for (std::size_t i = 1; i < parts.size(); ++i)
+        if (parts[i].shape() != first)
+            throw_shape_error("stack", fmt::format("tensor {} differs in shape from tensor 0", i), first, parts[i].shape());
+
+    // Each part is one position of the new axis; everything after it is one contiguous block.
+    Shape result_shape = first;
+    result_shape.insert(result_shape.begin() + static_cast<std::ptrdiff_t>(axis), parts.size());
+    const AxisLayout to = layout_around(result_shape, axis);
+    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    for (std::size_t i = 0; i < parts.size(); ++i)
+        copy_along_axis(parts[i].value().data(), 1, 0, value.data(), parts.size(), i, 1, to.outer, to.inner);
+    return record_op<T>("stack", parts, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return unstack(ctx.grad_output(0), axis);
+    });
+}
+
+namespace {
+
+// The adjoint of stack: one output per position of `axis`, with that axis removed.
+template <class T>
+std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis) {
+    const Shape shape = x.shape();
+    const AxisLayout from = layout_around(shape, axis);
+    Shape part_shape = shape;
+    part_shape.erase(part_shape.begin() + static_cast<std::ptrdiff_t>(axis));
+    std::vector<xt::xarray<T>> values;
+    values.reserve(from.extent);
+    for (std::size_t i = 0; i < from.extent; ++i) {
+        values.push_back(xt::xarray<T>::from_shape(part_shape));
+        copy_along_axis(x.value().data(), from.extent, i, values.back().data(), 1, 0, 1, from.outer, from.inner);
+    }
+    return record_op<T>("unstack", {x}, std::move(values), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
+        std::vector<Tensor<T>> gradients;
+        for (std::size_t i = 0; i < ctx.num_outputs(); ++i) gradients.push_back(ctx.grad_output_or_zeros(i));
+        return {stack(gradients, axis)};
+    });
+}
+
+}  // namespace
+
+template <class T>
+std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<std::size_t>& sizes, std::size_t axis) {
+    const Shape shape = x.shape();
+    check_axis("split", shape, axis);
+    const std::size_t total = std::accumulate(sizes.begin(), sizes.end(), std::size_t{0});
+    if (sizes.empty() || total != shape[axis])
+        throw_shape_error("split",
+                          fmt::format("sizes [{}] sum to {}, not to the extent {} of axis {}", fmt::join(sizes, ", "), total,
+                                      shape[axis], axis),
+                          shape);
+    if (sizes.size() == 1) return {x};
+
+    // One node for all pieces: its backward is a single concat rather than one pad per piece.
+    const AxisLayout from = layout_around(shape, axis);
+    std::vector<xt::xarray<T>> values;
+    values.reserve(sizes.size());
+    std::size_t offset = 0;
+    for (std::size_t size : sizes) {
+        Shape part_shape = shape;
+        part_shape[axis] = size;
+        values.push_back(xt::xarray<T>::from_shape(part_shape));
+        copy_along_axis(x.value().data(), from.extent, offset, values.back().data(), size, 0, size, from.outer, from.inner);
+        offset += size;
+    }
+    return record_op<T>("split", {x}, std::move(values), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
+        std::vector<Tensor<T>> gradients;
+        for (std::size_t i = 0; i < ctx.num_outputs(); ++i) gradients.push_back(ctx.grad_output_or_zeros(i));
+        return {concat(gradients, axis)};
+    });
+}
+
+template <class T>
+std::vector<Tensor<T>> chunk(const Tensor<T>& x, std::size_t chunks, std::size_t axis) {
+    if (chunks == 0) throw std::invalid_argument("chunk: needs at least one chunk");
+    check_axis("chunk", x.shape(), axis);
+    // As torch.chunk: pieces of ceil(extent / chunks), the last one smaller, so there may be
+    // fewer than `chunks` pieces; an empty axis still gives `chunks` empty pieces.
+    const std::size_t extent = x.size(axis);
+    if (extent == 0) return split(x, std::vector<std::size_t>(chunks, 0), axis);
+    const std::size_t piece = (extent + chunks - 1) / chunks;
+    std::vector<std::size_t> sizes;
+    for (std::size_t begin = 0; begin < extent; begin += piece) sizes.push_back(std::min(piece, extent - begin));
+    return split(x, sizes, axis);
+}
+
+template <class T>
+Tensor<T> index_select(const Tensor<T>& x, std::size_t axis, const std::vector<std::int64_t>& indices) {
+    const Shape shape = x.shape();
+    check_axis("index_select", shape, axis);
+    std::vector<std::size_t> rows;
+    rows.reserve(indices.size());
+    for (std::int64_t index : indices) {
+        if (index < 0 || static_cast<std::size_t>(index) >= shape[axis])
+            throw_shape_error("index_select",
+                              fmt::format("index {} out of range for axis {} of extent {}", index, axis, shape[axis]), shape);
+        rows.push_back(static_cast<std::size_t>(index));
+    }
+    const AxisLayout from = layout_around(shape, axis);
+    Shape result_shape = shape;
+    result_shape[axis] = rows.size();
+    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    for (std::size_t j = 0; j < rows.size(); ++j)
+        copy_along_axis(x.value().data(), from.extent, rows[j], value.data(), rows.size(), j, 1, from.outer, from.inner);
+    return record_op<T>("index_select", {x}, std::move(value),
+                        [axis, rows = std::move(rows), extent = from.extent](const BackwardContext<T>& ctx) -> Gradients<T> {
+                            return {index_add(ctx.grad_output(0), axis, rows, extent)};
+                        });
+}
+
+namespace {
+
+// The adjoint of index_select: zeros with `extent` positions along axis, to which position j of
+// `source` is added at indices[j]; repeated indices add up.
+template <class T>
+Tensor<T> index_add(const Tensor<T>& source, std::size_t axis, const std::vector<std::size_t>& indices,
+                    std::size_t extent) {
+    Shape shape = source.shape();
+    shape[axis] = extent;
+    const AxisLayout to = layout_around(shape, axis);
+    xt::xarray<T> value = xt::zeros<T>(shape);
+    const T* from = source.value().data();
+    T* out = value.data();
+    const std::size_t count = indices.size();
+    for (std::size_t o = 0; o < to.outer; ++o)
+        for (std::size_t j = 0; j < count; ++j) {
+            const T* run = from + (o * count + j) * to.inner;
+            T* target = out + (o * extent + indices[j]) * to.inner;
+            for (std::size_t e = 0; e < to.inner; ++e) target[e] += run[e];
+        }
+    return record_op<T>("index_add", {source}, std::move(value), [axis, indices](const BackwardContext<T>& ctx) -> Gradients<T> {
+        std::vector<std::int64_t> signed_indices(indices.begin(), indices.end());
+        return {index_select(ctx.grad_output(0), axis, signed_indices)};
+    });
+}
+
+}  // namespace
+
 template Tensor<float> broadcast_to(const Tensor<float>&, const Shape&);
 template Tensor<double> broadcast_to(const Tensor<double>&, const Shape&);
 template Tensor<float> sum_to(const Tensor<float>&, const Shape&);
@@ -143,5 +412,17 @@ template Tensor<float> transpose(const Tensor<float>&);
 template Tensor<double> transpose(const Tensor<double>&);
 template Tensor<float> permute(const Tensor<float>&, const std::vector<std::size_t>&);
 template Tensor<double> permute(const Tensor<double>&, const std::vector<std::size_t>&);
+template Tensor<float> slice(const Tensor<float>&, std::size_t, std::size_t, std::size_t);
+template Tensor<double> slice(const Tensor<double>&, std::size_t, std::size_t, std::size_t);
+template Tensor<float> concat(const std::vector<Tensor<float>>&, std::size_t);
+template Tensor<double> concat(const std::vector<Tensor<double>>&, std::size_t);
+template Tensor<float> stack(const std::vector<Tensor<float>>&, std::size_t);
+template Tensor<double> stack(const std::vector<Tensor<double>>&, std::size_t);
+template std::vector<Tensor<float>> split(const Tensor<float>&, const std::vector<std::size_t>&, std::size_t);
+template std::vector<Tensor<double>> split(const Tensor<double>&, const std::vector<std::size_t>&, std::size_t);
+template std::vector<Tensor<float>> chunk(const Tensor<float>&, std::size_t, std::size_t);
+template std::vector<Tensor<double>> chunk(const Tensor<double>&, std::size_t, std::size_t);
+template Tensor<float> index_select(const Tensor<float>&, std::size_t, const std::vector<std::int64_t>&);
+template Tensor<double> index_select(const Tensor<double>&, std::size_t, const std::vector<std::int64_t>&);
 
 }  // namespace rw
