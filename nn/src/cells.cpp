@@ -5,6 +5,7 @@
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
 
+#include "rewind/nn/fused.hpp"
 #include "rewind/nn/init.hpp"
 
 namespace rw::nn {
@@ -42,6 +43,16 @@ Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& b
     Tensor<T> flat = reshape(input, {steps * batch, this->input_size()});
     Tensor<T> projected = add(gemm(flat, weight_ih_, false, true), bias);
     return reshape(projected, {steps, batch, gates_ * this->hidden_size()});
+}
+
+template <class T>
+std::optional<SequenceResult<T>> GatedCell<T>::run_sequence(const Tensor<T>& input, const State<T>& initial_state,
+                                                            const std::vector<std::int64_t>& lengths,
+                                                            bool reverse) const {
+    fused::CellType type;
+    if (!fused::parse_cell_type(this->kind(), type)) return std::nullopt;
+    return fused::run_sequence<T>(type, input, initial_state, weight_ih_, weight_hh_, bias_ih_, bias_hh_, lengths,
+                                  reverse);
 }
 
 // ---- RNN ----

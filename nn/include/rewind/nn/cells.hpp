@@ -31,6 +31,12 @@ public:
     const Tensor<T>& bias_hh() const { return bias_hh_; }
     std::size_t gates() const { return gates_; }
 
+    // The fused whole-sequence kernel (fused.hpp) for the four standard kinds; a subclass that
+    // changes step() must override this to return std::nullopt (or its own kernel).
+    std::optional<SequenceResult<T>> run_sequence(const Tensor<T>& input, const State<T>& initial_state,
+                                                  const std::vector<std::int64_t>& lengths,
+                                                  bool reverse) const override;
+
 protected:
     // x W_ih^T + bias over all steps at once: [T, B, I] -> [T, B, G*H].
     Tensor<T> project_input(const Tensor<T>& input, const Tensor<T>& bias) const;

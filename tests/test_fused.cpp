@@ -1,0 +1,402 @@
+// The fused whole-sequence kernels against the generic per-step tape: outputs, final states and
+// every gradient, over randomized configurations, in float64 and float32; gradcheck on the fused
+// path; dropout between layers; the double-backward error.
+
+#include <boost/test/unit_test.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <rewind/autograd.hpp>
+#include <rewind/nn.hpp>
+#include <rewind/nn/fused.hpp>
+
+using namespace rw;
+using namespace rw::nn;
+
+namespace {
+
+const char* const cells[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+
+template <class T>
+Tensor<T> random_tensor(const Shape& shape, Generator& generator, double scale = 1.0, bool requires_grad = false) {
+    xt::xarray<T> value = xt::xarray<T>::from_shape(shape);
+    for (auto& v : value) v = static_cast<T>(generator.uniform(-scale, scale));
+    return Tensor<T>(std::move(value), requires_grad);
+}
+
+struct Config {
+    std::string cell;
+    std::size_t layers = 1;
+    bool bidirectional = false;
+    std::size_t steps = 1, batch = 1, input = 1, hidden = 1;
+    std::vector<std::int64_t> lengths;  // empty: full length
+    bool given_state = false;
+    InitialState initial = InitialState::zeros;
+    bool batch_first = false;
+    // Which results the loss uses: output, h_n, c_n (at least one).
+    bool use_output = true, use_h = true, use_c = true;
+    bool x_requires_grad = true;
+
+    std::string to_string() const {
+        return fmt::format("{} L={} {} T={} B={} I={} H={} lengths={} state={} {}{} loss:{}{}{}", cell, layers,
+                           bidirectional ? "bi" : "uni", steps, batch, input, hidden,
+                           lengths.empty() ? std::string("none") : fmt::format("{}", fmt::join(lengths, ",")),
+                           given_state ? "given" : (initial == InitialState::learned ? "learned" : "zeros"),
+                           batch_first ? "batch_first " : "", x_requires_grad ? "" : "x-no-grad ",
+                           use_output ? "out " : "", use_h ? "h " : "", use_c ? "c" : "");
+    }
+};
+
+Config random_config(Generator& g, std::size_t max_steps = 50) {
+    auto pick = [&](std::size_t low, std::size_t high) {  // inclusive
+        return low + static_cast<std::size_t>(g.uniform(0, 1) * double(high - low + 1)) % (high - low + 1);
+    };
+    Config c;
+    c.cell = cells[pick(0, 3)];
+    c.layers = pick(1, 3);
+    c.bidirectional = pick(0, 1) == 1;
+    c.steps = pick(1, max_steps);
+    c.batch = pick(1, 9);
+    // Odd sizes around the SIMD widths (8 doubles, 16 floats) so tails are exercised.
+    static const std::size_t sizes[] = {1, 2, 3, 5, 7, 9, 13, 17, 19, 23, 31, 33};
+    c.input = sizes[pick(0, 11)];
+    c.hidden = sizes[pick(0, 11)];
+    if (pick(0, 1) == 1) {
+        for (std::size_t b = 0; b < c.batch; ++b) c.lengths.push_back(std::int64_t(pick(1, c.steps)));
+        if (pick(0, 1) == 1) c.lengths[pick(0, c.batch - 1)] = std::int64_t(c.steps);  // often one full row
+    }
+    const std::size_t state_mode = pick(0, 3);
+    c.given_state = state_mode >= 2;
+    c.initial = state_mode == 1 ? InitialState::learned : InitialState::zeros;
+    c.batch_first = pick(0, 5) == 0;
+    c.x_requires_grad = pick(0, 5) != 0;
+    const std::size_t loss = pick(0, 4);
+    c.use_output = loss != 1;
+    c.use_h = loss != 2;
+    c.use_c = loss != 3;
+    if (loss == 4) c.use_h = c.use_c = false;
+    return c;
+}
+
+template <class T>
+struct RunResult {
+    std::vector<std::pair<std::string, xt::xarray<T>>> values;  // outputs, states, then gradients
+};
+
+// One forward and backward of `layer` on its current path; the loss is a random weighting of
+// the chosen results (fixed by `seed`).
+template <class T>
+RunResult<T> run(Recurrent<T>& layer, const Config& c, std::uint64_t seed) {
+    Generator g(seed);
+    const std::size_t directions = c.bidirectional ? 2 : 1;
+    Shape input_shape = c.batch_first ? Shape{c.batch, c.steps, c.input} : Shape{c.steps, c.batch, c.input};
+    Tensor<T> x = random_tensor<T>(input_shape, g, 1.0, c.x_requires_grad);
+    std::vector<Tensor<T>> initial;
+    if (c.given_state)
+        for (std::size_t s = 0; s < layer.state_names().size(); ++s)
+            initial.push_back(random_tensor<T>({c.layers * directions, c.batch, c.hidden}, g, 0.8, true));
+    std::optional<std::vector<std::int64_t>> lengths;
+    if (!c.lengths.empty()) lengths = c.lengths;
+
+    for (auto& p : layer.parameters()) p.zero_grad();
+    auto result = layer.forward(x, initial, lengths);
+
+    std::vector<Tensor<T>> roots, seeds;
+    auto add_root = [&](const Tensor<T>& root) {
+        roots.push_back(root);
+        seeds.push_back(random_tensor<T>(root.shape(), g, 1.0));
+    };
+    if (c.use_output) add_root(result.output);
+    if (c.use_h) add_root(result.h_n());
+    if (c.use_c && result.state.size() > 1) add_root(result.c_n());
+    if (roots.empty()) add_root(result.output);
+    backward(roots, seeds);
+
+    RunResult<T> r;
+    r.values.emplace_back("output", result.output.value());
+    for (std::size_t s = 0; s < result.state.size(); ++s)
+        r.values.emplace_back(layer.state_names()[s] + "_n", result.state[s].value());
+    auto grad_of = [](const Tensor<T>& t) -> xt::xarray<T> {
+        return t.grad().defined() ? t.grad().value() : xt::xarray<T>(xt::zeros<T>(t.shape()));
+    };
+    if (c.x_requires_grad) r.values.emplace_back("dx", grad_of(x));
+    for (std::size_t s = 0; s < initial.size(); ++s)
+        r.values.emplace_back("d" + layer.state_names()[s] + "0", grad_of(initial[s]));
+    for (auto& [name, p] : layer.named_parameters()) r.values.emplace_back("d" + name, grad_of(p));
+    return r;
+}
+
+// max |a - b| relative to the largest |b| of the tensor (element-wise relative errors are
+// meaningless where cancellation leaves values near zero).
+template <class T>
+double relative_error(const xt::xarray<T>& a, const xt::xarray<T>& b) {
+    if (a.shape() != b.shape()) return INFINITY;
+    double difference = 0, scale = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        const double x = a.data()[i], y = b.data()[i];
+        if (std::isnan(x) != std::isnan(y)) return INFINITY;
+        difference = std::max(difference, std::abs(x - y));
+        scale = std::max(scale, std::abs(y));
+    }
+    return scale == 0 ? difference : difference / scale;
+}
+
+template <class T>
+std::shared_ptr<Recurrent<T>> make_layer(const Config& c, ExecutionPath path, std::uint64_t seed, double dropout = 0) {
+    RecurrentOptions options{.input_size = c.input, .hidden_size = c.hidden, .num_layers = c.layers,
+                             .bidirectional = c.bidirectional, .dropout = dropout, .batch_first = c.batch_first,
+                             .initial_state = c.initial, .path = path, .seed = seed};
+    auto layer = make_recurrent<T>(c.cell, options);
+    if (c.initial == InitialState::learned) {
+        // Non-zero learned states, so their gradients are tested on a non-trivial point.
+        Generator g(seed + 99);
+        for (auto& [name, p] : layer->named_parameters())
+            if (name.rfind("initial_", 0) == 0)
+                for (auto& v : p.mutable_value()) v = static_cast<T>(g.uniform(-0.5, 0.5));
+    }
+    return layer;
+}
+
+// Fused against generic on the same layer; returns the worst relative error and reports
+// failures with the configuration.
+template <class T>
+double compare_paths(const Config& c, std::uint64_t seed, double tolerance) {
+    auto layer = make_layer<T>(c, ExecutionPath::fused, seed);
+    RunResult<T> fused = run<T>(*layer, c, seed + 1);
+    layer->set_path(ExecutionPath::generic);
+    RunResult<T> generic = run<T>(*layer, c, seed + 1);
+    double worst = 0;
+    BOOST_REQUIRE_EQUAL(fused.values.size(), generic.values.size());
+    for (std::size_t i = 0; i < fused.values.size(); ++i) {
+        const double error = relative_error(fused.values[i].second, generic.values[i].second);
+        worst = std::max(worst, error);
+        BOOST_CHECK_MESSAGE(error <= tolerance, fmt::format("{}: {} differs by {:.3g} (relative) on {}",
+                                                            sizeof(T) == 8 ? "float64" : "float32",
+                                                            fused.values[i].first, error, c.to_string()));
+    }
+    return worst;
+}
+
+template <class T>
+void property_test(std::size_t cases, std::uint64_t seed, double tolerance) {
+    Generator g(seed);
+    double worst = 0;
+    for (std::size_t i = 0; i < cases; ++i) {
+        Config c = random_config(g);
+        worst = std::max(worst, compare_paths<T>(c, seed * 1000 + i, tolerance));
+    }
+    BOOST_TEST_MESSAGE(fmt::format("{} configurations, worst relative difference {:.3g} (tolerance {:.0e})", cases,
+                                   worst, tolerance));
+}
+
+// The cases that the random draw might miss, run explicitly in both precisions.
+std::vector<Config> corner_cases() {
+    std::vector<Config> list;
+    for (const char* cell : cells) {
+        Config c;
+        c.cell = cell;
+        c.steps = 1;
+        c.batch = 1;
+        c.input = 1;
+        c.hidden = 1;
+        list.push_back(c);  // the smallest layer
+        c.steps = 7;
+        c.batch = 5;
+        c.input = 17;
+        c.hidden = 33;
+        c.layers = 2;
+        c.bidirectional = true;
+        c.lengths = {7, 1, 3, 7, 2};
+        c.given_state = true;
+        list.push_back(c);  // lengths, both directions, states, tails in both precisions
+        c.lengths = {1, 1, 1, 1, 1};
+        list.push_back(c);  // every sequence one step long
+        c.lengths.clear();
+        c.use_output = false;
+        list.push_back(c);  // only the final states reach the loss
+        c.use_output = true;
+        c.use_h = c.use_c = false;
+        c.x_requires_grad = false;
+        list.push_back(c);  // only the output; no gradient to x
+    }
+    return list;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(fused_kernels)
+
+BOOST_AUTO_TEST_CASE(corner_cases_match_generic_in_float64_and_float32) {
+    std::uint64_t seed = 500;
+    for (const auto& c : corner_cases()) {
+        compare_paths<double>(c, seed, 1e-12);
+        compare_paths<float>(c, seed, 1e-5);
+        ++seed;
+    }
+}
+
+BOOST_AUTO_TEST_CASE(random_configurations_match_generic_float64) { property_test<double>(120, 1, 1e-12); }
+
+BOOST_AUTO_TEST_CASE(random_configurations_match_generic_float32) { property_test<float>(80, 2, 1e-5); }
+
+BOOST_AUTO_TEST_CASE(inference_without_a_tape_matches) {
+    Generator g(3);
+    for (int i = 0; i < 20; ++i) {
+        Config c = random_config(g);
+        auto layer = make_layer<double>(c, ExecutionPath::fused, 40 + i);
+        Generator gx(7);
+        Shape shape = c.batch_first ? Shape{c.batch, c.steps, c.input} : Shape{c.steps, c.batch, c.input};
+        Tensor<double> x = random_tensor<double>(shape, gx);
+        std::optional<std::vector<std::int64_t>> lengths;
+        if (!c.lengths.empty()) lengths = c.lengths;
+        NoGradGuard no_grad;
+        auto fused = layer->forward(x, {}, lengths);
+        BOOST_TEST(!fused.output.requires_grad());
+        layer->set_path(ExecutionPath::generic);
+        auto generic = layer->forward(x, {}, lengths);
+        BOOST_TEST(relative_error(fused.output.value(), generic.output.value()) <= 1e-12, c.to_string());
+        for (std::size_t s = 0; s < fused.state.size(); ++s)
+            BOOST_TEST(relative_error(fused.state[s].value(), generic.state[s].value()) <= 1e-12, c.to_string());
+    }
+}
+
+BOOST_AUTO_TEST_CASE(records_one_op_per_layer_and_direction) {
+    auto lstm = make_lstm<double>({.input_size = 3, .hidden_size = 4, .num_layers = 1});
+    Generator g(1);
+    auto x = random_tensor<double>({5, 2, 3}, g, 1.0, true);
+    auto result = lstm->forward(x);
+    BOOST_REQUIRE(result.output.grad_fn());
+    BOOST_TEST(result.output.grad_fn()->name == "fused_lstm");
+    BOOST_TEST(result.output.grad_fn()->inputs.size() == 7u);  // x, 4 parameters, h0, c0
+    BOOST_TEST(result.output.grad_fn()->outputs.size() == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
+    struct Case {
+        std::string cell;
+        std::size_t layers;
+        bool bidirectional;
+        std::vector<std::int64_t> lengths;
+        bool given_state;
+    };
+    const std::vector<Case> cases{
+        {"lstm", 1, false, {}, false},        {"gru", 1, false, {}, true},
+        {"rnn_tanh", 2, true, {}, true},      {"rnn_relu", 1, true, {3, 1, 4}, false},
+        {"lstm", 2, true, {4, 2, 3}, true},   {"gru", 2, true, {2, 4, 1}, true},
+    };
+    for (const auto& k : cases) {
+        const std::size_t steps = 4, batch = k.lengths.empty() ? 2 : k.lengths.size(), input = 3, hidden = 5;
+        auto layer = make_recurrent<double>(
+            k.cell, {.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
+                     .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7});
+        Generator g(11);
+        std::vector<Tensor<double>> inputs;
+        std::vector<std::string> names;
+        for (auto& [name, tensor] : layer->named_parameters()) {
+            inputs.push_back(tensor);
+            names.push_back(name);
+        }
+        const std::size_t parameter_count = inputs.size();
+        inputs.push_back(random_tensor<double>({steps, batch, input}, g, 1.0, true));
+        names.push_back("x");
+        if (k.given_state)
+            for (const auto& state : layer->state_names()) {
+                inputs.push_back(random_tensor<double>({k.layers * (k.bidirectional ? 2 : 1), batch, hidden}, g, 0.5,
+                                                       true));
+                names.push_back(state + "0");
+            }
+        std::optional<std::vector<std::int64_t>> lengths;
+        if (!k.lengths.empty()) lengths = k.lengths;
+        auto function = [&](const std::vector<Tensor<double>>& xs) {
+            std::vector<Tensor<double>> initial(xs.begin() + parameter_count + 1, xs.end());
+            auto result = layer->forward(xs[parameter_count], initial, lengths);
+            std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
+            for (auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
+            return concat(parts, 0);
+        };
+        BOOST_REQUIRE(layer->options().path == ExecutionPath::fused);
+        GradcheckReport report = gradcheck(function, inputs, {}, names);
+        BOOST_TEST(report.passed, k.cell << " L=" << k.layers << (k.bidirectional ? " bi" : "") << ":\n"
+                                         << report.to_string());
+    }
+}
+
+BOOST_AUTO_TEST_CASE(dropout_between_layers_matches_generic_with_the_same_seed) {
+    for (const char* cell : cells) {
+        Config c;
+        c.cell = cell;
+        c.layers = 3;
+        c.bidirectional = true;
+        c.steps = 9;
+        c.batch = 4;
+        c.input = 5;
+        c.hidden = 7;
+        c.lengths = {9, 3, 6, 1};
+        auto fused = make_layer<double>(c, ExecutionPath::fused, 21, 0.4);
+        auto generic = make_layer<double>(c, ExecutionPath::generic, 21, 0.4);
+        RunResult<double> a = run<double>(*fused, c, 5);
+        RunResult<double> b = run<double>(*generic, c, 5);
+        for (std::size_t i = 0; i < a.values.size(); ++i)
+            BOOST_TEST(relative_error(a.values[i].second, b.values[i].second) <= 1e-12,
+                       cell << ": " << a.values[i].first);
+        // The masks really were drawn: a second training forward differs from the first.
+        RunResult<double> again = run<double>(*fused, c, 5);
+        BOOST_TEST(relative_error(again.values[0].second, a.values[0].second) > 1e-6);
+        // In eval mode there is no dropout and the paths still agree.
+        fused->eval();
+        generic->eval();
+        RunResult<double> e1 = run<double>(*fused, c, 6), e2 = run<double>(*generic, c, 6);
+        for (std::size_t i = 0; i < e1.values.size(); ++i)
+            BOOST_TEST(relative_error(e1.values[i].second, e2.values[i].second) <= 1e-12);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(double_backward_is_refused_with_a_pointer_to_the_generic_path) {
+    auto gru = make_gru<double>({.input_size = 3, .hidden_size = 4});
+    Generator g(2);
+    auto x = random_tensor<double>({3, 2, 3}, g, 1.0, true);
+    auto loss = sum(gru->forward(x).output);
+    try {
+        rw::grad<double>({loss}, {x}, {}, {.create_graph = true});
+        BOOST_FAIL("expected GraphError");
+    } catch (const GraphError& error) {
+        const std::string message = error.what();
+        BOOST_TEST(message.find("ExecutionPath::generic") != std::string::npos, message);
+    }
+    // The generic path supports it.
+    gru->set_path(ExecutionPath::generic);
+    auto loss2 = sum(gru->forward(x).output);
+    auto dx = rw::grad<double>({loss2}, {x}, {}, {.create_graph = true});
+    BOOST_TEST(dx[0].requires_grad());
+}
+
+BOOST_AUTO_TEST_CASE(saved_bytes_per_step_counts_what_backward_keeps) {
+    using fused::CellType;
+    BOOST_TEST(fused::saved_bytes_per_step(CellType::lstm, 2, 10, 4) == 2u * (40 + 10 + 10) * 4);
+    BOOST_TEST(fused::saved_bytes_per_step(CellType::gru, 2, 10, 8) == 2u * (30 + 10 + 10) * 8);
+    BOOST_TEST(fused::saved_bytes_per_step(CellType::rnn_tanh, 1, 10, 4) == (10u + 10) * 4);
+}
+
+BOOST_AUTO_TEST_CASE(direct_calls_check_their_arguments) {
+    Generator g(4);
+    auto x = random_tensor<float>({3, 2, 5}, g);
+    auto w_ih = random_tensor<float>({16, 5}, g), w_hh = random_tensor<float>({16, 4}, g);
+    auto b = random_tensor<float>({16}, g);
+    auto h0 = Tensor<float>::zeros({2, 4});
+    BOOST_CHECK_THROW(fused::run_sequence<float>(fused::CellType::lstm, x, {h0}, w_ih, w_hh, b, b, {}, false),
+                      std::invalid_argument);  // LSTM needs c0
+    BOOST_CHECK_THROW(fused::run_sequence<float>(fused::CellType::gru, x, {h0}, w_ih, w_hh, b, b, {}, false),
+                      ShapeError);  // 16 rows are not 3 * H
+    BOOST_CHECK_THROW(fused::run_sequence<float>(fused::CellType::lstm, x, {h0, h0}, w_ih, w_hh, b, b, {4, 1}, false),
+                      std::invalid_argument);  // a length beyond T
+    auto result = fused::run_sequence<float>(fused::CellType::lstm, x, {h0, h0}, w_ih, w_hh, b, b, {3, 1}, true);
+    BOOST_TEST(result.output.shape() == (Shape{3, 2, 4}));
+    BOOST_TEST(result.final_state.size() == 2u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
