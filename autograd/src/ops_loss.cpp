@@ -13,7 +13,7 @@ namespace rw {
 
 template <class T>
 Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>& targets,
-                        const std::optional<xt::xarray<T>>& mask) {
+                        const std::optional<xt::xarray<Scalar<T>>>& mask) {
     if (logits.dim() != 2) throw_shape_error("cross_entropy", "logits must be 2-D [N, C]", logits.shape());
     const std::size_t rows = logits.size(0), classes = logits.size(1);
     if (rows == 0) throw_shape_error("cross_entropy", "needs at least one row of logits", logits.shape());

@@ -87,7 +87,7 @@ template <class T> Tensor<T> log_softmax(const Tensor<T>& x, std::size_t axis);
 // mask [N] of 0/1 weights; when given the mean is over its sum.
 template <class T>
 Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>& targets,
-                        const std::optional<xt::xarray<T>>& mask = std::nullopt);
+                        const std::optional<xt::xarray<Scalar<T>>>& mask = std::nullopt);
 template <class T> Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target);
 // Inverted dropout: zeroes with probability p and scales survivors by 1/(1-p); identity when !training.
 template <class T> Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& generator);
