@@ -24,6 +24,9 @@ class BackwardPass {
 public:
     BackwardPass(BackwardOptions options, const std::vector<Tensor<T>>* targets)
         : options_(options), targets_(targets) {
+        // A graph built by create_graph refers to this one (saved inputs and outputs): freeing
+        // it would leave the new gradients impossible to differentiate, so keep it (as PyTorch does).
+        if (options_.create_graph) options_.retain_graph = true;
         if (targets_)
             for (std::size_t i = 0; i < targets_->size(); ++i) target_index_[(*targets_)[i].impl().get()] = i;
     }
@@ -49,8 +52,9 @@ private:
         if (!root.requires_grad()) throw GraphError("backward: the root tensor does not require a gradient");
         if (!seed.defined()) {
             if (root.size() != 1)
-                throw_shape_error("backward", "an implicit seed needs a one-element root; pass a seed gradient",
-                                  root.shape());
+                throw GraphError(fmt::format(
+                    "backward: an implicit seed needs a one-element root; pass a seed gradient (root shape {})",
+                    shape_string(root.shape())));
             seed = Tensor<T>::ones(root.shape());
         } else if (seed.shape() != root.shape()) {
             throw_shape_error("backward", "seed shape differs from the root's", seed.shape(), root.shape());

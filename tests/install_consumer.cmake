@@ -1,0 +1,60 @@
+# Installs a built rewind into a fresh prefix, then configures, builds and runs a separate
+# project (tests/consumer) against that prefix alone, the way a user of the package would.
+#
+#   cmake -DREWIND_BUILD_DIR=<build> -DCONSUMER_SOURCE_DIR=<tests/consumer> -DWORK_DIR=<scratch>
+#         [-DCXX_COMPILER=<c++>] [-DBUILD_TYPE=Release] -P tests/install_consumer.cmake
+
+foreach(variable REWIND_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR)
+  if(NOT ${variable})
+    message(FATAL_ERROR "install_consumer: -D${variable}=... is required")
+  endif()
+endforeach()
+if(NOT BUILD_TYPE)
+  set(BUILD_TYPE Release)
+endif()
+
+set(prefix ${WORK_DIR}/prefix)
+set(consumer_build ${WORK_DIR}/consumer-build)
+file(REMOVE_RECURSE ${WORK_DIR})
+file(MAKE_DIRECTORY ${WORK_DIR})
+
+function(run step)
+  message(STATUS "install_consumer: ${step}: ${ARGN}")
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE result)
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "install_consumer: ${step} failed (${result})")
+  endif()
+endfunction()
+
+run(install ${CMAKE_COMMAND} --install ${REWIND_BUILD_DIR} --prefix ${prefix})
+if(NOT EXISTS ${prefix}/lib/cmake/rewind/rewindConfig.cmake AND NOT EXISTS ${prefix}/lib64/cmake/rewind/rewindConfig.cmake)
+  file(GLOB_RECURSE configs ${prefix}/*/rewindConfig.cmake)
+  if(NOT configs)
+    message(FATAL_ERROR "install_consumer: no rewindConfig.cmake under ${prefix}")
+  endif()
+endif()
+
+set(configure_args -S ${CONSUMER_SOURCE_DIR} -B ${consumer_build}
+  -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+  -DCMAKE_PREFIX_PATH=${prefix}
+  # Only the fresh prefix may provide rewind: not a user or system package registry.
+  -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+  -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
+if(CXX_COMPILER)
+  list(APPEND configure_args -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
+endif()
+run(configure ${CMAKE_COMMAND} ${configure_args})
+
+# The consumer must have found the installed package, not the build tree.
+file(STRINGS ${consumer_build}/CMakeCache.txt rewind_dir REGEX "^rewind_DIR:")
+string(REGEX REPLACE "^rewind_DIR:[A-Z]+=" "" rewind_dir "${rewind_dir}")
+file(REAL_PATH "${rewind_dir}" rewind_dir)
+file(REAL_PATH "${prefix}" real_prefix)
+string(FIND "${rewind_dir}" "${real_prefix}/" at)
+if(NOT at EQUAL 0)
+  message(FATAL_ERROR "install_consumer: rewind was found in ${rewind_dir}, not under ${real_prefix}")
+endif()
+
+run(build ${CMAKE_COMMAND} --build ${consumer_build})
+run(run ${consumer_build}/consumer)
+message(STATUS "install_consumer: passed (rewind from ${rewind_dir})")
