@@ -1,0 +1,63 @@
+#pragma once
+// The `rewind` subcommands. Each add_*_command() declares its options on the top-level app and
+// returns what main() runs once the command line has been parsed; main() owns the error
+// reporting, so every command only throws.
+
+#include <functional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include <rewind/nn/recurrent.hpp>
+
+namespace rw::cli {
+
+// Bad input that the user can fix; main() prints "rewind <command>: <message>" as one line and
+// exits with 1.
+struct CommandError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+struct Command {
+    CLI::App* app = nullptr;
+    std::function<int()> run;  // the exit code; throws on bad input
+};
+
+Command add_grad_command(CLI::App& app);
+Command add_gradcheck_command(CLI::App& app);
+
+// --threads N of every command, applied with apply_threads() before any computation.
+void add_threads_option(CLI::App& command, int& threads);
+void apply_threads(int threads);
+
+// --path: the execution paths a command runs its layer on, "generic", "fused" or (where
+// allowed) "both", each in turn.
+void add_path_option(CLI::App& command, std::string& path, bool allow_both);
+std::vector<nn::ExecutionPath> paths_of(const std::string& path);
+std::string path_name(nn::ExecutionPath path);
+
+// The one place where a command puts its layer on an execution path. The fused kernels do not
+// exist yet, so `fused` is refused here; when they land, this only has to stop refusing it.
+template <class T>
+void choose_path(nn::Recurrent<T>& layer, nn::ExecutionPath path) {
+    if (path == nn::ExecutionPath::fused)
+        throw CommandError("--path fused is not available yet (the fused kernels are a later issue)");
+    layer.set_path(path);
+}
+
+// The shared layer options of both commands.
+struct LayerConfig {
+    std::string cell;
+    std::size_t input_size = 0;
+    std::size_t hidden_size = 0;
+    std::size_t layers = 1;
+    bool bidirectional = false;
+
+    std::size_t directions() const { return bidirectional ? 2 : 1; }
+    bool is_lstm() const { return cell == "lstm"; }
+};
+void add_layer_options(CLI::App& command, LayerConfig& config);
+
+}  // namespace rw::cli

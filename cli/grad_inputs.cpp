@@ -1,0 +1,109 @@
+#include "grad_inputs.hpp"
+
+#include <set>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace rw::cli {
+
+namespace {
+
+using Shape = std::vector<std::size_t>;
+
+const std::set<std::string> known_inputs{"x", "h0", "c0", "lengths", "grad_output", "grad_h_n", "grad_c_n"};
+const std::set<std::string> lstm_only{"c0", "grad_c_n"};
+
+// Checks of one INPUTS file; every message names the file and the tensor.
+class InputsChecker {
+public:
+    InputsChecker(const GradRequest& request, const nn::TensorMap& inputs)
+        : file_(request.inputs_file.string()), config_(request.layer), inputs_(inputs) {}
+
+    [[noreturn]] void fail(const std::string& name, const std::string& what) const {
+        throw CommandError(fmt::format("{}: tensor '{}': {}", file_, name, what));
+    }
+
+    void check_names() const {
+        for (const auto& [name, array] : inputs_) {
+            if (!known_inputs.contains(name))
+                fail(name, fmt::format("unknown input (expected some of: {})", fmt::join(known_inputs, ", ")));
+            if (lstm_only.contains(name) && !config_.is_lstm())
+                fail(name, fmt::format("only an LSTM has a cell state, and --cell is {}", config_.cell));
+        }
+        for (const std::string required : {"x", "grad_output"})
+            if (!inputs_.contains(required)) fail(required, "missing (x and grad_output are required)");
+    }
+
+    // x fixes the dtype of the whole computation; every other floating-point tensor must match.
+    std::string check_dtypes() const {
+        const std::string dtype = nn::dtype_name(inputs_.at("x"));
+        if (dtype != "F32" && dtype != "F64") fail("x", fmt::format("dtype {}, expected F32 or F64", dtype));
+        for (const auto& [name, array] : inputs_) {
+            const std::string expected = name == "lengths" ? "I64" : dtype;
+            if (nn::dtype_name(array) != expected)
+                fail(name, fmt::format("dtype {}, expected {}{}", nn::dtype_name(array), expected,
+                                       name == "lengths" ? "" : " like x (mixed dtypes are not supported)"));
+        }
+        return dtype;
+    }
+
+    void check_shapes() const {
+        const Shape x = nn::shape_of(inputs_.at("x"));
+        if (x.size() != 3 || x[2] != config_.input_size || x[0] == 0 || x[1] == 0)
+            fail("x", fmt::format("shape [{}], expected [T, B, {}] with T, B >= 1 (--input-size {})", fmt::join(x, ", "),
+                                  config_.input_size, config_.input_size));
+        const std::size_t steps = x[0], batch = x[1], hidden = config_.hidden_size;
+        const Shape state{config_.layers * config_.directions(), batch, hidden};
+        expect("grad_output", {steps, batch, config_.directions() * hidden}, "[T, B, D*H]");
+        for (const std::string name : {"h0", "c0", "grad_h_n", "grad_c_n"}) expect(name, state, "[L*D, B, H]");
+        expect("lengths", {batch}, "[B]");
+    }
+
+    std::optional<std::vector<std::int64_t>> lengths() const {
+        if (!inputs_.contains("lengths")) return std::nullopt;
+        const auto& array = std::get<xt::xarray<std::int64_t>>(inputs_.at("lengths"));
+        const auto steps = static_cast<std::int64_t>(nn::shape_of(inputs_.at("x"))[0]);
+        std::vector<std::int64_t> lengths(array.begin(), array.end());
+        for (std::size_t b = 0; b < lengths.size(); ++b)
+            if (lengths[b] < 1 || lengths[b] > steps)
+                fail("lengths", fmt::format("length {} of sequence {} is outside 1..{} (T, the steps of x)", lengths[b],
+                                            b, steps));
+        return lengths;
+    }
+
+private:
+    void expect(const std::string& name, const Shape& shape, const std::string& meaning) const {
+        if (!inputs_.contains(name)) return;
+        const Shape actual = nn::shape_of(inputs_.at(name));
+        if (actual != shape)
+            fail(name, fmt::format("shape [{}], expected [{}] ({})", fmt::join(actual, ", "), fmt::join(shape, ", "),
+                                   meaning));
+    }
+
+    std::string file_;
+    const LayerConfig& config_;
+    const nn::TensorMap& inputs_;
+};
+
+}  // namespace
+
+GradData load_grad_data(const GradRequest& request) {
+    GradData data;
+    data.inputs = nn::load_safetensors(request.inputs_file);
+    const InputsChecker checker(request, data.inputs);
+    checker.check_names();
+    data.dtype = checker.check_dtypes();
+    checker.check_shapes();
+    data.lengths = checker.lengths();
+
+    data.state = nn::load_safetensors(request.state_file);
+    // load_state_dict would convert F32 and F64 silently; a mixed computation is refused instead.
+    for (const auto& [name, array] : data.state)
+        if (nn::dtype_name(array) != data.dtype)
+            throw CommandError(fmt::format("{}: tensor '{}': dtype {}, but the inputs are {} (mixed dtypes are not supported)",
+                                           request.state_file.string(), name, nn::dtype_name(array), data.dtype));
+    return data;
+}
+
+}  // namespace rw::cli

@@ -1,0 +1,107 @@
+#include "gradcheck_report.hpp"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace rw::cli {
+
+namespace {
+
+using json = nlohmann::json;
+
+// Where the worst element sits, in words, for the tensors whose first index means something:
+// x is time-major, and h0/c0 are stacked by layer, then direction.
+std::string location(const GradcheckRequest& request, const InputCheck& check) {
+    if (check.worst_index.empty()) return {};
+    const std::size_t first = check.worst_index.front();
+    if (check.name == "x") return fmt::format("time step {}", first);
+    if (check.name == "h0" || check.name == "c0") {
+        const std::size_t directions = request.layer.directions();
+        return fmt::format("layer {}, {} direction", first / directions, first % directions == 0 ? "forward" : "reverse");
+    }
+    return {};
+}
+
+std::string describe(const GradcheckRequest& request) {
+    const LayerConfig& config = request.layer;
+    std::string text = fmt::format("{} ({} layer{}{}, input {}, hidden {}), T={}, B={}", config.cell, config.layers,
+                                   config.layers == 1 ? "" : "s", config.bidirectional ? ", bidirectional" : "",
+                                   config.input_size, config.hidden_size, request.seq_len, request.batch);
+    if (!request.lengths.empty()) text += fmt::format(", lengths {}", fmt::join(request.lengths, ","));
+    return text + fmt::format(", seed {}", request.seed);
+}
+
+}  // namespace
+
+std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports) {
+    const GradcheckOptions tolerance;
+    std::string text;
+    for (const auto& [path, report] : reports) {
+        text += fmt::format("gradcheck of {}, {} path\n", describe(request), path_name(path));
+        text += fmt::format("  {:<20} {:<12} {:>11} {:>11}  {}\n", "tensor", "shape", "max abs err", "max rel err",
+                            "worst element");
+        for (const InputCheck& check : report.inputs) {
+            const std::string where = location(request, check);
+            text += fmt::format("  {:<20} {:<12} {:>11.3e} {:>11.3e}  [{}]{}{}\n", check.name, shape_string(check.shape),
+                                check.max_abs_error, check.max_rel_error, fmt::join(check.worst_index, ", "),
+                                where.empty() ? "" : " (" + where + ")",
+                                check.passed ? "" : fmt::format("  FAILED ({} elements)", check.failed_elements));
+        }
+        text += fmt::format(
+            "{}: max abs error {:.3e}, max rel error {:.3e} (an element passes when |analytic - numeric| <= {:g} + "
+            "{:g} |numeric|)\n",
+            report.passed ? "passed" : "FAILED", report.max_abs_error, report.max_rel_error,
+            tolerance.absolute_tolerance, tolerance.relative_tolerance);
+    }
+    return text;
+}
+
+json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports) {
+    const LayerConfig& config = request.layer;
+    json result{{"passed", true}, {"max_abs_error", 0.0}, {"max_rel_error", 0.0}, {"tensors", json::array()}};
+    result["config"] = {{"cell", config.cell},
+                        {"input_size", config.input_size},
+                        {"hidden_size", config.hidden_size},
+                        {"layers", config.layers},
+                        {"bidirectional", config.bidirectional},
+                        {"seq_len", request.seq_len},
+                        {"batch", request.batch},
+                        {"lengths", request.lengths},
+                        {"seed", request.seed}};
+    for (const auto& [path, report] : reports) {
+        result["passed"] = result["passed"].get<bool>() && report.passed;
+        result["max_abs_error"] = std::max(result["max_abs_error"].get<double>(), report.max_abs_error);
+        result["max_rel_error"] = std::max(result["max_rel_error"].get<double>(), report.max_rel_error);
+        for (const InputCheck& check : report.inputs) {
+            json entry{{"name", check.name},
+                       {"path", path_name(path)},
+                       {"shape", check.shape},
+                       {"max_abs_error", check.max_abs_error},
+                       {"max_rel_error", check.max_rel_error},
+                       {"worst_index", check.worst_index},
+                       {"worst_analytic", check.worst_analytic},
+                       {"worst_numeric", check.worst_numeric},
+                       {"failed_elements", check.failed_elements},
+                       {"passed", check.passed}};
+            if (check.name == "x" && !check.worst_index.empty()) entry["time_step"] = check.worst_index.front();
+            result["tensors"].push_back(std::move(entry));
+        }
+    }
+    return result;
+}
+
+std::string failure_summary(const std::vector<PathReport>& reports) {
+    std::vector<std::string> failures;
+    for (const auto& [path, report] : reports) {
+        std::vector<std::string> names;
+        for (const InputCheck& check : report.inputs)
+            if (!check.passed) names.push_back(check.name);
+        if (!names.empty()) failures.push_back(fmt::format("{} ({} path)", fmt::join(names, ", "), path_name(path)));
+    }
+    if (failures.empty()) return {};
+    return fmt::format("analytic and numeric gradients disagree for {}", fmt::join(failures, "; "));
+}
+
+}  // namespace rw::cli

@@ -1,0 +1,38 @@
+#pragma once
+// `rewind gradcheck`'s request and how its results are shown: a table or one JSON object.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include <rewind/autograd/gradcheck.hpp>
+
+#include "commands.hpp"
+
+namespace rw::cli {
+
+struct GradcheckRequest {
+    LayerConfig layer;
+    std::size_t seq_len = 0;
+    std::size_t batch = 0;
+    std::vector<std::int64_t> lengths;  // empty: every sequence runs all steps
+    std::string path = "generic";
+    std::uint64_t seed = 0;
+    bool json = false;
+    bool initial_state = false;
+    int threads = 1;
+};
+
+struct PathReport {
+    nn::ExecutionPath path;
+    GradcheckReport report;
+};
+
+std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports);
+nlohmann::json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports);
+// "x, weight_hh_l0 (generic path) disagree ..." or empty when every check passed.
+std::string failure_summary(const std::vector<PathReport>& reports);
+
+}  // namespace rw::cli

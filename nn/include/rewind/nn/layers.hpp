@@ -1,0 +1,142 @@
+#pragma once
+// The layers around a recurrent core: Linear, Embedding, Dropout; sequence losses; and
+// recurrent (variational) dropout as a cell wrapper on the one layer machinery.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <xtensor/xarray.hpp>
+
+#include <rewind/autograd/random.hpp>
+#include <rewind/autograd/tensor.hpp>
+
+#include "cell.hpp"
+#include "module.hpp"
+#include "recurrent.hpp"
+
+namespace rw::nn {
+
+// y = x W^T + b, torch.nn.Linear: weight [out, in], bias [out], both from
+// U(-1/sqrt(in), 1/sqrt(in)) (weight drawn first). forward takes [..., in] (e.g. [N, in] or
+// [T, B, in]) and returns [..., out], one GEMM over all leading positions.
+template <class T>
+class Linear : public Module<T> {
+public:
+    Linear(std::size_t in_features, std::size_t out_features, Generator& generator, bool bias = true);
+    Tensor<T> forward(const Tensor<T>& x) const;
+    const Tensor<T>& weight() const { return weight_; }
+    const Tensor<T>& bias() const { return bias_; }  // undefined without a bias
+
+private:
+    Tensor<T> weight_, bias_;
+};
+
+// Rows of weight [num_embeddings, dim] (N(0, 1), torch.nn.Embedding's default) picked by index.
+template <class T>
+class Embedding : public Module<T> {
+public:
+    Embedding(std::size_t num_embeddings, std::size_t dim, Generator& generator);
+    // indices of any shape S -> [S..., dim]; each must be in [0, num_embeddings).
+    Tensor<T> forward(const xt::xarray<std::int64_t>& indices) const;
+    const Tensor<T>& weight() const { return weight_; }
+
+private:
+    Tensor<T> weight_;
+};
+
+// Inverted dropout in training mode, identity in eval mode. It owns its generator so that a
+// checkpoint can save that generator's state (checkpoint.hpp) and a resumed run draws the same masks.
+template <class T>
+class Dropout : public Module<T> {
+public:
+    explicit Dropout(double p, std::uint64_t seed = 0);
+    Tensor<T> forward(const Tensor<T>& x);
+    Generator& generator() { return generator_; }
+
+private:
+    double p_;
+    Generator generator_;
+};
+
+// ---- losses over sequences ----
+
+// [T, B] weights: 1 where t < lengths[b], else 0.
+template <class T>
+xt::xarray<T> length_mask(std::size_t steps, const std::vector<std::int64_t>& lengths);
+
+// Mean cross-entropy over the positions the mask selects: logits [T, B, C], targets [T, B]
+// (masked-out targets may hold anything, e.g. -1 padding), mask [T, B] of non-negative weights.
+template <class T>
+Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
+                                 const std::optional<xt::xarray<T>>& mask = std::nullopt);
+template <class T>
+Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
+                                 const std::vector<std::int64_t>& lengths);
+
+// Mean squared error over the masked positions: prediction and target [T, B, F], mask [T, B];
+// the mean is over selected positions times F. Unmasked, it is rw::mse_loss.
+template <class T>
+Tensor<T> sequence_mse(const Tensor<T>& prediction, const Tensor<T>& target, const xt::xarray<T>& mask);
+
+// ---- recurrent (variational) dropout ----
+
+// Dropout probabilities of a cell's input x_t and of the hidden state h it reads each step.
+struct VariationalDropout {
+    double input = 0.0;
+    double hidden = 0.0;
+};
+
+// Wraps any cell and applies variational dropout (Gal & Ghahramani, 2016): a mask is drawn per
+// sequence (row of the batch) at the start of every forward of the layer and reused at every
+// time step, for x_t (before the cell's input projection) and for the h the cell reads (the
+// recurrent connection only: the output h and LSTM's c are not masked). Different sequences,
+// layers and directions get different masks; in eval mode nothing is masked.
+//
+// The layer calls prepare_input() exactly once per forward before the steps, so that is where
+// the masks are drawn, from the layer's generator (saved by checkpoints). The wrapper never
+// uses a fused kernel, which could not see the masks; under truncated BPTT each window's
+// forward draws fresh masks.
+template <class T>
+class VariationalDropoutCell : public RecurrentCell<T> {
+public:
+    VariationalDropoutCell(std::shared_ptr<RecurrentCell<T>> inner, const VariationalDropout& p, Generator& generator);
+
+    // The module whose training mode switches the masks (the cells are not child modules of
+    // their layer, so they do not see layer.train()/eval() themselves).
+    void bind(const Module<T>& layer) { layer_ = &layer; }
+    bool active() const;
+
+    std::vector<std::string> state_names() const override { return inner_->state_names(); }
+    Tensor<T> prepare_input(const Tensor<T>& input) const override;
+    State<T> step(const Tensor<T>& x_t, const State<T>& state) const override;
+
+    const RecurrentCell<T>& inner() const { return *inner_; }
+    // The masks of the latest forward, [B, input_size] and [B, hidden_size] (empty when inactive).
+    const xt::xarray<T>& input_mask() const { return input_mask_; }
+    const xt::xarray<T>& hidden_mask() const { return hidden_mask_; }
+
+private:
+    std::shared_ptr<RecurrentCell<T>> inner_;
+    VariationalDropout p_;
+    Generator* generator_;
+    const Module<T>* layer_ = nullptr;
+    mutable xt::xarray<T> input_mask_ = xt::xarray<T>::from_shape({0}), hidden_mask_ = xt::xarray<T>::from_shape({0});
+};
+
+// The factory for PyTorch's cells by mode name ("rnn_tanh", "rnn_relu", "lstm", "gru").
+template <class T>
+CellFactory<T> standard_cell_factory(const std::string& cell, const CellInit& init = {});
+
+// A recurrent layer whose every cell is wrapped in VariationalDropoutCell and bound to the layer.
+// Parameter names and initialisation are those of the unwrapped layer with the same seed.
+template <class T>
+std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>& factory, const RecurrentOptions& options,
+                                                         const VariationalDropout& p);
+template <class T>
+std::shared_ptr<Recurrent<T>> make_variational_recurrent(const std::string& cell, const RecurrentOptions& options,
+                                                         const VariationalDropout& p);
+
+}  // namespace rw::nn

@@ -1,0 +1,290 @@
+// The `rewind` command line, run as a separate process the way a user runs it: parity of
+// `rewind grad` with PyTorch's fixtures, `rewind gradcheck`, and how bad input is reported.
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <boost/test/unit_test.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+
+#include <rewind/nn/safetensors.hpp>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const fs::path fixtures = fs::path(REWIND_TESTS_DIR) / "fixtures";
+
+std::string read_bytes(const fs::path& file) {
+    std::ifstream in(file, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+void write_bytes(const fs::path& file, const std::string& bytes) {
+    std::ofstream(file, std::ios::binary) << bytes;
+}
+
+// A fresh directory per test, removed afterwards.
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        static std::atomic<int> counter{0};
+        path = fs::temp_directory_path() / fmt::format("rewind_test_cli.{}.{}", ::getpid(), counter++);
+        fs::create_directories(path);
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        fs::remove_all(path, ignored);
+    }
+    fs::path operator/(const std::string& name) const { return path / name; }
+};
+
+struct Run {
+    int exit_code = -1;
+    std::string out, err;
+};
+
+std::string shell_quoted(const std::string& text) {
+    std::string quoted = "'";
+    for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+}
+
+Run run_cli(const TempDir& dir, const std::vector<std::string>& args) {
+    std::string command = shell_quoted(REWIND_CLI_PATH);
+    for (const auto& arg : args) command.append(" ").append(shell_quoted(arg));
+    const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
+    command.append(" >").append(shell_quoted(out.string())).append(" 2>").append(shell_quoted(err.string()));
+    const int status = std::system(command.c_str());
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_bytes(out), read_bytes(err)};
+}
+
+std::vector<std::string> grad_args(const json& c, const fs::path& state, const fs::path& inputs, const fs::path& out) {
+    std::vector<std::string> args{"grad",
+                                  "--cell", c.at("cell").get<std::string>(),
+                                  "--input-size", std::to_string(c.at("input_size").get<int>()),
+                                  "--hidden-size", std::to_string(c.at("hidden_size").get<int>()),
+                                  "--layers", std::to_string(c.at("layers").get<int>()),
+                                  "--state", state.string(), "--inputs", inputs.string(), "--out", out.string()};
+    if (c.at("bidirectional").get<bool>()) args.push_back("--bidirectional");
+    return args;
+}
+
+json load_cases() { return json::parse(read_bytes(fixtures / "cases.json")); }
+
+json find_case(const std::string& name) {
+    for (const auto& c : load_cases())
+        if (c.at("name") == name) return c;
+    throw std::runtime_error("no fixture case " + name);
+}
+
+// How far OUT's tensor is from PyTorch's: the largest |a - b| / max(1, |b|) over the elements
+// (relative for large values, absolute for small ones; b is PyTorch's value), and a description
+// of the problem when it exceeds the tolerance (1e-10 for F64, 1e-4 for F32) or the tensors do
+// not even have the same dtype and shape.
+struct Comparison {
+    double worst = 0;
+    std::string problem;
+};
+
+template <class Array>
+Comparison compare(const Array& actual, const Array& expected, double tolerance) {
+    Comparison result;
+    std::size_t worst_at = 0;
+    for (std::size_t i = 0; i < expected.size(); ++i) {
+        const double a = actual.data()[i], b = expected.data()[i];
+        const double error = std::abs(a - b) / std::max(1.0, std::abs(b));
+        if (!(error <= result.worst)) result.worst = error, worst_at = i;  // NaN counts as the worst
+    }
+    if (!(result.worst <= tolerance))
+        result.problem = fmt::format("flat element {}: {} vs PyTorch {} (scaled error {:.3e} > {:g})", worst_at,
+                                     actual.data()[worst_at], expected.data()[worst_at], result.worst, tolerance);
+    return result;
+}
+
+Comparison compare(const rw::nn::StoredArray& actual, const rw::nn::StoredArray& expected) {
+    using rw::nn::dtype_name, rw::nn::shape_of;
+    if (dtype_name(actual) != dtype_name(expected))
+        return {INFINITY, "dtype " + dtype_name(actual) + " vs PyTorch " + dtype_name(expected)};
+    if (shape_of(actual) != shape_of(expected))
+        return {INFINITY, fmt::format("shape [{}] vs PyTorch [{}]", fmt::join(shape_of(actual), ", "),
+                                      fmt::join(shape_of(expected), ", "))};
+    if (const auto* e = std::get_if<xt::xarray<double>>(&expected))
+        return compare(std::get<xt::xarray<double>>(actual), *e, 1e-10);
+    if (const auto* e = std::get_if<xt::xarray<float>>(&expected))
+        return compare(std::get<xt::xarray<float>>(actual), *e, 1e-4);
+    return {INFINITY, "unexpected I64 tensor"};
+}
+
+// Bad input must be reported as exactly one line starting with "rewind grad: " that contains
+// `mentions`, with a non-zero exit code, and must leave an existing OUT file untouched.
+void expect_rejected(const TempDir& dir, const std::vector<std::string>& args, const fs::path& out,
+                     const std::vector<std::string>& mentions) {
+    const std::string before = "an earlier result that a failed run must not touch\n";
+    write_bytes(out, before);
+    const Run run = run_cli(dir, args);
+    BOOST_TEST(run.exit_code != 0);
+    BOOST_TEST(run.exit_code != -1);
+    BOOST_TEST(std::count(run.err.begin(), run.err.end(), '\n') == 1, "stderr is not one line: " << run.err);
+    BOOST_TEST(run.err.back() == '\n');
+    BOOST_TEST(run.err.rfind("rewind grad: ", 0) == 0, "stderr: " << run.err);
+    for (const auto& word : mentions) BOOST_TEST(run.err.find(word) != std::string::npos, "'" << word << "' not in " << run.err);
+    BOOST_TEST(read_bytes(out) == before, "OUT was modified");
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(cli)
+
+BOOST_AUTO_TEST_CASE(grad_matches_pytorch_fixtures) {
+    const json cases = load_cases();
+    BOOST_TEST(cases.size() > 0u);
+    for (const auto& c : cases) {
+        const std::string name = c.at("name");
+        BOOST_TEST_CONTEXT("fixture case " << name) {
+            TempDir dir;
+            const fs::path directory = fixtures / name, out = dir / "out.safetensors";
+            const Run run = run_cli(dir, grad_args(c, directory / "state.safetensors", directory / "inputs.safetensors", out));
+            BOOST_TEST_REQUIRE(run.exit_code == 0, "exit " << run.exit_code << ", stderr: " << run.err);
+            BOOST_TEST(run.err.empty());
+            const auto expected = rw::nn::load_safetensors(directory / "expected.safetensors");
+            const auto actual = rw::nn::load_safetensors(out);
+            std::pair<double, std::string> worst{0.0, ""};
+            for (const auto& [tensor, value] : expected) {
+                BOOST_TEST_CONTEXT("tensor " << tensor) {
+                    const auto found = actual.find(tensor);
+                    BOOST_TEST_REQUIRE((found != actual.end()), "missing from OUT");
+                    const Comparison comparison = compare(found->second, value);
+                    BOOST_TEST(comparison.problem.empty(), comparison.problem);
+                    worst = std::max(worst, std::pair{comparison.worst, tensor});
+                }
+            }
+            BOOST_TEST_MESSAGE(fmt::format("{}: largest scaled difference {:.3e}, in {}", name, worst.first, worst.second));
+            for (const auto& [tensor, value] : actual)
+                BOOST_TEST(expected.contains(tensor), "OUT has a tensor PyTorch does not: " << tensor);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_passes) {
+    TempDir dir;
+    const std::vector<std::vector<std::string>> configurations{
+        {"--cell", "lstm", "--layers", "2", "--bidirectional", "--input-size", "2", "--hidden-size", "3", "--seq-len", "4",
+         "--batch", "3", "--lengths", "4,2,3", "--initial-state"},
+        {"--cell", "gru", "--input-size", "3", "--hidden-size", "2", "--seq-len", "3", "--batch", "2", "--initial-state",
+         "--seed", "7"},
+        {"--cell", "rnn_relu", "--layers", "2", "--input-size", "2", "--hidden-size", "3", "--seq-len", "4", "--batch", "2",
+         "--lengths", "1,4", "--seed", "3"},
+    };
+    for (auto args : configurations) {
+        args.insert(args.begin(), "gradcheck");
+        BOOST_TEST_CONTEXT(fmt::format("rewind {}", fmt::join(args, " "))) {
+            const Run run = run_cli(dir, args);
+            BOOST_TEST(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
+            BOOST_TEST(run.out.find("(time step ") != std::string::npos, run.out);
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_json) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "2", "--hidden-size", "2", "--seq-len", "3",
+                                  "--batch", "2", "--bidirectional", "--lengths", "3,1", "--initial-state", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json report = json::parse(run.out);  // throws unless stdout is exactly one JSON value
+    BOOST_TEST(report.at("passed").get<bool>());
+    BOOST_TEST(report.at("max_abs_error").is_number());
+    BOOST_TEST(report.at("max_rel_error").is_number());
+    std::vector<std::string> names;
+    for (const auto& tensor : report.at("tensors")) {
+        names.push_back(tensor.at("name"));
+        BOOST_TEST(tensor.at("max_abs_error").is_number());
+        BOOST_TEST(tensor.at("max_rel_error").is_number());
+        BOOST_TEST(tensor.at("worst_index").is_array());
+        if (tensor.at("name") == "x") BOOST_TEST(tensor.at("time_step") == tensor.at("worst_index")[0]);
+    }
+    for (const std::string name : {"weight_ih_l0", "bias_hh_l0_reverse", "x", "h0", "c0"})
+        BOOST_TEST((std::find(names.begin(), names.end(), name) != names.end()), name << " not checked");
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_rejects_bad_lengths) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "2", "--hidden-size", "2", "--seq-len", "3",
+                                  "--batch", "2", "--lengths", "3,4"});
+    BOOST_TEST(run.exit_code == 1);
+    BOOST_TEST(run.err.rfind("rewind gradcheck: --lengths", 0) == 0, run.err);
+}
+
+BOOST_AUTO_TEST_CASE(grad_rejects_bad_input) {
+    const json c = find_case("lstm_l2_bi_len_f64");
+    const fs::path directory = fixtures / c.at("name").get<std::string>();
+    const fs::path state = directory / "state.safetensors", inputs = directory / "inputs.safetensors";
+    TempDir dir;
+    const fs::path out = dir / "out.safetensors";
+    const auto original = rw::nn::load_safetensors(inputs);
+    const std::size_t steps = rw::nn::shape_of(original.at("x"))[0];
+    // INPUTS with one tensor replaced.
+    auto inputs_with = [&](const std::string& file, const std::string& name, rw::nn::StoredArray value) {
+        auto tensors = original;
+        tensors.insert_or_assign(name, std::move(value));
+        rw::nn::save_safetensors(dir / file, tensors);
+        return dir / file;
+    };
+    auto lengths_with = [&](std::size_t index, std::int64_t length) {
+        auto lengths = std::get<xt::xarray<std::int64_t>>(original.at("lengths"));
+        lengths(index) = length;
+        return lengths;
+    };
+
+    BOOST_TEST_CONTEXT("missing inputs file") {
+        expect_rejected(dir, grad_args(c, state, dir / "no_such_inputs.safetensors", out), out, {"no_such_inputs.safetensors"});
+    }
+    BOOST_TEST_CONTEXT("wrong x shape") {
+        const auto bad = inputs_with("bad_x.safetensors", "x", xt::xarray<double>::from_shape({steps, 4, 5}));
+        expect_rejected(dir, grad_args(c, state, bad, out), out, {"'x'", "shape"});
+    }
+    BOOST_TEST_CONTEXT("a length of 0") {
+        const auto bad = inputs_with("len0.safetensors", "lengths", lengths_with(1, 0));
+        expect_rejected(dir, grad_args(c, state, bad, out), out, {"lengths", "length 0"});
+    }
+    BOOST_TEST_CONTEXT("a length beyond T") {
+        const auto bad = inputs_with("len_big.safetensors", "lengths", lengths_with(0, std::int64_t(steps) + 1));
+        expect_rejected(dir, grad_args(c, state, bad, out), out, {"lengths", fmt::format("length {}", steps + 1)});
+    }
+    BOOST_TEST_CONTEXT("truncated state file") {
+        const std::string bytes = read_bytes(state);
+        write_bytes(dir / "truncated_state.safetensors", bytes.substr(0, bytes.size() / 2));
+        expect_rejected(dir, grad_args(c, dir / "truncated_state.safetensors", inputs, out), out,
+                        {"truncated_state.safetensors"});
+    }
+    BOOST_TEST_CONTEXT("unknown tensor in INPUTS") {
+        const auto bad = inputs_with("unknown.safetensors", "bogus", xt::xarray<double>{1.0});
+        expect_rejected(dir, grad_args(c, state, bad, out), out, {"'bogus'"});
+    }
+    BOOST_TEST_CONTEXT("c0 for a GRU") {
+        json gru = c;
+        gru["cell"] = "gru";
+        expect_rejected(dir, grad_args(gru, state, inputs, out), out, {"'c0'"});
+    }
+    BOOST_TEST_CONTEXT("fused path") {
+        auto args = grad_args(c, state, inputs, out);
+        args.insert(args.end(), {"--path", "fused"});
+        expect_rejected(dir, args, out, {"--path fused is not available yet"});
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
