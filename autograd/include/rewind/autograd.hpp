@@ -6,6 +6,7 @@
 #include "autograd/function.hpp"
 #include "autograd/gemm.hpp"
 #include "autograd/gradcheck.hpp"
+#include "autograd/memory.hpp"
 #include "autograd/ops.hpp"
 #include "autograd/random.hpp"
 #include "autograd/tensor.hpp"
