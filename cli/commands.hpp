@@ -27,6 +27,7 @@ struct Command {
 
 Command add_grad_command(CLI::App& app);
 Command add_gradcheck_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
 
 // --threads N of every command, applied with apply_threads() before any computation.
 void add_threads_option(CLI::App& command, int& threads);
@@ -38,12 +39,9 @@ void add_path_option(CLI::App& command, std::string& path, bool allow_both);
 std::vector<nn::ExecutionPath> paths_of(const std::string& path);
 std::string path_name(nn::ExecutionPath path);
 
-// The one place where a command puts its layer on an execution path. The fused kernels do not
-// exist yet, so `fused` is refused here; when they land, this only has to stop refusing it.
+// The one place where a command puts its layer on an execution path.
 template <class T>
 void choose_path(nn::Recurrent<T>& layer, nn::ExecutionPath path) {
-    if (path == nn::ExecutionPath::fused)
-        throw CommandError("--path fused is not available yet (the fused kernels are a later issue)");
     layer.set_path(path);
 }
 

@@ -73,7 +73,9 @@ GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<doubl
         for (const auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
         return concat(parts, 0);
     };
-    return gradcheck(function, std::move(inputs), GradcheckOptions{.seed = request.seed}, std::move(names));
+    GradcheckOptions options = request.tolerance;
+    options.seed = request.seed;
+    return gradcheck(function, std::move(inputs), options, std::move(names));
 }
 
 int run_gradcheck(const GradcheckRequest& request) {
@@ -109,7 +111,17 @@ Command add_gradcheck_command(CLI::App& app) {
     command->add_option("--seed", request->seed, "seed of the parameters, the data and the projection")
         ->capture_default_str();
     command->add_flag("--json", request->json, "print one JSON object instead of the table");
-    command->add_flag("--initial-state", request->initial_state, "check random initial states h0 (and c0) too");
+    command->add_flag("!--zero-initial-state", request->initial_state,
+                      "start from zeros instead of random initial states h0 (and c0), which are then not checked");
+    command->add_option("--eps", request->tolerance.step, "central-difference step")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    command->add_option("--atol", request->tolerance.absolute_tolerance, "absolute tolerance")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    command->add_option("--rtol", request->tolerance.relative_tolerance, "relative tolerance (of |numeric|)")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
     add_threads_option(*command, request->threads);
     return {command, [request] { return run_gradcheck(*request); }};
 }

@@ -36,7 +36,7 @@ std::string describe(const GradcheckRequest& request) {
 }  // namespace
 
 std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports) {
-    const GradcheckOptions tolerance;
+    const GradcheckOptions& tolerance = request.tolerance;
     std::string text;
     for (const auto& [path, report] : reports) {
         text += fmt::format("gradcheck of {}, {} path\n", describe(request), path_name(path));

@@ -21,7 +21,8 @@ struct GradcheckRequest {
     std::string path = "generic";
     std::uint64_t seed = 0;
     bool json = false;
-    bool initial_state = false;
+    bool initial_state = true;  // random h0 (and c0) checked too
+    GradcheckOptions tolerance;  // step and tolerances; the seed is set from `seed`
     int threads = 1;
 };
 

@@ -148,17 +148,19 @@ void expect_rejected(const TempDir& dir, const std::vector<std::string>& args, c
 
 }  // namespace
 
-BOOST_AUTO_TEST_SUITE(cli)
+namespace {
 
-BOOST_AUTO_TEST_CASE(grad_matches_pytorch_fixtures) {
+void check_fixtures_on(const std::string& path) {
     const json cases = load_cases();
     BOOST_TEST(cases.size() > 0u);
     for (const auto& c : cases) {
         const std::string name = c.at("name");
-        BOOST_TEST_CONTEXT("fixture case " << name) {
+        BOOST_TEST_CONTEXT("fixture case " << name << " on the " << path << " path") {
             TempDir dir;
             const fs::path directory = fixtures / name, out = dir / "out.safetensors";
-            const Run run = run_cli(dir, grad_args(c, directory / "state.safetensors", directory / "inputs.safetensors", out));
+            auto args = grad_args(c, directory / "state.safetensors", directory / "inputs.safetensors", out);
+            args.insert(args.end(), {"--path", path});
+            const Run run = run_cli(dir, args);
             BOOST_TEST_REQUIRE(run.exit_code == 0, "exit " << run.exit_code << ", stderr: " << run.err);
             BOOST_TEST(run.err.empty());
             const auto expected = rw::nn::load_safetensors(directory / "expected.safetensors");
@@ -180,12 +182,20 @@ BOOST_AUTO_TEST_CASE(grad_matches_pytorch_fixtures) {
     }
 }
 
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(cli)
+
+BOOST_AUTO_TEST_CASE(grad_matches_pytorch_fixtures_on_the_generic_path) { check_fixtures_on("generic"); }
+
+BOOST_AUTO_TEST_CASE(grad_matches_pytorch_fixtures_on_the_fused_path) { check_fixtures_on("fused"); }
+
 BOOST_AUTO_TEST_CASE(gradcheck_passes) {
     TempDir dir;
     const std::vector<std::vector<std::string>> configurations{
         {"--cell", "lstm", "--layers", "2", "--bidirectional", "--input-size", "2", "--hidden-size", "3", "--seq-len", "4",
-         "--batch", "3", "--lengths", "4,2,3", "--initial-state"},
-        {"--cell", "gru", "--input-size", "3", "--hidden-size", "2", "--seq-len", "3", "--batch", "2", "--initial-state",
+         "--batch", "3", "--lengths", "4,2,3"},
+        {"--cell", "gru", "--input-size", "3", "--hidden-size", "2", "--seq-len", "3", "--batch", "2",
          "--seed", "7"},
         {"--cell", "rnn_relu", "--layers", "2", "--input-size", "2", "--hidden-size", "3", "--seq-len", "4", "--batch", "2",
          "--lengths", "1,4", "--seed", "3"},
@@ -203,7 +213,7 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes) {
 BOOST_AUTO_TEST_CASE(gradcheck_json) {
     TempDir dir;
     const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "2", "--hidden-size", "2", "--seq-len", "3",
-                                  "--batch", "2", "--bidirectional", "--lengths", "3,1", "--initial-state", "--json"});
+                                  "--batch", "2", "--bidirectional", "--lengths", "3,1", "--json"});
     BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
     const json report = json::parse(run.out);  // throws unless stdout is exactly one JSON value
     BOOST_TEST(report.at("passed").get<bool>());
@@ -219,6 +229,44 @@ BOOST_AUTO_TEST_CASE(gradcheck_json) {
     }
     for (const std::string name : {"weight_ih_l0", "bias_hh_l0_reverse", "x", "h0", "c0"})
         BOOST_TEST((std::find(names.begin(), names.end(), name) != names.end()), name << " not checked");
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_reports_each) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--layers", "2", "--bidirectional", "--input-size", "3",
+                                  "--hidden-size", "2", "--seq-len", "5", "--batch", "3", "--lengths", "5,2,4",
+                                  "--path", "both", "--seed", "11"});
+    BOOST_TEST(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    BOOST_TEST(run.out.find("generic") != std::string::npos, run.out);
+    BOOST_TEST(run.out.find("fused") != std::string::npos, run.out);
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_fails_and_says_so_when_a_gradient_is_wrong) {
+    // A tolerance no float64 central difference meets: the check must fail, exit 1 and name a tensor.
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "rnn_tanh", "--input-size", "2", "--hidden-size", "2",
+                                  "--seq-len", "3", "--batch", "1", "--atol", "0", "--rtol", "0"});
+    BOOST_TEST(run.exit_code == 1, run.out << run.err);
+    BOOST_TEST(run.err.rfind("rewind gradcheck: ", 0) == 0, run.err);
+}
+
+BOOST_AUTO_TEST_CASE(bench_json_reports_every_path_and_the_onednn_peer) {
+    TempDir dir;
+    for (const std::string cell : {"lstm", "gru", "rnn_tanh"}) {
+        BOOST_TEST_CONTEXT(cell) {
+            const Run run = run_cli(dir, {"bench", "--cell", cell, "--seq-len", "4", "--batch", "3", "--input-size", "5",
+                                          "--hidden-size", "6", "--repeats", "3", "--peer", "onednn", "--json"});
+            BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+            const json report = json::parse(run.out);
+            for (const char* key : {"fused_ms", "generic_ms", "generic_over_fused", "fused_gflops", "sgemm_gflops",
+                                    "fraction_of_sgemm_peak", "saved_bytes_per_step", "onednn_ms"})
+                BOOST_TEST(report.contains(key), key << " missing from " << run.out);
+            BOOST_TEST(report.at("fused_ms").get<double>() > 0);
+            // The peer computes the same layer: same output and input gradient up to float32 round-off.
+            BOOST_TEST(report.at("onednn_output_max_abs_diff").get<double>() < 1e-4);
+            BOOST_TEST(report.at("onednn_dx_max_abs_diff").get<double>() < 1e-4);
+        }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_rejects_bad_lengths) {
@@ -280,10 +328,13 @@ BOOST_AUTO_TEST_CASE(grad_rejects_bad_input) {
         gru["cell"] = "gru";
         expect_rejected(dir, grad_args(gru, state, inputs, out), out, {"'c0'"});
     }
-    BOOST_TEST_CONTEXT("fused path") {
+    BOOST_TEST_CONTEXT("an unknown path") {
         auto args = grad_args(c, state, inputs, out);
-        args.insert(args.end(), {"--path", "fused"});
-        expect_rejected(dir, args, out, {"--path fused is not available yet"});
+        args.insert(args.end(), {"--path", "both"});
+        const Run run = run_cli(dir, args);
+        BOOST_TEST(run.exit_code == 2);
+        BOOST_TEST(run.err.find("--path") != std::string::npos, run.err);
+        BOOST_TEST(read_bytes(out) == "an earlier result that a failed run must not touch\n");
     }
 }
 

@@ -1,0 +1,305 @@
+// rewind bench: one training step of a recurrent layer (forward, loss = sum of the output, full
+// backward to the input and every weight), float32, on the fused path, on the generic per-step
+// tape, optionally on oneDNN's own RNN primitives, and rw::blas::gemm on a comparable size as the
+// machine's practical peak. Everything is interleaved in one process, each round running every
+// contender once, so load from other processes hits them alike; medians are reported.
+//
+// FLOPs of a step: 3 * 2 * T * B * G * H * (I + H) per layer and direction (the forward GEMMs,
+// twice that for backward), G = 4 LSTM, 3 GRU, 1 RNN. The sgemm reference is
+// [T*B, I+H] x [I+H, G*H], the shape of all the forward GEMMs of a step as one product.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <rewind/autograd/gemm.hpp>
+#include <rewind/autograd/ops.hpp>
+#include <rewind/autograd/random.hpp>
+#include <rewind/nn/fused.hpp>
+
+#include "commands.hpp"
+#include "onednn_peer.hpp"
+
+namespace rw::cli {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> values) {
+    if (values.empty()) return NAN;
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+struct BenchRequest {
+    LayerConfig layer{.cell = "lstm", .input_size = 256, .hidden_size = 256};
+    std::size_t steps = 100, batch = 32;
+    int threads = 1;
+    int repeats = 10;
+    int warmup = 2;
+    std::string peer;
+    bool json = false;
+    bool skip_generic = false;
+    bool suite = false;
+};
+
+// The same layer and input on either path.
+class RewindStep {
+public:
+    explicit RewindStep(const BenchRequest& r) {
+        layer_ = nn::make_recurrent<float>(r.layer.cell, {.input_size = r.layer.input_size,
+                                                          .hidden_size = r.layer.hidden_size,
+                                                          .num_layers = r.layer.layers,
+                                                          .bidirectional = r.layer.bidirectional,
+                                                          .seed = 1});
+        Generator generator(2);
+        xt::xarray<float> x = xt::xarray<float>::from_shape({r.steps, r.batch, r.layer.input_size});
+        for (auto& v : x) v = static_cast<float>(generator.uniform(-1, 1));
+        x_ = Tensor<float>(std::move(x), true);
+    }
+
+    // One training step; the returned loss keeps the work from being optimised away.
+    float run(nn::ExecutionPath path) {
+        choose_path(*layer_, path);
+        layer_->zero_grad();
+        x_.zero_grad();
+        Tensor<float> loss = sum(layer_->forward(x_).output);
+        loss.backward();
+        return loss.item() + x_.grad().value()(0);
+    }
+
+    nn::Recurrent<float>& layer() { return *layer_; }
+    const Tensor<float>& x() const { return x_; }
+
+private:
+    std::shared_ptr<nn::Recurrent<float>> layer_;
+    Tensor<float> x_;
+};
+
+class SgemmStep {
+public:
+    SgemmStep(std::size_t m, std::size_t n, std::size_t k) : m_(m), n_(n), k_(k), a_(m * k), b_(k * n), c_(m * n) {
+        Generator generator(3);
+        for (auto& v : a_) v = static_cast<float>(generator.uniform(-1, 1));
+        for (auto& v : b_) v = static_cast<float>(generator.uniform(-1, 1));
+    }
+    double run() {
+        const auto start = Clock::now();
+        blas::gemm(false, false, m_, n_, k_, 1.0f, a_.data(), k_, b_.data(), n_, 0.0f, c_.data(), n_);
+        return ms_since(start);
+    }
+    double flops() const { return 2.0 * double(m_) * double(n_) * double(k_); }
+    float checksum() const { return c_[0]; }
+
+private:
+    std::size_t m_, n_, k_;
+    std::vector<float> a_, b_, c_;
+};
+
+double max_abs_difference(const float* a, const float* b, std::size_t n) {
+    double worst = 0;
+    for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
+    return worst;
+}
+
+// Before timing anything: the peer must compute the same layer (output and dL/dx).
+std::pair<double, double> compare_with_peer(RewindStep& rewind, OnednnRnnStep& peer) {
+    peer.run();
+    auto& layer = rewind.layer();
+    choose_path(layer, nn::ExecutionPath::fused);
+    layer.zero_grad();
+    Tensor<float> x = rewind.x();
+    x.zero_grad();
+    const auto output = layer.forward(x).output;
+    sum(output).backward();
+    return {max_abs_difference(output.value().data(), peer.output(), output.size()),
+            max_abs_difference(x.grad().value().data(), peer.diff_input(), x.size())};
+}
+
+nlohmann::json run_case(const BenchRequest& r) {
+    apply_threads(r.threads);
+    const LayerConfig& config = r.layer;
+    nn::fused::CellType type;
+    nn::fused::parse_cell_type(config.cell, type);
+    const std::size_t G = nn::fused::gate_count(type), D = config.directions(), H = config.hidden_size;
+    double flops = 0;
+    for (std::size_t l = 0; l < config.layers; ++l) {
+        const std::size_t in = l == 0 ? config.input_size : D * H;
+        flops += double(D) * 3.0 * 2.0 * double(r.steps * r.batch * G * H) * double(in + H);
+    }
+
+    RewindStep rewind(r);
+    SgemmStep sgemm(r.steps * r.batch, G * H, config.input_size + H);
+    std::unique_ptr<OnednnRnnStep> peer;
+    nlohmann::json j;
+    if (r.peer == "onednn") {
+        if (config.layers != 1) {
+            j["peer_note"] = "the oneDNN peer runs one layer only (its stacked layers need I == H); skipped";
+        } else {
+            peer = std::make_unique<OnednnRnnStep>(rewind.layer(), r.steps, r.batch);
+            peer->set_input(rewind.x().value().data());
+            const auto [output_diff, dx_diff] = compare_with_peer(rewind, *peer);
+            j["onednn_output_max_abs_diff"] = output_diff;
+            j["onednn_dx_max_abs_diff"] = dx_diff;
+        }
+    }
+
+    std::vector<double> fused_ms, generic_ms, sgemm_ms, onednn_ms, onednn_primitive_ms;
+    float checksum = 0;
+    for (int round = 0; round < r.warmup + r.repeats; ++round) {
+        const bool record = round >= r.warmup;
+        auto start = Clock::now();
+        checksum += rewind.run(nn::ExecutionPath::fused);
+        if (record) fused_ms.push_back(ms_since(start));
+        if (!r.skip_generic) {
+            start = Clock::now();
+            checksum += rewind.run(nn::ExecutionPath::generic);
+            if (record) generic_ms.push_back(ms_since(start));
+        }
+        const double s = sgemm.run();
+        if (record) sgemm_ms.push_back(s);
+        if (peer) {
+            const auto [total, primitives] = peer->run();
+            if (record) {
+                onednn_ms.push_back(total);
+                onednn_primitive_ms.push_back(primitives);
+            }
+        }
+    }
+    checksum += sgemm.checksum();
+
+    j["cell"] = config.cell;
+    j["seq_len"] = r.steps;
+    j["batch"] = r.batch;
+    j["input_size"] = config.input_size;
+    j["hidden_size"] = H;
+    j["layers"] = config.layers;
+    j["bidirectional"] = config.bidirectional;
+    j["threads"] = r.threads;
+    j["repeats"] = r.repeats;
+    j["gemm_backend"] = blas::float_backend();
+    j["checksum"] = checksum;
+    const double fused = median(fused_ms);
+    const double sgemm_gflops = sgemm.flops() / (median(sgemm_ms) * 1e6);
+    j["fused_ms"] = fused;
+    if (!r.skip_generic) {
+        j["generic_ms"] = median(generic_ms);
+        j["generic_over_fused"] = median(generic_ms) / fused;
+        j["generic_gflops"] = flops / (median(generic_ms) * 1e6);
+    }
+    j["fused_gflops"] = flops / (fused * 1e6);
+    j["sgemm_gflops"] = sgemm_gflops;
+    j["fraction_of_sgemm_peak"] = flops / (fused * 1e6) / sgemm_gflops;
+    j["saved_bytes_per_step"] = nn::fused::saved_bytes_per_step(type, r.batch, H, sizeof(float)) * D * config.layers;
+    if (peer) {
+        j["onednn_ms"] = median(onednn_ms);
+        j["onednn_primitives_ms"] = median(onednn_primitive_ms);
+        j["onednn_over_fused"] = median(onednn_ms) / fused;
+        j["onednn_gflops"] = flops / (median(onednn_ms) * 1e6);
+    }
+    return j;
+}
+
+void print_text(const nlohmann::json& j) {
+    fmt::print("{} T={} B={} I={} H={} L={}{} threads={} (median of {}, float32, GEMM on {})\n",
+               j["cell"].get<std::string>(), j["seq_len"].get<std::size_t>(), j["batch"].get<std::size_t>(),
+               j["input_size"].get<std::size_t>(), j["hidden_size"].get<std::size_t>(), j["layers"].get<std::size_t>(),
+               j["bidirectional"].get<bool>() ? " bidirectional" : "", j["threads"].get<int>(), j["repeats"].get<int>(),
+               j["gemm_backend"].get<std::string>());
+    fmt::print("  fused    {:9.3f} ms  {:7.1f} GFLOP/s  {:5.1f}% of the sgemm peak ({:.1f} GFLOP/s)\n",
+               j["fused_ms"].get<double>(), j["fused_gflops"].get<double>(),
+               100 * j["fraction_of_sgemm_peak"].get<double>(), j["sgemm_gflops"].get<double>());
+    if (j.contains("generic_ms"))
+        fmt::print("  generic  {:9.3f} ms  {:7.1f} GFLOP/s  generic/fused = {:.2f}x\n", j["generic_ms"].get<double>(),
+                   j["generic_gflops"].get<double>(), j["generic_over_fused"].get<double>());
+    if (j.contains("onednn_ms"))
+        fmt::print("  oneDNN   {:9.3f} ms  {:7.1f} GFLOP/s  oneDNN/fused = {:.2f}x  (primitives alone {:.3f} ms; "
+                   "max |difference| output {:.2g}, dx {:.2g})\n",
+                   j["onednn_ms"].get<double>(), j["onednn_gflops"].get<double>(), j["onednn_over_fused"].get<double>(),
+                   j["onednn_primitives_ms"].get<double>(), j["onednn_output_max_abs_diff"].get<double>(),
+                   j["onednn_dx_max_abs_diff"].get<double>());
+    if (j.contains("peer_note")) fmt::print("  note: {}\n", j["peer_note"].get<std::string>());
+    fmt::print("  saved for backward: {} bytes per time step\n", j["saved_bytes_per_step"].get<std::size_t>());
+}
+
+// The sizes of the README's table.
+std::vector<BenchRequest> suite_of(const BenchRequest& base) {
+    struct Size {
+        const char* cell;
+        std::size_t steps, batch, input, hidden;
+    };
+    const Size sizes[] = {{"lstm", 100, 32, 256, 256},    {"gru", 100, 32, 256, 256}, {"rnn_tanh", 100, 32, 256, 256},
+                          {"lstm", 100, 1, 128, 128},     {"gru", 100, 1, 128, 128},  {"rnn_tanh", 100, 1, 128, 128},
+                          {"lstm", 50, 64, 1024, 1024}};
+    std::vector<BenchRequest> cases;
+    for (const auto& size : sizes) {
+        BenchRequest request = base;
+        request.layer = {.cell = size.cell, .input_size = size.input, .hidden_size = size.hidden};
+        request.steps = size.steps;
+        request.batch = size.batch;
+        cases.push_back(request);
+    }
+    return cases;
+}
+
+int run_bench(const BenchRequest& request) {
+    const auto cases = request.suite ? suite_of(request) : std::vector<BenchRequest>{request};
+    for (const auto& one : cases) {
+        const nlohmann::json j = run_case(one);
+        if (request.json) std::cout << j.dump() << std::endl;
+        else print_text(j);
+    }
+    return 0;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+    auto request = std::make_shared<BenchRequest>();
+    CLI::App* command = app.add_subcommand(
+        "bench", "time one training step: fused vs generic path (vs oneDNN's RNN primitives), float32");
+    LayerConfig& layer = request->layer;
+    command->add_option("--cell", layer.cell, "cell type")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    command->add_option("--seq-len", request->steps, "time steps (T)")->capture_default_str()->check(CLI::PositiveNumber);
+    command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(CLI::PositiveNumber);
+    command->add_option("--input-size", layer.input_size, "features per step (I)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    command->add_option("--hidden-size", layer.hidden_size, "hidden units (H)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    command->add_option("--layers", layer.layers, "stacked layers (L)")->capture_default_str()->check(CLI::PositiveNumber);
+    command->add_flag("--bidirectional", layer.bidirectional, "run both directions (D = 2)");
+    add_threads_option(*command, request->threads);
+    command->add_option("--repeats", request->repeats, "timed rounds, after the warm-up")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+    command->add_option("--warmup", request->warmup, "untimed rounds first")
+        ->capture_default_str()
+        ->check(CLI::NonNegativeNumber);
+    command->add_option("--peer", request->peer, "also time oneDNN's fused RNN primitives, interleaved")
+        ->check(CLI::IsMember({"onednn"}));
+    command->add_flag("--no-generic", request->skip_generic, "skip the generic path (slow at large sizes)");
+    command->add_flag("--suite", request->suite,
+                      "the README's sizes: LSTM/GRU/RNN at T=100,B=32,I=H=256 and T=100,B=1,I=H=128, "
+                      "LSTM at T=50,B=64,I=H=1024 (the size options are then ignored)");
+    command->add_flag("--json", request->json, "one JSON object per case instead of text");
+    return {command, [request] { return run_bench(*request); }};
+}
+
+}  // namespace rw::cli
