@@ -326,6 +326,40 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
     }
 }
 
+BOOST_AUTO_TEST_CASE(truncated_bptt_matches_generic_chunk_by_chunk) {
+    // TBPTT(3, 5) over 13 steps: overlapping windows, detached carried states, several chunks.
+    for (const char* cell : cells) {
+        BOOST_TEST_CONTEXT(cell) {
+            std::vector<std::vector<xt::xarray<double>>> grads_per_path;
+            std::vector<std::vector<double>> losses_per_path;
+            for (const auto path : {ExecutionPath::fused, ExecutionPath::generic}) {
+                auto layer = make_recurrent<double>(cell, {.input_size = 3, .hidden_size = 4, .num_layers = 2,
+                                                           .path = path, .seed = 17});
+                Generator g(5);
+                const Tensor<double> stream = random_tensor<double>({13, 2, 3}, g, 1.0, false);
+                std::vector<xt::xarray<double>> grads;
+                std::vector<double> losses;
+                truncated_bptt<double>(
+                    *layer, stream, {.k1 = 3, .k2 = 5},
+                    [](const Tensor<double>& outputs, std::size_t, std::size_t) { return sum(outputs * outputs); },
+                    [&](const TbpttChunk<double>& chunk) {
+                        losses.push_back(chunk.loss);
+                        for (auto& p : layer->parameters()) grads.push_back(p.grad().value());
+                        layer->zero_grad();
+                    });
+                grads_per_path.push_back(std::move(grads));
+                losses_per_path.push_back(std::move(losses));
+            }
+            BOOST_TEST_REQUIRE(grads_per_path[0].size() == grads_per_path[1].size());
+            BOOST_TEST(losses_per_path[0].size() == 5u);
+            for (std::size_t i = 0; i < losses_per_path[0].size(); ++i)
+                BOOST_TEST(std::abs(losses_per_path[0][i] - losses_per_path[1][i]) <= 1e-12 * std::abs(losses_per_path[1][i]));
+            for (std::size_t i = 0; i < grads_per_path[0].size(); ++i)
+                BOOST_TEST(relative_error(grads_per_path[0][i], grads_per_path[1][i]) <= 1e-12, "gradient " << i);
+        }
+    }
+}
+
 BOOST_AUTO_TEST_CASE(dropout_between_layers_matches_generic_with_the_same_seed) {
     for (const char* cell : cells) {
         Config c;
