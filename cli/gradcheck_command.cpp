@@ -2,10 +2,16 @@
 // in float64, for every parameter, the input and (optionally) the initial states.
 
 #include <iostream>
+#include <cmath>
+#include <functional>
 #include <memory>
+#include <optional>
 
 #include <fmt/format.h>
+#include <xtensor/xmath.hpp>
+#include <xtensor/xsort.hpp>
 
+#include <rewind/autograd/engine.hpp>
 #include <rewind/autograd/gradcheck.hpp>
 #include <rewind/autograd/ops.hpp>
 
@@ -39,24 +45,32 @@ std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& reques
     return layer;
 }
 
-GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
-    // Every input is a leaf. The parameters are the layer's own handles, so the values that
-    // gradcheck perturbs in place are the ones forward() reads.
+// What gradcheck differentiates: every parameter, x and the initial states as leaf inputs, and
+// a function of them covering output and every final state, so gradients flowing only into h_n
+// or c_n (e.g. past a short sequence's end in the reverse direction) are checked too.
+struct CheckedFunction {
     std::vector<Tensor<double>> inputs;
     std::vector<std::string> names;
+    std::function<Tensor<double>(const std::vector<Tensor<double>>&)> function;
+};
+
+CheckedFunction checked_function(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    // The parameters are the layer's own handles, so the values that gradcheck perturbs in
+    // place are the ones forward() reads.
+    CheckedFunction checked;
     for (const auto& [name, parameter] : layer.named_parameters()) {
-        inputs.push_back(parameter);
-        names.push_back(name);
+        checked.inputs.push_back(parameter);
+        checked.names.push_back(name);
     }
     Generator generator(request.seed ^ data_stream);
     auto random = [&](const std::string& name, const Shape& shape, double scale) {
         xt::xarray<double> value = xt::xarray<double>::from_shape(shape);
         for (double& v : value) v = generator.normal(0.0, scale);
-        inputs.emplace_back(std::move(value), /*requires_grad=*/true);
-        names.push_back(name);
+        checked.inputs.emplace_back(std::move(value), /*requires_grad=*/true);
+        checked.names.push_back(name);
     };
     const LayerConfig& config = request.layer;
-    const std::size_t first_data = inputs.size();
+    const std::size_t first_data = checked.inputs.size();
     random("x", {request.seq_len, request.batch, config.input_size}, 1.0);
     if (request.initial_state)
         for (const auto& state : layer.state_names())
@@ -64,18 +78,53 @@ GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<doubl
 
     std::optional<std::vector<std::int64_t>> lengths;
     if (!request.lengths.empty()) lengths = request.lengths;
-    // The checked output covers output and every final state, so gradients flowing only into
-    // h_n or c_n (e.g. past a short sequence's end in the reverse direction) are checked too.
-    auto function = [&layer, first_data, &lengths](const std::vector<Tensor<double>>& in) {
+    checked.function = [&layer, first_data, lengths](const std::vector<Tensor<double>>& in) {
         const std::vector<Tensor<double>> initial(in.begin() + std::ptrdiff_t(first_data) + 1, in.end());
         const auto result = layer.forward(in[first_data], initial, lengths);
         std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
         for (const auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
         return concat(parts, 0);
     };
+    return checked;
+}
+
+GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    CheckedFunction checked = checked_function(request, layer);
     GradcheckOptions options = request.tolerance;
     options.seed = request.seed;
-    return gradcheck(function, std::move(inputs), options, std::move(names));
+    return gradcheck(checked.function, std::move(checked.inputs), options, std::move(checked.names));
+}
+
+// The analytic gradients of one random projection of the checked function.
+std::vector<std::pair<std::string, xt::xarray<double>>> analytic_gradients(const GradcheckRequest& request,
+                                                                           nn::Recurrent<double>& layer) {
+    CheckedFunction checked = checked_function(request, layer);
+    const Tensor<double> output = checked.function(checked.inputs);
+    Generator generator(request.seed + 1);
+    xt::xarray<double> projection = xt::xarray<double>::from_shape(output.shape());
+    for (double& v : projection) v = generator.normal(0.0, 1.0);
+    const auto gradients = grad<double>({sum(output * Tensor<double>(std::move(projection)))}, checked.inputs);
+    std::vector<std::pair<std::string, xt::xarray<double>>> named;
+    for (std::size_t i = 0; i < gradients.size(); ++i) named.emplace_back(checked.names[i], gradients[i].value());
+    return named;
+}
+
+// How far the fused path's analytic gradients are from the generic path's, per tensor relative
+// to its largest element (elementwise relative differences of near-zero elements are noise):
+// max_k |fused_k - generic_k| / max_k max(|fused_k|, |generic_k|), the worst over all tensors.
+PathAgreement compare_paths(const GradcheckRequest& request, nn::Recurrent<double>& generic,
+                            nn::Recurrent<double>& fused) {
+    const auto a = analytic_gradients(request, generic), b = analytic_gradients(request, fused);
+    PathAgreement agreement;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        const double scale = std::max(xt::amax(xt::abs(a[i].second))(), xt::amax(xt::abs(b[i].second))());
+        const double difference = scale == 0 ? 0 : xt::amax(xt::abs(a[i].second - b[i].second))() / scale;
+        if (agreement.worst_tensor.empty() || difference > agreement.max_rel_difference) {
+            agreement.max_rel_difference = difference;
+            agreement.worst_tensor = a[i].first;
+        }
+    }
+    return agreement;
 }
 
 int run_gradcheck(const GradcheckRequest& request) {
@@ -87,10 +136,12 @@ int run_gradcheck(const GradcheckRequest& request) {
 
     std::vector<PathReport> reports;
     for (const auto& [path, layer] : layers) reports.push_back({path, check_layer(request, *layer)});
+    std::optional<PathAgreement> agreement;
+    if (layers.size() == 2) agreement = compare_paths(request, *layers[0].second, *layers[1].second);
     if (request.json)
-        std::cout << report_json(request, reports).dump(2) << std::endl;
+        std::cout << report_json(request, reports, agreement).dump(2) << std::endl;
     else
-        std::cout << report_text(request, reports);
+        std::cout << report_text(request, reports, agreement);
     const std::string failures = failure_summary(reports);
     if (failures.empty()) return 0;
     std::cerr << "rewind gradcheck: " << failures << std::endl;

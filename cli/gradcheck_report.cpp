@@ -35,7 +35,8 @@ std::string describe(const GradcheckRequest& request) {
 
 }  // namespace
 
-std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports) {
+std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports,
+                        const std::optional<PathAgreement>& agreement) {
     const GradcheckOptions& tolerance = request.tolerance;
     std::string text;
     for (const auto& [path, report] : reports) {
@@ -55,10 +56,14 @@ std::string report_text(const GradcheckRequest& request, const std::vector<PathR
             report.passed ? "passed" : "FAILED", report.max_abs_error, report.max_rel_error,
             tolerance.absolute_tolerance, tolerance.relative_tolerance);
     }
+    if (agreement)
+        text += fmt::format("fused vs generic analytic gradients: max relative difference {:.3e} (in {})\n",
+                            agreement->max_rel_difference, agreement->worst_tensor);
     return text;
 }
 
-json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports) {
+json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports,
+                 const std::optional<PathAgreement>& agreement) {
     const LayerConfig& config = request.layer;
     json result{{"passed", true}, {"max_abs_error", 0.0}, {"max_rel_error", 0.0}, {"tensors", json::array()}};
     result["config"] = {{"cell", config.cell},
@@ -89,6 +94,9 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
             result["tensors"].push_back(std::move(entry));
         }
     }
+    if (agreement)
+        result["paths_agreement"] = {{"max_rel_difference", agreement->max_rel_difference},
+                                     {"worst_tensor", agreement->worst_tensor}};
     return result;
 }
 

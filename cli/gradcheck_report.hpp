@@ -2,6 +2,7 @@
 // `rewind gradcheck`'s request and how its results are shown: a table or one JSON object.
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,8 +32,16 @@ struct PathReport {
     GradcheckReport report;
 };
 
-std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports);
-nlohmann::json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports);
+// With --path both: how closely the two paths' analytic gradients agree.
+struct PathAgreement {
+    double max_rel_difference = 0;
+    std::string worst_tensor;
+};
+
+std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports,
+                        const std::optional<PathAgreement>& agreement);
+nlohmann::json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports,
+                           const std::optional<PathAgreement>& agreement);
 // "x, weight_hh_l0 (generic path) disagree ..." or empty when every check passed.
 std::string failure_summary(const std::vector<PathReport>& reports);
 

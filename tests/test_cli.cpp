@@ -239,6 +239,17 @@ BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_reports_each) {
     BOOST_TEST(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
     BOOST_TEST(run.out.find("generic") != std::string::npos, run.out);
     BOOST_TEST(run.out.find("fused") != std::string::npos, run.out);
+    BOOST_TEST(run.out.find("fused vs generic analytic gradients: max relative difference") != std::string::npos, run.out);
+}
+
+BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_finds_them_equal_to_round_off) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--layers", "2", "--bidirectional", "--input-size", "3",
+                                  "--hidden-size", "4", "--seq-len", "6", "--batch", "3", "--lengths", "6,1,4",
+                                  "--path", "both", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(report.at("paths_agreement").at("max_rel_difference").get<double>() <= 1e-12, run.out);
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_fails_and_says_so_when_a_gradient_is_wrong) {
