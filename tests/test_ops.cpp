@@ -258,6 +258,19 @@ BOOST_AUTO_TEST_CASE(stack_gradient_matches_numeric_on_every_axis) {
     }
 }
 
+BOOST_AUTO_TEST_CASE(unstack_gradient_matches_numeric_on_every_axis) {
+    for (std::size_t axis : {0, 1, 2}) {
+        BOOST_TEST_CONTEXT("axis " << axis) {
+            expect_gradients_match([axis](const Inputs& x) { return weighted_sum(unstack(x[0], axis)); },
+                                   {input({2, 3, 4}, 1)});
+        }
+    }
+}
+
+BOOST_AUTO_TEST_CASE(unstack_gradient_matches_numeric_when_only_one_part_is_used) {
+    expect_gradients_match([](const Inputs& x) { return unstack(x[0], 1)[2]; }, {input({2, 4, 3}, 1)});
+}
+
 BOOST_AUTO_TEST_CASE(split_gradient_matches_numeric) {
     expect_gradients_match([](const Inputs& x) { return weighted_sum(split(x[0], {2, 4, 1}, 1)); }, {input({3, 7}, 1)});
 }
@@ -464,6 +477,7 @@ BOOST_AUTO_TEST_CASE(layout_ops_second_derivative_through_a_square_matches_numer
         {"concat", [](const Inputs& x) { return concat<double>({x[0], slice(x[0], 2, 0, 1)}, 2); }},
         {"stack", [](const Inputs& x) { return stack<double>({x[0], mul_scalar(x[0], 2.0)}, 1); }},
         {"split", [](const Inputs& x) { return split(x[0], {1, 3}, 2)[1]; }},
+        {"unstack", [](const Inputs& x) { return unstack(x[0], 1)[2]; }},
         {"chunk", [](const Inputs& x) { return chunk(x[0], 2, 1)[1]; }},
         {"index_select", [](const Inputs& x) { return index_select(x[0], 1, {2, 0, 2}); }},
         {"broadcast_to", [](const Inputs& x) { return broadcast_to(x[0], {3, 2, 3, 4}); }},
@@ -620,6 +634,16 @@ BOOST_AUTO_TEST_CASE(stack_inserts_a_new_axis) {
     const Tensor<double> a(Array{1.0, 2.0}), b(Array{3.0, 4.0});
     BOOST_TEST(stack<double>({a, b}, 0).value() == (Array{{1.0, 2.0}, {3.0, 4.0}}));
     BOOST_TEST(stack<double>({a, b}, 1).value() == (Array{{1.0, 3.0}, {2.0, 4.0}}));
+}
+
+BOOST_AUTO_TEST_CASE(unstack_undoes_stack) {
+    const Tensor<double> x(Array{{1.0, 2.0, 3.0}, {4.0, 5.0, 6.0}});
+    const auto rows = unstack(x, 0), columns = unstack(x, 1);
+    BOOST_REQUIRE_EQUAL(rows.size(), 2u);
+    BOOST_REQUIRE_EQUAL(columns.size(), 3u);
+    BOOST_TEST(rows[1].value() == (Array{4.0, 5.0, 6.0}));
+    BOOST_TEST(columns[2].value() == (Array{3.0, 6.0}));
+    BOOST_TEST(stack(columns, 1).value() == x.value());
 }
 
 BOOST_AUTO_TEST_CASE(stack_passes_gradients_only_to_parts_that_require_them) {

@@ -59,11 +59,10 @@ void copy_along_axis(const T* from, std::size_t from_extent, std::size_t from_be
         std::copy_n(from + (o * from_extent + from_begin) * inner, run, to + (o * to_extent + to_begin) * inner);
 }
 
-// The adjoints of slice, stack and index_select; each pair calls the other in its backward.
+// The adjoints of slice and index_select (unstack, the adjoint of stack, is public); each pair
+// calls the other in its backward.
 template <class T>
 Tensor<T> pad_slice(const Tensor<T>& part, std::size_t axis, std::size_t begin, std::size_t extent);
-template <class T>
-std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis);
 template <class T>
 Tensor<T> index_add(const Tensor<T>& source, std::size_t axis, const std::vector<std::size_t>& indices,
                     std::size_t extent);
@@ -277,12 +276,12 @@ Tensor<T> stack(const std::vector<Tensor<T>>& parts, std::size_t axis) {
     });
 }
 
-namespace {
-
 // The adjoint of stack: one output per position of `axis`, with that axis removed.
 template <class T>
 std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis) {
     const Shape shape = x.shape();
+    check_axis("unstack", shape, axis);
+    if (shape[axis] == 0) return {};
     const AxisLayout from = layout_around(shape, axis);
     Shape part_shape = shape;
     part_shape.erase(part_shape.begin() + static_cast<std::ptrdiff_t>(axis));
@@ -298,8 +297,6 @@ std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis) {
         return {stack(gradients, axis)};
     });
 }
-
-}  // namespace
 
 template <class T>
 std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<std::size_t>& sizes, std::size_t axis) {
@@ -418,6 +415,8 @@ template Tensor<float> concat(const std::vector<Tensor<float>>&, std::size_t);
 template Tensor<double> concat(const std::vector<Tensor<double>>&, std::size_t);
 template Tensor<float> stack(const std::vector<Tensor<float>>&, std::size_t);
 template Tensor<double> stack(const std::vector<Tensor<double>>&, std::size_t);
+template std::vector<Tensor<float>> unstack(const Tensor<float>&, std::size_t);
+template std::vector<Tensor<double>> unstack(const Tensor<double>&, std::size_t);
 template std::vector<Tensor<float>> split(const Tensor<float>&, const std::vector<std::size_t>&, std::size_t);
 template std::vector<Tensor<double>> split(const Tensor<double>&, const std::vector<std::size_t>&, std::size_t);
 template std::vector<Tensor<float>> chunk(const Tensor<float>&, std::size_t, std::size_t);

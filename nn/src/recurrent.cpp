@@ -89,16 +89,13 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
                                               const Sequence& sequence, std::size_t layer, std::size_t direction) {
     if (options_.path == ExecutionPath::fused && !observer_)
         if (auto fused = cell.run_sequence(input, state, sequence.lengths, direction == 1)) return std::move(*fused);
-    const Tensor<T> prepared = cell.prepare_input(input);
-    const Shape step_shape = [&] {
-        Shape shape = prepared.shape();
-        shape.erase(shape.begin());
-        return shape;
-    }();
+    // One node for all steps: its backward stacks the step gradients once, where a slice per
+    // step would zero-pad each gradient to the whole sequence.
+    const std::vector<Tensor<T>> prepared = unstack(cell.prepare_input(input), 0);
     std::vector<Tensor<T>> outputs(sequence.steps);
     for (std::size_t i = 0; i < sequence.steps; ++i) {
         const std::size_t t = direction == 0 ? i : sequence.steps - 1 - i;
-        State<T> next = cell.step(reshape(slice(prepared, 0, t, t + 1), step_shape), state);
+        State<T> next = cell.step(prepared[t], state);
         if (next.size() != state.size())
             throw std::logic_error(fmt::format("recurrent cell returned {} state tensors, expected {}", next.size(), state.size()));
         Tensor<T> output = next[0];

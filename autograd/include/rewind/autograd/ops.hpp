@@ -65,6 +65,10 @@ template <class T> Tensor<T> reshape(const Tensor<T>& x, const Shape& shape);
 template <class T> Tensor<T> slice(const Tensor<T>& x, std::size_t axis, std::size_t begin, std::size_t end);
 template <class T> Tensor<T> concat(const std::vector<Tensor<T>>& parts, std::size_t axis);
 template <class T> Tensor<T> stack(const std::vector<Tensor<T>>& parts, std::size_t axis);
+// The inverse of stack (torch.unbind): one tensor per position of `axis`, that axis removed; one
+// node whose backward is a single stack, so taking every step of a sequence costs O(size) in
+// backward rather than a zero-padded full-size gradient per step as with slice.
+template <class T> std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis);
 template <class T> std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<std::size_t>& sizes, std::size_t axis);
 template <class T> std::vector<Tensor<T>> chunk(const Tensor<T>& x, std::size_t chunks, std::size_t axis);
 // Rows of x picked by index (an embedding lookup); repeated indices accumulate in backward.
