@@ -5,6 +5,8 @@
 #include <unordered_set>
 
 #include <fmt/format.h>
+#include <xtensor/xnoalias.hpp>
+#include <xtensor/xoperation.hpp>
 
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/ops.hpp"
@@ -84,6 +86,12 @@ private:
         std::sort(nodes_.begin(), nodes_.end(), [](const auto& a, const auto& b) { return a->sequence > b->sequence; });
     }
 
+    // A plain tensor (not on any graph) that only this reference holds.
+    // (Not in anomaly mode, where the out-of-place add checks the sum.)
+    static bool is_private(const Tensor<T>& tensor) {
+        return tensor.impl().use_count() == 1 && !tensor.requires_grad() && !anomaly_mode_enabled();
+    }
+
     // Shared ownership keeps the tensor (and its pending gradient) alive when a released node
     // drops its inputs before the tensor's own producer has run.
     void accumulate(const std::shared_ptr<TensorImpl<T>>& impl, Tensor<T> gradient) {
@@ -91,8 +99,16 @@ private:
             impl->pending = std::make_unique<Tensor<T>>(std::move(gradient));
             touched_.push_back(impl);
             if (!impl->grad_fn) leaves_.push_back(impl);
+        } else if (!options_.create_graph && is_private(*impl->pending)) {
+            // Nothing else holds the running sum (no caller, rule, hook or graph): add in place
+            // instead of allocating a fresh gradient for every use, e.g. of a weight at every step.
+            xt::noalias(impl->pending->mutable_value()) += gradient.value();
+        } else if (!options_.create_graph && is_private(gradient)) {
+            xt::noalias(gradient.mutable_value()) += impl->pending->value();
+            *impl->pending = std::move(gradient);
         } else {
-            // Out of place: the stored gradient may be shared with the caller or another rule.
+            // Out of place: the stored gradient is shared with the caller or another rule, or
+            // create_graph needs the sum on the tape.
             *impl->pending = add(*impl->pending, gradient);
         }
     }

@@ -25,10 +25,51 @@ Shape broadcast_shapes(std::string_view op, const Shape& a, const Shape& b) {
 
 namespace {
 
-template <class T, class Expression>
-xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view op, Expression expression) {
-    if (a.value().shape() != b.value().shape()) broadcast_shapes(op, a.shape(), b.shape());
-    return expression(a.value(), b.value());
+// How many elements `row` has when it broadcasts against `full` as one row repeated over full's
+// leading axes (a bias [N] or [1, N] against [M, N]); 0 when it does not.
+template <class S>
+std::size_t row_length(const S& full, const S& row) {
+    std::size_t skip = 0;  // row's leading 1s
+    while (skip < row.size() && row[skip] == 1) ++skip;
+    const std::size_t rank = row.size() - skip;
+    if (row.size() > full.size() || rank == full.size()) return 0;
+    std::size_t length = 1;
+    for (std::size_t i = 0; i < rank; ++i) {
+        if (row[skip + i] != full[full.size() - rank + i]) return 0;
+        length *= row[skip + i];
+    }
+    return length;
+}
+
+// `op` on every pair of elements. Equal shapes and a row against a full array run as plain
+// loops over the row-major buffers (vectorised by the compiler); anything else goes through
+// xtensor's general broadcasting. `op` takes two scalars or two xtensor expressions.
+template <class T, class Op>
+xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view op_name, Op op) {
+    const auto &x = a.value(), &y = b.value();
+    if (x.shape() == y.shape()) {
+        xt::xarray<T> out = xt::xarray<T>::from_shape(x.shape());
+        const T *px = x.data(), *py = y.data();
+        T* po = out.data();
+        for (std::size_t i = 0, n = out.size(); i < n; ++i) po[i] = op(px[i], py[i]);
+        return out;
+    }
+    const bool x_full = row_length(x.shape(), y.shape()) != 0;
+    if (x_full || row_length(y.shape(), x.shape()) != 0) {
+        const auto& full = x_full ? x : y;
+        const std::size_t n = (x_full ? y : x).size();
+        xt::xarray<T> out = xt::xarray<T>::from_shape(full.shape());
+        const T *px = x.data(), *py = y.data();
+        T* po = out.data();
+        for (std::size_t r = 0, rows = out.size() / n; r < rows; ++r, po += n)
+            if (x_full)
+                for (std::size_t j = 0; j < n; ++j) po[j] = op(px[r * n + j], py[j]);
+            else
+                for (std::size_t j = 0; j < n; ++j) po[j] = op(px[j], py[r * n + j]);
+        return out;
+    }
+    broadcast_shapes(op_name, a.shape(), b.shape());
+    return op(x, y);
 }
 
 }  // namespace
@@ -37,7 +78,7 @@ xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view 
 
 template <class T>
 Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
-    auto value = evaluate(a, b, "add", [](const auto& x, const auto& y) { return xt::xarray<T>(x + y); });
+    auto value = evaluate(a, b, "add", [](const auto& x, const auto& y) { return x + y; });
     return record_op<T>("add", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         return {sum_to(g, ctx.input(0).shape()), sum_to(g, ctx.input(1).shape())};
@@ -46,7 +87,7 @@ Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
 
 template <class T>
 Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
-    auto value = evaluate(a, b, "sub", [](const auto& x, const auto& y) { return xt::xarray<T>(x - y); });
+    auto value = evaluate(a, b, "sub", [](const auto& x, const auto& y) { return x - y; });
     return record_op<T>("sub", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         return {sum_to(g, ctx.input(0).shape()), ctx.needs_input_grad(1) ? sum_to(neg(g), ctx.input(1).shape()) : Tensor<T>()};
@@ -55,7 +96,7 @@ Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
 
 template <class T>
 Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
-    auto value = evaluate(a, b, "mul", [](const auto& x, const auto& y) { return xt::xarray<T>(x * y); });
+    auto value = evaluate(a, b, "mul", [](const auto& x, const auto& y) { return x * y; });
     return record_op<T>("mul", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         const auto &a = ctx.input(0), &b = ctx.input(1);
@@ -66,7 +107,7 @@ Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
 
 template <class T>
 Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
-    auto value = evaluate(a, b, "div", [](const auto& x, const auto& y) { return xt::xarray<T>(x / y); });
+    auto value = evaluate(a, b, "div", [](const auto& x, const auto& y) { return x / y; });
     return record_op<T>("div", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         const auto &a = ctx.input(0), &b = ctx.input(1);
