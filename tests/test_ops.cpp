@@ -13,6 +13,7 @@
 #include <vector>
 
 #include <xtensor/xio.hpp>
+#include <xtensor/xmath.hpp>
 
 #include <rewind/autograd.hpp>
 
@@ -453,6 +454,43 @@ BOOST_AUTO_TEST_CASE(matmul_second_derivative_matches_numeric_for_2d_operands) {
 BOOST_AUTO_TEST_CASE(matmul_second_derivative_matches_numeric_for_3d_times_2d) {
     expect_second_derivatives_match([](const Inputs& x) { return matmul(x[0], x[1]); },
                                     {input({2, 3, 4}, 1), input({4, 5}, 2)});
+}
+
+// A 3-D operand is the matrix [product of the leading axes, last axis]: op(A) is [6, 4] and op(B)
+// [4, 5] in every combination, with A [2, 3, 4] or [2, 2, 6] and B spread over three axes too.
+static std::pair<Shape, Shape> three_axis_operands(bool transpose_a, bool transpose_b) {
+    return {transpose_a ? Shape{2, 2, 6} : Shape{2, 3, 4}, transpose_b ? Shape{5, 1, 4} : Shape{2, 2, 5}};
+}
+
+BOOST_AUTO_TEST_CASE(gemm_of_operands_with_more_than_two_axes_multiplies_them_as_matrices) {
+    const Tensor<double> a(random_array({2, 3, 4}, 1, -1.0, 1.0)), b(random_array({5, 4}, 2, -1.0, 1.0));
+    const Tensor<double> product = gemm(a, b, false, true);
+    BOOST_TEST(product.shape() == (Shape{2, 3, 5}));
+    BOOST_TEST(xt::allclose(product.value(), reshape(gemm(reshape(a, {6, 4}), b, false, true), {2, 3, 5}).value()));
+    BOOST_TEST(gemm(a, a, true, false).shape() == (Shape{4, 4}));
+}
+
+BOOST_AUTO_TEST_CASE(gemm_gradient_matches_numeric_for_operands_with_more_than_two_axes) {
+    for (bool transpose_a : {false, true})
+        for (bool transpose_b : {false, true}) {
+            BOOST_TEST_CONTEXT("transpose_a " << transpose_a << ", transpose_b " << transpose_b) {
+                const auto [shape_a, shape_b] = three_axis_operands(transpose_a, transpose_b);
+                expect_gradients_match([=](const Inputs& x) { return gemm(x[0], x[1], transpose_a, transpose_b); },
+                                       {input(shape_a, 1), input(shape_b, 2)});
+            }
+        }
+}
+
+BOOST_AUTO_TEST_CASE(gemm_second_derivative_matches_numeric_for_operands_with_more_than_two_axes) {
+    for (bool transpose_a : {false, true})
+        for (bool transpose_b : {false, true}) {
+            BOOST_TEST_CONTEXT("transpose_a " << transpose_a << ", transpose_b " << transpose_b) {
+                const auto [shape_a, shape_b] = three_axis_operands(transpose_a, transpose_b);
+                expect_second_derivatives_match(
+                    [=](const Inputs& x) { return gemm(x[0], x[1], transpose_a, transpose_b); },
+                    {input(shape_a, 1), input(shape_b, 2)});
+            }
+        }
 }
 
 BOOST_AUTO_TEST_CASE(gemm_second_derivative_matches_numeric_for_every_transpose_combination) {

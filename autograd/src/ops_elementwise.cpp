@@ -25,22 +25,6 @@ Shape broadcast_shapes(std::string_view op, const Shape& a, const Shape& b) {
 
 namespace {
 
-// How many elements `row` has when it broadcasts against `full` as one row repeated over full's
-// leading axes (a bias [N] or [1, N] against [M, N]); 0 when it does not.
-template <class S>
-std::size_t row_length(const S& full, const S& row) {
-    std::size_t skip = 0;  // row's leading 1s
-    while (skip < row.size() && row[skip] == 1) ++skip;
-    const std::size_t rank = row.size() - skip;
-    if (row.size() > full.size() || rank == full.size()) return 0;
-    std::size_t length = 1;
-    for (std::size_t i = 0; i < rank; ++i) {
-        if (row[skip + i] != full[full.size() - rank + i]) return 0;
-        length *= row[skip + i];
-    }
-    return length;
-}
-
 // `op` on every pair of elements. Equal shapes and a row against a full array run as plain
 // loops over the row-major buffers (vectorised by the compiler); anything else goes through
 // xtensor's general broadcasting. `op` takes two scalars or two xtensor expressions.
@@ -54,8 +38,8 @@ xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view 
         for (std::size_t i = 0, n = out.size(); i < n; ++i) po[i] = op(px[i], py[i]);
         return out;
     }
-    const bool x_full = row_length(x.shape(), y.shape()) != 0;
-    if (x_full || row_length(y.shape(), x.shape()) != 0) {
+    const bool x_full = broadcast_row_length(x.shape(), y.shape()) != 0;
+    if (x_full || broadcast_row_length(y.shape(), x.shape()) != 0) {
         const auto& full = x_full ? x : y;
         const std::size_t n = (x_full ? y : x).size();
         xt::xarray<T> out = xt::xarray<T>::from_shape(full.shape());

@@ -76,7 +76,15 @@ Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape) {
     if (x.shape() == shape) return x;
     if (broadcast_shapes("broadcast_to", x.shape(), shape) != shape)
         throw_shape_error("broadcast_to", "cannot broadcast to the target shape", x.shape(), shape);
-    xt::xarray<T> value = xt::broadcast(x.value(), shape);
+    xt::xarray<T> value;
+    if (const std::size_t n = broadcast_row_length(shape, x.shape())) {
+        // A row (or a scalar) repeated: whole-row copies rather than xtensor's broadcast stepper.
+        value = xt::xarray<T>::from_shape(shape);
+        T* out = value.data();
+        for (std::size_t r = 0, rows = value.size() / n; r < rows; ++r) std::copy_n(x.value().data(), n, out + r * n);
+    } else {
+        value = xt::broadcast(x.value(), shape);
+    }
     return record_op<T>("broadcast_to", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {sum_to(ctx.grad_output(0), ctx.input(0).shape())};
     });
@@ -107,27 +115,52 @@ Tensor<T> sum_to(const Tensor<T>& x, const Shape& shape) {
 
 // ---- matrix products ----
 
+namespace {
+
+// An operand of gemm as a row-major matrix: the last axis is the columns, all others the rows.
+struct Matrix {
+    std::size_t rows = 1, columns;
+};
+
+Matrix as_matrix(const Shape& shape) {
+    Matrix matrix{1, shape.back()};
+    for (std::size_t i = 0; i + 1 < shape.size(); ++i) matrix.rows *= shape[i];
+    return matrix;
+}
+
+}  // namespace
+
 template <class T>
 Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool transpose_b) {
-    if (a.dim() != 2 || b.dim() != 2) throw_shape_error("matmul", "needs 2-D operands", a.shape(), b.shape());
-    const std::size_t m = a.size(transpose_a ? 1 : 0), k = a.size(transpose_a ? 0 : 1);
-    const std::size_t k_b = b.size(transpose_b ? 1 : 0), n = b.size(transpose_b ? 0 : 1);
+    if (a.dim() < 2 || b.dim() < 2) throw_shape_error("matmul", "needs operands of at least 2 axes", a.shape(), b.shape());
+    const Matrix ma = as_matrix(a.shape()), mb = as_matrix(b.shape());
+    const std::size_t m = transpose_a ? ma.columns : ma.rows, k = transpose_a ? ma.rows : ma.columns;
+    const std::size_t k_b = transpose_b ? mb.columns : mb.rows, n = transpose_b ? mb.rows : mb.columns;
     if (k != k_b) throw_shape_error("matmul", "inner dimensions differ", a.shape(), b.shape());
-    xt::xarray<T> c = xt::xarray<T>::from_shape({m, n});
+    // An untransposed `a` keeps its leading axes (like torch.nn.functional.linear).
+    Shape shape{m, n};
+    if (!transpose_a) {
+        shape = a.shape();
+        shape.back() = n;
+    }
+    xt::xarray<T> c = xt::xarray<T>::from_shape(shape);
     if (k == 0) c.fill(T(0));
     else
-        blas::gemm(transpose_a, transpose_b, m, n, k, T(1), a.value().data(), a.size(1), b.value().data(), b.size(1),
-                   T(0), c.data(), n);
+        blas::gemm(transpose_a, transpose_b, m, n, k, T(1), a.value().data(), ma.columns, b.value().data(),
+                   mb.columns, T(0), c.data(), n);
     return record_op<T>("matmul", {a, b}, std::move(c),
                         [transpose_a, transpose_b](const BackwardContext<T>& ctx) -> Gradients<T> {
                             // C = op(A) op(B): dop(A) = dC op(B)^T and dop(B) = op(A)^T dC, written
-                            // so that no transpose is materialised.
+                            // so that no transpose is materialised; the reshapes only restore the
+                            // leading axes of an operand of more than two axes (no-ops otherwise).
                             const auto &g = ctx.grad_output(0), &a = ctx.input(0), &b = ctx.input(1);
                             Tensor<T> grad_a, grad_b;
                             if (ctx.needs_input_grad(0))
-                                grad_a = transpose_a ? gemm(b, g, transpose_b, true) : gemm(g, b, false, !transpose_b);
+                                grad_a = reshape(transpose_a ? gemm(b, g, transpose_b, true) : gemm(g, b, false, !transpose_b),
+                                                 a.shape());
                             if (ctx.needs_input_grad(1))
-                                grad_b = transpose_b ? gemm(g, a, true, transpose_a) : gemm(a, g, !transpose_a, false);
+                                grad_b = reshape(transpose_b ? gemm(g, a, true, transpose_a) : gemm(a, g, !transpose_a, false),
+                                                 b.shape());
                             return {grad_a, grad_b};
                         });
 }
@@ -137,10 +170,8 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
     if (a.dim() == 2 && b.dim() == 2) return gemm(a, b, false, false);
     if (a.dim() == 3 && b.dim() == 2) {
         // [B, M, K] x [K, N]: one GEMM over the B*M rows.
-        const std::size_t batch = a.size(0), rows = a.size(1), inner = a.size(2);
-        if (inner != b.size(0)) throw_shape_error("matmul", "inner dimensions differ", a.shape(), b.shape());
-        Tensor<T> product = gemm(reshape(a, {batch * rows, inner}), b, false, false);
-        return reshape(product, {batch, rows, b.size(1)});
+        if (a.size(2) != b.size(0)) throw_shape_error("matmul", "inner dimensions differ", a.shape(), b.shape());
+        return gemm(a, b, false, false);
     }
     throw_shape_error("matmul", "supports 2-D x 2-D and 3-D x 2-D", a.shape(), b.shape());
 }

@@ -39,10 +39,8 @@ Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& b
     if (input.dim() != 3 || input.size(2) != this->input_size())
         throw_shape_error(this->kind(), "expects input [T, B, input_size] matching weight_ih [G*H, input_size]",
                           input.shape(), weight_ih_.shape());
-    const std::size_t steps = input.size(0), batch = input.size(1);
-    Tensor<T> flat = reshape(input, {steps * batch, this->input_size()});
-    Tensor<T> projected = add(gemm(flat, weight_ih_, false, true), bias);
-    return reshape(projected, {steps, batch, gates_ * this->hidden_size()});
+    // One GEMM over all T*B rows, straight from and to [T, B, *] (no reshape copies).
+    return add(gemm(input, weight_ih_, false, true), bias);
 }
 
 template <class T>

@@ -56,7 +56,10 @@ template <class T> Tensor<T> operator/(const Tensor<T>& a, Scalar<T> b) { return
 // ---- shapes and products (ops_shape.cpp) ----
 // [M, K] x [K, N] -> [M, N] and [B, M, K] x [K, N] -> [B, M, N], through the GEMM layer.
 template <class T> Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b);
-// 2-D product with either operand transposed, without materialising the transpose.
+// Matrix product with either operand transposed, without materialising the transpose. An
+// operand of more than two axes is the matrix [product of the leading axes, last axis]; the
+// result keeps the leading axes of an untransposed `a` (like torch.nn.functional.linear:
+// gemm(x [T, B, I], w [O, I], false, true) is [T, B, O]).
 template <class T> Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool transpose_b);
 template <class T> Tensor<T> transpose(const Tensor<T>& x);  // 2-D
 template <class T> Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& axes);
