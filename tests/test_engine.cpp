@@ -277,6 +277,33 @@ BOOST_AUTO_TEST_CASE(hooks_see_the_summed_gradient_once_per_backward_on_leaves_a
     check_close(seen_x[1], expected_x);  // the hook sees this pass's gradient, not the accumulated one
 }
 
+BOOST_AUTO_TEST_CASE(summing_gradients_never_changes_a_gradient_held_elsewhere) {
+    // The engine adds a tensor's further gradients in place only into a sum nothing else holds.
+    // Here the seed (held by the caller) reaches y and x unchanged through add's backward, a hook
+    // keeps y's gradient, and x receives two more gradients after that.
+    Tensor<double> x(Array{1.0, 2.0}, true);
+    const Tensor<double> c(Array{10.0, 20.0});
+    Tensor<double> y = add(x, c);
+    std::vector<Tensor<double>> kept;
+    y.register_hook([&](const Tensor<double>& g) { kept.push_back(g); });
+    Tensor<double> root = add(add(y, x), mul_scalar(x, 3.0));
+    const Tensor<double> seed(Array{1.0, -1.0});
+    root.backward(seed);
+    check_close(seed.value(), Array{1.0, -1.0});
+    BOOST_REQUIRE(kept.size() == 1);
+    check_close(kept[0].value(), Array{1.0, -1.0});
+    check_close(x.grad().value(), Array{5.0, -5.0});
+    // A weight used at four steps: its per-step gradients are summed in place, and still right.
+    const auto report = gradcheck(
+        [](const std::vector<Tensor<double>>& in) {
+            Tensor<double> h(Array{{1.0, -1.0}});
+            for (int step = 0; step < 4; ++step) h = tanh(gemm(h, in[0], false, true));
+            return sum(h);
+        },
+        {Tensor<double>(Array{{0.5, -0.2}, {0.3, 0.8}}, true)});
+    BOOST_TEST(report.passed, report.to_string());
+}
+
 BOOST_AUTO_TEST_CASE(retain_grad_keeps_the_gradient_of_a_non_leaf) {
     Tensor<double> x(Array{1.0, -3.0}, true);
     Tensor<double> h = mul_scalar(x, 2.0);

@@ -156,7 +156,7 @@ private:
             throw GraphError(fmt::format("backward of op '{}' returned {} gradients for {} inputs", node.name,
                                          gradients.size(), node.inputs.size()));
         for (std::size_t i = 0; i < gradients.size(); ++i)
-            if (gradients[i].defined() && gradients[i].shape() != node.inputs[i].shape())
+            if (gradients[i].defined() && gradients[i].value().shape() != node.inputs[i].value().shape())
                 throw GraphError(fmt::format("backward of op '{}' returned a gradient of shape {} for input {} of shape {}",
                                              node.name, shape_string(gradients[i].shape()), i,
                                              shape_string(node.inputs[i].shape())));
