@@ -60,26 +60,22 @@ struct Vocabulary {
     std::int64_t index(char c) const { return std::int64_t(symbols.find(c)); }
 };
 
-// One-hot inputs and next-character targets for `batch` streams cut from text side by side:
-// stream b is text[b * n, (b + 1) * n]. One-hot rather than an Embedding: truncated_bptt takes
-// the whole input stream as one tensor and every chunk's backward frees the graph behind it, so
-// a trainable layer in front of the LSTM fails at the second chunk ("backward through a graph
-// that was already freed"). Its weights would need the stream to be rebuilt per chunk.
+// Input and next-character indices for `batch` streams cut from text side by side:
+// stream b is text[b * n, (b + 1) * n].
 struct Streams {
-    Tensor<float> inputs;                // [n - 1, batch, V]
+    xt::xarray<std::int64_t> inputs;     // [n - 1, batch]
     xt::xarray<std::int64_t> targets;    // [n - 1, batch]
 };
 
 Streams make_streams(const std::string& text, std::size_t batch, const Vocabulary& vocab) {
     const std::size_t n = text.size() / batch;
-    xt::xarray<float> inputs = xt::zeros<float>({n - 1, batch, vocab.size()});
-    xt::xarray<std::int64_t> targets = xt::zeros<std::int64_t>({n - 1, batch});
+    Streams streams{xt::zeros<std::int64_t>({n - 1, batch}), xt::zeros<std::int64_t>({n - 1, batch})};
     for (std::size_t b = 0; b < batch; ++b)
         for (std::size_t t = 0; t + 1 < n; ++t) {
-            inputs(t, b, std::size_t(vocab.index(text[b * n + t]))) = 1;
-            targets(t, b) = vocab.index(text[b * n + t + 1]);
+            streams.inputs(t, b) = vocab.index(text[b * n + t]);
+            streams.targets(t, b) = vocab.index(text[b * n + t + 1]);
         }
-    return {Tensor<float>(std::move(inputs)), std::move(targets)};
+    return streams;
 }
 
 // Draws from softmax(logits / temperature): lower temperatures are more conservative.
@@ -139,14 +135,16 @@ int main(int argc, char** argv) {
     const Streams train = make_streams(text.substr(0, split), batch, vocab);
     const Streams valid = make_streams(text.substr(split), 1, vocab);
 
-    auto lstm = make_lstm<float>({.input_size = vocab.size(), .hidden_size = hidden, .seed = common.seed});
+    // The model: Embedding -> LSTM -> Linear, combined under one module for the optimizer.
     Generator init(common.seed + 1);
-    const Linear<float> head(hidden, vocab.size(), init);
-    NamedTensors<float> parameters = lstm->named_parameters();
-    for (auto& [name, tensor] : head.named_parameters()) parameters.emplace_back("head." + name, tensor);
+    Module<float> model;
+    const auto embedding = model.register_module("embedding", std::make_shared<Embedding<float>>(vocab.size(), 32, init));
+    const auto lstm = model.register_module("lstm", make_lstm<float>({.input_size = 32, .hidden_size = hidden, .seed = common.seed}));
+    const auto head = model.register_module("head", std::make_shared<Linear<float>>(hidden, vocab.size(), init));
+    const NamedTensors<float> parameters = model.named_parameters();
     Adam<float> adam(parameters, AdamOptions{.lr = lr});
 
-    fmt::print("{} bytes, {} distinct; {} streams of {} steps; LSTM({}); TBPTT k1 = {}, k2 = {}\n\n", text.size(),
+    fmt::print("{} bytes, {} distinct; {} streams of {} steps; Embedding(32) -> LSTM({}); TBPTT k1 = {}, k2 = {}\n\n", text.size(),
                vocab.size(), batch, train.targets.shape(0), hidden, tbptt.k1, tbptt.k2 == 0 ? tbptt.k1 : tbptt.k2);
     const auto& train_targets = train.targets;
     for (std::size_t epoch = 1; epoch <= epochs; ++epoch) {
@@ -156,7 +154,7 @@ int main(int argc, char** argv) {
         // The loss of one chunk: the outputs are those of the chunk's own steps [begin, end).
         auto chunk_loss = [&](const Tensor<float>& outputs, std::size_t begin, std::size_t end) {
             const xt::xarray<std::int64_t> targets = xt::view(train_targets, xt::range(begin, end), xt::all());
-            return sequence_cross_entropy(head.forward(outputs), targets);
+            return sequence_cross_entropy(head->forward(outputs), targets);
         };
         auto chunk_step = [&](const TbpttChunk<float>& chunk) {
             clip_grad_norm(parameters, 1.0);
@@ -165,10 +163,15 @@ int main(int argc, char** argv) {
             loss_sum += chunk.loss * double(chunk.end - chunk.begin);
             counted += chunk.end - chunk.begin;
         };
-        truncated_bptt(*lstm, train.inputs, tbptt, ChunkLoss<float>(chunk_loss), ChunkStep<float>(chunk_step));
+        // Each window's input is looked up anew, so the embedding is on that window's graph and
+        // trained by every chunk's backward.
+        auto window_input = [&](std::size_t from, std::size_t to) {
+            return embedding->forward(xt::eval(xt::view(train.inputs, xt::range(from, to), xt::all())));
+        };
+        truncated_bptt<float>(*lstm, train.inputs.shape(0), window_input, tbptt, chunk_loss, chunk_step);
 
         NoGradGuard no_grad;
-        const double valid_loss = sequence_cross_entropy(head.forward(lstm->forward(valid.inputs).output), valid.targets).item();
+        const double valid_loss = sequence_cross_entropy(head->forward(lstm->forward(embedding->forward(valid.inputs)).output), valid.targets).item();
         if (epoch == 1 || epoch % std::max<std::size_t>(1, epochs / 10) == 0 || epoch == epochs)
             fmt::print("epoch {:3}  train perplexity {:7.3f}  validation perplexity {:7.3f}\n", epoch,
                        std::exp(loss_sum / double(counted)), std::exp(valid_loss));
@@ -180,11 +183,11 @@ int main(int argc, char** argv) {
     std::vector<Tensor<float>> state;
     std::string generated = prompt;
     auto feed = [&](char c) {
-        xt::xarray<float> one_hot = xt::zeros<float>({std::size_t(1), std::size_t(1), vocab.size()});
-        one_hot(0, 0, std::size_t(vocab.index(c))) = 1;
-        auto result = lstm->forward(Tensor<float>(one_hot), state);
+        xt::xarray<std::int64_t> index = xt::xarray<std::int64_t>::from_shape({1, 1});  // [T, B]
+        index(0, 0) = vocab.index(c);
+        auto result = lstm->forward(embedding->forward(index), state);
         state = result.state;
-        return head.forward(reshape(result.output, {1, hidden})).value();
+        return head->forward(reshape(result.output, {1, hidden})).value();
     };
     xt::xarray<float> logits;
     for (char c : prompt) logits = feed(c);

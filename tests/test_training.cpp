@@ -465,6 +465,46 @@ BOOST_AUTO_TEST_CASE(tbptt_with_one_chunk_equals_full_bptt) {
         BOOST_TEST(max_abs_difference(parameters[i].grad().value(), tbptt_grads[i]) <= 1e-13);
 }
 
+BOOST_AUTO_TEST_CASE(tbptt_trains_an_embedding_in_front_of_the_layer_window_by_window) {
+    // The input of each window is built by the callback, so the embedding is on every window's
+    // graph: its gradient accumulates over chunks, and with k1 = k2 = T it equals full BPTT's.
+    const std::size_t steps = 8;
+    Generator generator(9);
+    Embedding<double> embedding(5, 3, generator);
+    auto lstm = make_lstm<double>({.input_size = 3, .hidden_size = 4, .seed = 3});
+    xt::xarray<std::int64_t> tokens = xt::xarray<std::int64_t>::from_shape({steps, 2});
+    for (auto& token : tokens) token = std::int64_t(generator.uniform(0, 5)) % 5;
+    auto window_input = [&](std::size_t from, std::size_t to) {
+        return embedding.forward(xt::eval(xt::view(tokens, xt::range(from, to), xt::all())));
+    };
+    auto loss = [](const Tensor<double>& outputs, std::size_t, std::size_t) { return sum(outputs * outputs); };
+
+    std::size_t chunks = 0;
+    truncated_bptt<double>(*lstm, steps, window_input, {.k1 = 3, .k2 = 4}, loss,
+                           [&](const TbpttChunk<double>&) { ++chunks; });
+    BOOST_TEST(chunks == 3u);
+    BOOST_TEST(xt::amax(xt::abs(embedding.weight().grad().value()))() > 0.0);
+
+    embedding.zero_grad();
+    lstm->zero_grad();
+    truncated_bptt<double>(*lstm, steps, window_input, {.k1 = steps, .k2 = steps}, loss, [](const TbpttChunk<double>&) {});
+    const xt::xarray<double> tbptt_grad = embedding.weight().grad().value();
+    embedding.zero_grad();
+    loss(lstm->forward(window_input(0, steps)).output, 0, steps).backward();
+    BOOST_TEST(max_abs_difference(embedding.weight().grad().value(), tbptt_grad) <= 1e-13);
+}
+
+BOOST_AUTO_TEST_CASE(tbptt_rejects_a_window_input_of_the_wrong_length) {
+    auto lstm = make_lstm<double>({.input_size = 3, .hidden_size = 4, .seed = 3});
+    auto wrong = [](std::size_t, std::size_t) { return Tensor<double>(xt::xarray<double>::from_shape({1, 2, 3})); };
+    auto loss = [](const Tensor<double>& outputs, std::size_t, std::size_t) { return sum(outputs); };
+    BOOST_CHECK_EXCEPTION(truncated_bptt<double>(*lstm, 6, wrong, {.k1 = 3}, loss, [](const TbpttChunk<double>&) {}),
+                          ShapeError, [](const ShapeError& e) {
+                              return std::string(e.what()).find("the input of steps [0, 3) must be [3, B, I]") !=
+                                     std::string::npos;
+                          });
+}
+
 BOOST_AUTO_TEST_CASE(tbptt_gradients_reach_back_k2_steps_and_no_further) {
     const std::size_t steps = 11, k1 = 2, k2 = 5;
     Stream s = make_stream(steps);

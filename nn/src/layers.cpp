@@ -81,7 +81,7 @@ xt::xarray<T> length_mask(std::size_t steps, const std::vector<std::int64_t>& le
 
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
-                                 const std::optional<xt::xarray<T>>& mask) {
+                                 const std::optional<xt::xarray<std::type_identity_t<T>>>& mask) {
     if (logits.dim() != 3) throw_shape_error("sequence_cross_entropy", "logits must be [T, B, C]", logits.shape());
     const std::size_t steps = logits.size(0), batch = logits.size(1), classes = logits.size(2);
     const Shape positions{steps, batch};

@@ -25,13 +25,22 @@ template <class T>
 std::vector<Tensor<T>> truncated_bptt(Recurrent<T>& layer, const Tensor<T>& stream, const TbpttOptions& options,
                                       const ChunkLoss<T>& loss, const ChunkStep<T>& step,
                                       std::vector<Tensor<T>> initial_state) {
+    if (stream.dim() != 3) throw_shape_error("truncated_bptt", "the stream must be [T, B, I]", stream.shape());
+    return truncated_bptt<T>(
+        layer, stream.size(0), [&stream](std::size_t from, std::size_t to) { return slice(stream, 0, from, to); },
+        options, loss, step, std::move(initial_state));
+}
+
+template <class T>
+std::vector<Tensor<T>> truncated_bptt(Recurrent<T>& layer, std::size_t total_steps, const WindowInput<T>& input,
+                                      const TbpttOptions& options, const ChunkLoss<T>& loss, const ChunkStep<T>& step,
+                                      std::vector<Tensor<T>> initial_state) {
     const std::size_t k1 = options.k1, k2 = options.k2 == 0 ? options.k1 : options.k2;
     if (k1 == 0 || k2 < k1)
         throw std::invalid_argument(fmt::format("truncated_bptt: needs k1 >= 1 and k2 >= k1, got k1 = {}, k2 = {}", k1, k2));
     if (layer.options().bidirectional || layer.options().batch_first)
         throw std::invalid_argument("truncated_bptt: needs a unidirectional, time-major (batch_first = false) layer");
-    if (stream.dim() != 3) throw_shape_error("truncated_bptt", "the stream must be [T, B, I]", stream.shape());
-    const std::size_t total = stream.size(0);
+    const std::size_t total = total_steps;
     auto window_start = [&](std::size_t end) { return end > k2 ? end - k2 : 0; };
 
     // The state at the current window's start; empty means the layer's own initial state.
@@ -46,7 +55,11 @@ std::vector<Tensor<T>> truncated_bptt(Recurrent<T>& layer, const Tensor<T>& stre
         std::vector<Tensor<T>> outputs, state = window_state, next_window_state = window_state;
         for (auto [from, to] : {std::pair{window, split}, std::pair{split, end}}) {
             if (from == to) continue;
-            auto result = layer.forward(slice(stream, 0, from, to), state);
+            const Tensor<T> window_input = input(from, to);
+            if (window_input.dim() != 3 || window_input.size(0) != to - from)
+                throw_shape_error("truncated_bptt", fmt::format("the input of steps [{}, {}) must be [{}, B, I]", from, to, to - from),
+                                  window_input.shape());
+            auto result = layer.forward(window_input, state);
             outputs.push_back(result.output);
             state = result.state;
             if (to == split) next_window_state = detached(state);
@@ -69,5 +82,11 @@ template std::vector<Tensor<float>> truncated_bptt(Recurrent<float>&, const Tens
 template std::vector<Tensor<double>> truncated_bptt(Recurrent<double>&, const Tensor<double>&, const TbpttOptions&,
                                                     const ChunkLoss<double>&, const ChunkStep<double>&,
                                                     std::vector<Tensor<double>>);
+template std::vector<Tensor<float>> truncated_bptt(Recurrent<float>&, std::size_t, const WindowInput<float>&,
+                                                   const TbpttOptions&, const ChunkLoss<float>&,
+                                                   const ChunkStep<float>&, std::vector<Tensor<float>>);
+template std::vector<Tensor<double>> truncated_bptt(Recurrent<double>&, std::size_t, const WindowInput<double>&,
+                                                    const TbpttOptions&, const ChunkLoss<double>&,
+                                                    const ChunkStep<double>&, std::vector<Tensor<double>>);
 
 }  // namespace rw::nn

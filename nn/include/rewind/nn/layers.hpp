@@ -6,6 +6,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <xtensor/xarray.hpp>
@@ -68,10 +69,11 @@ template <class T>
 xt::xarray<T> length_mask(std::size_t steps, const std::vector<std::int64_t>& lengths);
 
 // Mean cross-entropy over the positions the mask selects: logits [T, B, C], targets [T, B]
-// (masked-out targets may hold anything, e.g. -1 padding), mask [T, B] of non-negative weights.
+// (masked-out targets may hold anything, e.g. -1 padding), mask [T, B] of non-negative weights
+// (an xt::xarray<T> converts to the optional).
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
-                                 const std::optional<xt::xarray<T>>& mask = std::nullopt);
+                                 const std::optional<xt::xarray<std::type_identity_t<T>>>& mask = std::nullopt);
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
                                  const std::vector<std::int64_t>& lengths);

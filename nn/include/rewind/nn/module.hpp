@@ -30,14 +30,18 @@ public:
     bool is_training() const { return training_; }
     void zero_grad();
 
-protected:
-    // Marks the tensor as requiring a gradient and returns it (the same handle).
-    Tensor<T> register_parameter(std::string name, Tensor<T> value);
+    // Makes `child` part of this module: its parameters appear as "name.<parameter>", and
+    // train()/eval() reach it. Public, as in torch, so a few modules can be combined without a
+    // subclass.
     template <class M>
     std::shared_ptr<M> register_module(std::string name, std::shared_ptr<M> child) {
         children_.emplace_back(std::move(name), child);
         return child;
     }
+
+protected:
+    // Marks the tensor as requiring a gradient and returns it (the same handle).
+    Tensor<T> register_parameter(std::string name, Tensor<T> value);
 
 private:
     NamedTensors<T> parameters_;

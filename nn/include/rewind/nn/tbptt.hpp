@@ -54,4 +54,17 @@ std::vector<Tensor<T>> truncated_bptt(Recurrent<T>& layer, const Tensor<T>& stre
                                       const ChunkLoss<T>& loss, const ChunkStep<T>& step,
                                       std::vector<Tensor<T>> initial_state = {});
 
+// The layer's input for the steps [from, to) of the stream, [to - from, B, I], built anew for
+// every forward: e.g. an embedding lookup, so that the modules in front of the recurrent layer
+// are recorded per window and trained too (a precomputed stream tensor would share one graph
+// that the first chunk's backward frees).
+template <class T>
+using WindowInput = std::function<Tensor<T>(std::size_t from, std::size_t to)>;
+
+// The same over a stream of `total_steps` steps whose input comes from `input`.
+template <class T>
+std::vector<Tensor<T>> truncated_bptt(Recurrent<T>& layer, std::size_t total_steps, const WindowInput<T>& input,
+                                      const TbpttOptions& options, const ChunkLoss<T>& loss, const ChunkStep<T>& step,
+                                      std::vector<Tensor<T>> initial_state = {});
+
 }  // namespace rw::nn
