@@ -27,16 +27,11 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-SUITE = [
-    # (cell, T, B, I, H)
-    ("lstm", 100, 32, 256, 256),
-    ("gru", 100, 32, 256, 256),
-    ("rnn_tanh", 100, 32, 256, 256),
-    ("lstm", 100, 1, 128, 128),
-    ("gru", 100, 1, 128, 128),
-    ("rnn_tanh", 100, 1, 128, 128),
-    ("lstm", 50, 64, 1024, 1024),
-]
+def suite(rewind):
+    """The README's sizes, as `rewind bench --suite` defines them: (cell, T, B, I, H)."""
+    done = subprocess.run([rewind, "bench", "--suite", "--list"], check=True, capture_output=True, text=True)
+    cases = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    return [(c["cell"], c["seq_len"], c["batch"], c["input_size"], c["hidden_size"]) for c in cases]
 
 
 def size_args(case):
@@ -141,7 +136,7 @@ def main():
     args = ap.parse_args()
 
     rows = []
-    for case in SUITE:
+    for case in suite(args.rewind):
         if args.only and args.only not in case[0]:
             continue
         rows.append(measure(case, args))

@@ -11,11 +11,8 @@ one with time.perf_counter; the median, min and max are reported in ms.
 Examples (Debian's PyTorch: apt-get install -y python3-torch):
     /usr/bin/python3 bench/torch_rnn_step.py --cell lstm --seq-len 100 \\
         --batch 32 --input-size 256 --hidden-size 256 --json
-    /usr/bin/python3 bench/torch_rnn_step.py --sizes-suite
 
---sizes-suite runs the standard suite (LSTM, GRU and RNN(tanh) at
-T=100,B=32,I=H=256 and T=100,B=1,I=H=128, and LSTM at T=50,B=64,I=H=1024),
-one JSON line per case; --cell and the size options are then ignored.
+bench/compare.py runs it over the README's sizes beside rewind and oneDNN.
 """
 
 import argparse
@@ -27,18 +24,6 @@ import time
 import torch
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-
-SUITE = [
-    # (cell, T, B, I, H)
-    ("lstm", 100, 32, 256, 256),
-    ("gru", 100, 32, 256, 256),
-    ("rnn_tanh", 100, 32, 256, 256),
-    ("lstm", 100, 1, 128, 128),
-    ("gru", 100, 1, 128, 128),
-    ("rnn_tanh", 100, 1, 128, 128),
-    ("lstm", 50, 64, 1024, 1024),
-]
-
 
 def make_module(cell, input_size, hidden_size, layers, bidirectional, dtype):
     kwargs = dict(input_size=input_size, hidden_size=hidden_size, num_layers=layers,
@@ -142,24 +127,15 @@ def main(argv=None):
     ap.add_argument("--warmup", type=non_negative, default=2, metavar="W")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--sizes-suite", action="store_true",
-                    help="run the standard suite, one JSON line per case")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-
-    if args.sizes_suite:
-        for cell, T, B, I, H in SUITE:
-            result = run(cell, T, B, I, H, args.layers, args.bidirectional, args.threads,
-                         args.repeats, args.warmup, args.dtype)
-            report(result, True)
-        return 0
 
     missing = [opt for opt, val in (("--cell", args.cell), ("--seq-len", args.seq_len),
                                     ("--batch", args.batch), ("--input-size", args.input_size),
                                     ("--hidden-size", args.hidden_size)) if val is None]
     if missing:
-        ap.error("missing " + ", ".join(missing) + " (or use --sizes-suite)")
+        ap.error("missing " + ", ".join(missing))
     result = run(args.cell, args.seq_len, args.batch, args.input_size, args.hidden_size,
                  args.layers, args.bidirectional, args.threads, args.repeats, args.warmup,
                  args.dtype)

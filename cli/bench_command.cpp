@@ -54,6 +54,7 @@ struct BenchRequest {
     bool json = false;
     bool skip_generic = false;
     bool suite = false;
+    bool list = false;
 };
 
 // The same layer and input on either path.
@@ -257,6 +258,15 @@ std::vector<BenchRequest> suite_of(const BenchRequest& base) {
 
 int run_bench(const BenchRequest& request) {
     const auto cases = request.suite ? suite_of(request) : std::vector<BenchRequest>{request};
+    if (request.list) {
+        for (const auto& one : cases)
+            std::cout << nlohmann::json{{"cell", one.layer.cell}, {"seq_len", one.steps}, {"batch", one.batch},
+                                        {"input_size", one.layer.input_size},
+                                        {"hidden_size", one.layer.hidden_size}}
+                             .dump()
+                      << std::endl;
+        return 0;
+    }
     for (const auto& one : cases) {
         const nlohmann::json j = run_case(one);
         if (request.json) std::cout << j.dump() << std::endl;
@@ -299,6 +309,7 @@ Command add_bench_command(CLI::App& app) {
                       "the README's sizes: LSTM/GRU/RNN at T=100,B=32,I=H=256 and T=100,B=1,I=H=128, "
                       "LSTM at T=50,B=64,I=H=1024 (the size options are then ignored)");
     command->add_flag("--json", request->json, "one JSON object per case instead of text");
+    command->add_flag("--list", request->list, "print the sizes of the cases as JSON lines instead of running them");
     return {command, [request] { return run_bench(*request); }};
 }
 
