@@ -1,8 +1,8 @@
 #include "rewind/autograd/engine.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <unordered_map>
-#include <unordered_set>
 
 #include <fmt/format.h>
 #include <xtensor/xnoalias.hpp>
@@ -17,6 +17,9 @@ template <class T>
 void check_backward_anomaly(const Node<T>& node, const Gradients<T>& gradients);
 
 namespace {
+
+// Pass ids mark the nodes a pass has collected (Node::visited_by), so collecting needs no set.
+std::atomic<std::uint64_t> next_pass_id{1};
 
 // One run of the tape in reverse. Gradients of intermediate tensors are summed in their
 // TensorImpl::pending slot; nodes run in decreasing sequence number, which is a reverse
@@ -35,7 +38,7 @@ public:
 
     ~BackwardPass() {
         // Leaves no scratch state behind, also when a backward rule threw.
-        for (auto& impl : touched_) impl->pending.reset();
+        for (auto& impl : touched_) impl->pending = Tensor<T>();
     }
 
     std::vector<Tensor<T>> run(const std::vector<Tensor<T>>& roots, const std::vector<Tensor<T>>& seeds) {
@@ -65,10 +68,13 @@ private:
     }
 
     void collect_nodes(const std::vector<Tensor<T>>& roots) {
-        std::unordered_set<Node<T>*> seen;
+        const std::uint64_t pass = next_pass_id.fetch_add(1, std::memory_order_relaxed);
         std::vector<std::shared_ptr<Node<T>>> stack;
         auto visit = [&](const std::shared_ptr<Node<T>>& node) {
-            if (node && seen.insert(node.get()).second) stack.push_back(node);
+            if (node && node->visited_by != pass) {
+                node->visited_by = pass;
+                stack.push_back(node);
+            }
         };
         for (const auto& root : roots) visit(root.grad_fn());
         while (!stack.empty()) {
@@ -83,7 +89,10 @@ private:
             for (const auto& input : node->inputs)
                 if (input.requires_grad()) visit(input.grad_fn());
         }
-        std::sort(nodes_.begin(), nodes_.end(), [](const auto& a, const auto& b) { return a->sequence > b->sequence; });
+        touched_.reserve(touched_.size() + nodes_.size() + 8);
+        // A chain (the common case) is collected already in order; sort only when it is not.
+        auto later = [](const auto& a, const auto& b) { return a->sequence > b->sequence; };
+        if (!std::is_sorted(nodes_.begin(), nodes_.end(), later)) std::sort(nodes_.begin(), nodes_.end(), later);
     }
 
     // A plain tensor (not on any graph) that only this reference holds.
@@ -95,42 +104,58 @@ private:
     // Shared ownership keeps the tensor (and its pending gradient) alive when a released node
     // drops its inputs before the tensor's own producer has run.
     void accumulate(const std::shared_ptr<TensorImpl<T>>& impl, Tensor<T> gradient) {
-        if (!impl->pending) {
-            impl->pending = std::make_unique<Tensor<T>>(std::move(gradient));
+        Tensor<T>& pending = impl->pending;
+        if (!pending.defined()) {
+            pending = std::move(gradient);
             touched_.push_back(impl);
             if (!impl->grad_fn) leaves_.push_back(impl);
-        } else if (!options_.create_graph && is_private(*impl->pending)) {
+        } else if (!options_.create_graph && is_private(pending)) {
             // Nothing else holds the running sum (no caller, rule, hook or graph): add in place
             // instead of allocating a fresh gradient for every use, e.g. of a weight at every step.
-            xt::noalias(impl->pending->mutable_value()) += gradient.value();
+            add_into(pending.mutable_value(), gradient.value());
         } else if (!options_.create_graph && is_private(gradient)) {
-            xt::noalias(gradient.mutable_value()) += impl->pending->value();
-            *impl->pending = std::move(gradient);
+            add_into(gradient.mutable_value(), pending.value());
+            pending = std::move(gradient);
         } else {
             // Out of place: the stored gradient is shared with the caller or another rule, or
             // create_graph needs the sum on the tape.
-            *impl->pending = add(*impl->pending, gradient);
+            pending = add(pending, gradient);
         }
+    }
+
+    // sum += addend; gradients of one tensor have its shape (check_gradients), so this is a
+    // plain loop but for seeds and odd custom rules.
+    static void add_into(xt::xarray<T>& sum, const xt::xarray<T>& addend) {
+        if (sum.shape() != addend.shape()) {
+            xt::noalias(sum) += addend;
+            return;
+        }
+        T* s = sum.data();
+        const T* a = addend.data();
+        for (std::size_t i = 0, n = sum.size(); i < n; ++i) s[i] += a[i];
     }
 
     // A tensor's gradient is complete; show it to hooks, keep it where asked.
     void deliver(TensorImpl<T>& impl, const Tensor<T>& gradient) {
         for (const auto& hook : impl.hooks) hook(gradient);
-        if (auto it = target_index_.find(&impl); it != target_index_.end()) {
-            captured_[it->second] = gradient;
+        auto target = target_index_.empty() ? target_index_.end() : target_index_.find(&impl);
+        if (target != target_index_.end()) {
+            captured_[target->second] = gradient;
         } else if (!targets_ && (!impl.grad_fn || impl.retains_grad)) {
             impl.grad = std::make_unique<Tensor<T>>(impl.grad ? add(*impl.grad, gradient) : gradient);
         }
     }
 
     void run_node(Node<T>& node) {
-        std::vector<Tensor<T>> grad_outputs(node.outputs.size());
+        // One vector reused by every node: it is emptied again below.
+        std::vector<Tensor<T>>& grad_outputs = grad_outputs_;
+        grad_outputs.assign(node.outputs.size(), Tensor<T>());
         bool any = false;
         for (std::size_t i = 0; i < node.outputs.size(); ++i) {
             auto impl = node.outputs[i].lock();
-            if (!impl || !impl->pending) continue;
-            grad_outputs[i] = std::move(*impl->pending);
-            impl->pending.reset();
+            if (!impl || !impl->pending.defined()) continue;
+            grad_outputs[i] = std::move(impl->pending);
+            impl->pending = Tensor<T>();
             deliver(*impl, grad_outputs[i]);
             any = true;
         }
@@ -144,6 +169,7 @@ private:
                 if (gradients[i].defined() && input.requires_grad()) accumulate(input.impl(), std::move(gradients[i]));
             }
         }
+        grad_outputs.clear();
         if (!options_.retain_graph) {
             node.backward = nullptr;
             node.inputs.clear();
@@ -164,9 +190,9 @@ private:
 
     std::vector<Tensor<T>> finish_leaves() {
         for (auto& impl : leaves_) {
-            if (!impl->pending) continue;
-            Tensor<T> gradient = std::move(*impl->pending);
-            impl->pending.reset();
+            if (!impl->pending.defined()) continue;
+            Tensor<T> gradient = std::move(impl->pending);
+            impl->pending = Tensor<T>();
             deliver(*impl, gradient);
         }
         return std::move(captured_);
@@ -177,6 +203,7 @@ private:
     std::unordered_map<const TensorImpl<T>*, std::size_t> target_index_;
     std::vector<Tensor<T>> captured_ = std::vector<Tensor<T>>(targets_ ? targets_->size() : 0);
     std::vector<std::shared_ptr<Node<T>>> nodes_;
+    std::vector<Tensor<T>> grad_outputs_;
     std::vector<std::shared_ptr<TensorImpl<T>>> touched_;
     std::vector<std::shared_ptr<TensorImpl<T>>> leaves_;
 };

@@ -1,5 +1,6 @@
-// Element-wise ops. Each forward is one xtensor expression; each backward sits right below it,
-// written with differentiable ops so gradients of gradients work.
+// Element-wise ops. Each forward is one loop over the elements (or one xtensor expression);
+// each backward sits right below it, written with differentiable ops so gradients of gradients
+// work.
 
 #include <cmath>
 
@@ -9,6 +10,7 @@
 #include "rewind/autograd/broadcast.hpp"
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/ops.hpp"
+#include "pool.hpp"
 
 namespace rw {
 
@@ -32,7 +34,7 @@ template <class T, class Op>
 xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view op_name, Op op) {
     const auto &x = a.value(), &y = b.value();
     if (x.shape() == y.shape()) {
-        xt::xarray<T> out = xt::xarray<T>::from_shape(x.shape());
+        xt::xarray<T> out = detail::ArrayCache<T>::take(x.shape());
         const T *px = x.data(), *py = y.data();
         T* po = out.data();
         for (std::size_t i = 0, n = out.size(); i < n; ++i) po[i] = op(px[i], py[i]);
@@ -42,7 +44,7 @@ xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view 
     if (x_full || broadcast_row_length(y.shape(), x.shape()) != 0) {
         const auto& full = x_full ? x : y;
         const std::size_t n = (x_full ? y : x).size();
-        xt::xarray<T> out = xt::xarray<T>::from_shape(full.shape());
+        xt::xarray<T> out = detail::ArrayCache<T>::take(full.shape());
         const T *px = x.data(), *py = y.data();
         T* po = out.data();
         for (std::size_t r = 0, rows = out.size() / n; r < rows; ++r, po += n)
@@ -56,6 +58,33 @@ xt::xarray<T> evaluate(const Tensor<T>& a, const Tensor<T>& b, std::string_view 
     return op(x, y);
 }
 
+// `f` on every element, as a plain loop: for tiny tensors xtensor's expression machinery costs
+// far more than the arithmetic, and simple arithmetic vectorises by itself.
+template <class T, class F>
+xt::xarray<T> map(const xt::xarray<T>& x, F f) {
+    xt::xarray<T> out = detail::ArrayCache<T>::take(x.shape());
+    const T* px = x.data();
+    T* po = out.data();
+    for (std::size_t i = 0, n = out.size(); i < n; ++i) po[i] = f(px[i]);
+    return out;
+}
+
+// For transcendental functions: the scalar loop on small tensors; on larger ones the xtensor
+// expression, which xsimd vectorises (std::tanh and friends do not).
+template <class T, class Scalar, class Expression>
+xt::xarray<T> map(const xt::xarray<T>& x, Scalar scalar, Expression expression) {
+    constexpr std::size_t small = 32;
+    if (x.size() <= small) return map(x, scalar);
+    return expression(x);
+}
+
+// g summed down to x's shape (the backward of broadcasting), without building any Shape when
+// they already agree, as they mostly do.
+template <class T>
+Tensor<T> sum_to_shape_of(const Tensor<T>& g, const Tensor<T>& x) {
+    return g.value().shape() == x.value().shape() ? g : sum_to(g, x.shape());
+}
+
 }  // namespace
 
 // ---- binary ----
@@ -65,7 +94,7 @@ Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
     auto value = evaluate(a, b, "add", [](const auto& x, const auto& y) { return x + y; });
     return record_op<T>("add", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
-        return {sum_to(g, ctx.input(0).shape()), sum_to(g, ctx.input(1).shape())};
+        return {sum_to_shape_of(g, ctx.input(0)), sum_to_shape_of(g, ctx.input(1))};
     });
 }
 
@@ -74,7 +103,7 @@ Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
     auto value = evaluate(a, b, "sub", [](const auto& x, const auto& y) { return x - y; });
     return record_op<T>("sub", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
-        return {sum_to(g, ctx.input(0).shape()), ctx.needs_input_grad(1) ? sum_to(neg(g), ctx.input(1).shape()) : Tensor<T>()};
+        return {sum_to_shape_of(g, ctx.input(0)), ctx.needs_input_grad(1) ? sum_to_shape_of(neg(g), ctx.input(1)) : Tensor<T>()};
     });
 }
 
@@ -84,8 +113,8 @@ Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
     return record_op<T>("mul", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         const auto &a = ctx.input(0), &b = ctx.input(1);
-        return {ctx.needs_input_grad(0) ? sum_to(mul(g, b), a.shape()) : Tensor<T>(),
-                ctx.needs_input_grad(1) ? sum_to(mul(g, a), b.shape()) : Tensor<T>()};
+        return {ctx.needs_input_grad(0) ? sum_to_shape_of(mul(g, b), a) : Tensor<T>(),
+                ctx.needs_input_grad(1) ? sum_to_shape_of(mul(g, a), b) : Tensor<T>()};
     });
 }
 
@@ -96,8 +125,8 @@ Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
         const auto& g = ctx.grad_output(0);
         const auto &a = ctx.input(0), &b = ctx.input(1);
         Tensor<T> grad_a = div(g, b);  // d(a/b)/db = -(a/b)/b, so grad_b = -grad_a * (a/b)
-        return {sum_to(grad_a, a.shape()),
-                ctx.needs_input_grad(1) ? sum_to(neg(mul(grad_a, ctx.output(0))), b.shape()) : Tensor<T>()};
+        return {sum_to_shape_of(grad_a, a),
+                ctx.needs_input_grad(1) ? sum_to_shape_of(neg(mul(grad_a, ctx.output(0))), b) : Tensor<T>()};
     });
 }
 
@@ -113,21 +142,21 @@ Tensor<T> mul_mask(const Tensor<T>& a, const xt::xarray<T>& mask) {
 
 template <class T>
 Tensor<T> neg(const Tensor<T>& a) {
-    return record_op<T>("neg", {a}, xt::xarray<T>(-a.value()), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("neg", {a}, map(a.value(), [](T v) { return -v; }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {neg(ctx.grad_output(0))};
     });
 }
 
 template <class T>
 Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> b) {
-    return record_op<T>("add_scalar", {a}, xt::xarray<T>(a.value() + b), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("add_scalar", {a}, map(a.value(), [b](T v) { return v + b; }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {ctx.grad_output(0)};
     });
 }
 
 template <class T>
 Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> b) {
-    return record_op<T>("mul_scalar", {a}, xt::xarray<T>(a.value() * b), [b](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("mul_scalar", {a}, map(a.value(), [b](T v) { return v * b; }), [b](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul_scalar(ctx.grad_output(0), b)};
     });
 }
@@ -136,7 +165,7 @@ Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> b) {
 
 template <class T>
 Tensor<T> tanh(const Tensor<T>& x) {
-    return record_op<T>("tanh", {x}, xt::xarray<T>(xt::tanh(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("tanh", {x}, map(x.value(), [](T v) { return std::tanh(v); }, [](const auto& e) { return xt::xarray<T>(xt::tanh(e)); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {tanh_backward(ctx.grad_output(0), ctx.output(0))};
     });
 }
@@ -144,8 +173,8 @@ Tensor<T> tanh(const Tensor<T>& x) {
 template <class T>
 Tensor<T> tanh_backward(const Tensor<T>& grad, const Tensor<T>& y) {
     if (grad.value().shape() != y.value().shape()) throw_shape_error("tanh_backward", "shapes differ", grad.shape(), y.shape());
-    const auto &g = grad.value(), &yv = y.value();
-    return record_op<T>("tanh_backward", {grad, y}, xt::xarray<T>(g * (T(1) - yv * yv)),
+    auto value = evaluate(grad, y, "tanh_backward", [](const auto& g, const auto& y) { return g * (T(1) - y * y); });
+    return record_op<T>("tanh_backward", {grad, y}, std::move(value),
                         [](const BackwardContext<T>& ctx) -> Gradients<T> {
                             const auto &gg = ctx.grad_output(0), &g = ctx.input(0), &y = ctx.input(1);
                             // d/dg = 1 - y^2;  d/dy = -2 g y
@@ -156,7 +185,8 @@ Tensor<T> tanh_backward(const Tensor<T>& grad, const Tensor<T>& y) {
 
 template <class T>
 Tensor<T> sigmoid(const Tensor<T>& x) {
-    xt::xarray<T> value = T(1) / (T(1) + xt::exp(-x.value()));
+    xt::xarray<T> value = map(x.value(), [](T v) { return T(1) / (T(1) + std::exp(-v)); },
+                              [](const auto& e) { return xt::xarray<T>(T(1) / (T(1) + xt::exp(-e))); });
     return record_op<T>("sigmoid", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {sigmoid_backward(ctx.grad_output(0), ctx.output(0))};
     });
@@ -165,8 +195,8 @@ Tensor<T> sigmoid(const Tensor<T>& x) {
 template <class T>
 Tensor<T> sigmoid_backward(const Tensor<T>& grad, const Tensor<T>& y) {
     if (grad.value().shape() != y.value().shape()) throw_shape_error("sigmoid_backward", "shapes differ", grad.shape(), y.shape());
-    const auto &g = grad.value(), &yv = y.value();
-    return record_op<T>("sigmoid_backward", {grad, y}, xt::xarray<T>(g * yv * (T(1) - yv)),
+    auto value = evaluate(grad, y, "sigmoid_backward", [](const auto& g, const auto& y) { return g * y * (T(1) - y); });
+    return record_op<T>("sigmoid_backward", {grad, y}, std::move(value),
                         [](const BackwardContext<T>& ctx) -> Gradients<T> {
                             const auto &gg = ctx.grad_output(0), &g = ctx.input(0), &y = ctx.input(1);
                             // d/dg = y (1 - y);  d/dy = g (1 - 2y)
@@ -177,28 +207,28 @@ Tensor<T> sigmoid_backward(const Tensor<T>& grad, const Tensor<T>& y) {
 
 template <class T>
 Tensor<T> relu(const Tensor<T>& x) {
-    return record_op<T>("relu", {x}, xt::xarray<T>(xt::maximum(x.value(), T(0))), [](const BackwardContext<T>& ctx) -> Gradients<T> {
-        return {mul_mask(ctx.grad_output(0), xt::xarray<T>(xt::cast<T>(ctx.input(0).value() > T(0))))};
+    return record_op<T>("relu", {x}, map(x.value(), [](T v) { return v > T(0) ? v : T(0); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {mul_mask(ctx.grad_output(0), map(ctx.input(0).value(), [](T v) { return T(v > T(0)); }))};
     });
 }
 
 template <class T>
 Tensor<T> exp(const Tensor<T>& x) {
-    return record_op<T>("exp", {x}, xt::xarray<T>(xt::exp(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("exp", {x}, map(x.value(), [](T v) { return std::exp(v); }, [](const auto& e) { return xt::xarray<T>(xt::exp(e)); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul(ctx.grad_output(0), ctx.output(0))};
     });
 }
 
 template <class T>
 Tensor<T> log(const Tensor<T>& x) {
-    return record_op<T>("log", {x}, xt::xarray<T>(xt::log(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("log", {x}, map(x.value(), [](T v) { return std::log(v); }, [](const auto& e) { return xt::xarray<T>(xt::log(e)); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {div(ctx.grad_output(0), ctx.input(0))};
     });
 }
 
 template <class T>
 Tensor<T> sqrt(const Tensor<T>& x) {
-    return record_op<T>("sqrt", {x}, xt::xarray<T>(xt::sqrt(x.value())), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("sqrt", {x}, map(x.value(), [](T v) { return std::sqrt(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {div(mul_scalar(ctx.grad_output(0), T(0.5)), ctx.output(0))};
     });
 }

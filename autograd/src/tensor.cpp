@@ -10,6 +10,7 @@
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/function.hpp"
 #include "rewind/autograd/ops.hpp"
+#include "pool.hpp"
 
 namespace rw {
 
@@ -39,10 +40,8 @@ void set_anomaly_mode(bool enabled) { anomaly_mode = enabled; }
 // ---- Tensor ----
 
 template <class T>
-Tensor<T>::Tensor(Array value, bool requires_grad) : impl_(std::make_shared<TensorImpl<T>>()) {
-    impl_->value = std::move(value);
-    impl_->requires_grad = requires_grad;
-}
+Tensor<T>::Tensor(Array value, bool requires_grad)
+    : impl_(std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), requires_grad)) {}
 
 template <class T>
 Tensor<T> Tensor<T>::zeros(const Shape& shape, bool requires_grad) {
@@ -167,6 +166,13 @@ void Tensor<T>::register_hook(GradientHook<T> hook) {
     checked().hooks.push_back(std::move(hook));
 }
 
+template <class T>
+TensorImpl<T>::~TensorImpl() {
+    detail::ArrayCache<T>::give(std::move(value));
+}
+
+template struct TensorImpl<float>;
+template struct TensorImpl<double>;
 template class Tensor<float>;
 template class Tensor<double>;
 
@@ -196,6 +202,56 @@ void check_backward_anomaly(const Node<T>& node, const Gradients<T>& gradients) 
 template void check_backward_anomaly(const Node<float>&, const Gradients<float>&);
 template void check_backward_anomaly(const Node<double>&, const Gradients<double>&);
 
+namespace {
+
+template <class T>
+bool should_record(const Tensor<T>* begin, const Tensor<T>* end) {
+    if (!grad_mode_enabled()) return false;
+    for (const Tensor<T>* input = begin; input != end; ++input)
+        if (input->requires_grad()) return true;
+    return false;
+}
+
+// A tensor off the tape. (Values are passed by reference from here on: moving an xarray copies
+// its three inline shape vectors, which shows on tiny ops.)
+template <class T>
+Tensor<T> plain_tensor(xt::xarray<T>&& value) {
+    return Tensor<T>(std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value)));
+}
+
+template <class T>
+std::shared_ptr<Node<T>> make_node(std::string&& name, std::vector<Tensor<T>>&& inputs, BackwardRule<T>&& backward,
+                                   std::size_t num_outputs) {
+    auto node = std::allocate_shared<Node<T>>(detail::PoolAllocator<Node<T>>());
+    node->name = std::move(name);
+    node->sequence = next_sequence.fetch_add(1, std::memory_order_relaxed);
+    node->inputs = std::move(inputs);
+    node->backward = std::move(backward);
+    node->outputs.reserve(num_outputs);
+    node->output_shapes.reserve(num_outputs);
+    return node;
+}
+
+template <class T>
+Tensor<T> attach_output(const std::shared_ptr<Node<T>>& node, xt::xarray<T>&& value) {
+    node->output_shapes.push_back(value.shape());
+    auto impl = std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), true);
+    impl->grad_fn = node;
+    impl->output_index = node->outputs.size();
+    node->outputs.push_back(impl);
+    return Tensor<T>(std::move(impl));
+}
+
+template <class T>
+Tensor<T> record_single(std::string&& name, std::vector<Tensor<T>>&& inputs, bool record, xt::xarray<T>&& value,
+                        BackwardRule<T>&& backward) {
+    if (anomaly_mode_enabled()) check_finite(value, name, "forward", 0, "output");
+    if (!record) return plain_tensor(std::move(value));
+    return attach_output(make_node(std::move(name), std::move(inputs), std::move(backward), 1), std::move(value));
+}
+
+}  // namespace
+
 template <class T>
 std::vector<Tensor<T>> record_op(std::string name, std::vector<Tensor<T>> inputs,
                                  std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward) {
@@ -203,42 +259,42 @@ std::vector<Tensor<T>> record_op(std::string name, std::vector<Tensor<T>> inputs
         for (std::size_t i = 0; i < output_values.size(); ++i)
             check_finite(output_values[i], name, "forward", i, "output");
 
-    bool needs_grad = false;
-    if (grad_mode_enabled())
-        for (const auto& input : inputs) needs_grad = needs_grad || input.requires_grad();
-
     std::vector<Tensor<T>> outputs;
     outputs.reserve(output_values.size());
-    if (!needs_grad) {
-        for (auto& value : output_values) outputs.emplace_back(std::move(value));
+    if (!should_record(inputs.data(), inputs.data() + inputs.size())) {
+        for (auto& value : output_values) outputs.push_back(plain_tensor(std::move(value)));
         return outputs;
     }
-    auto node = std::make_shared<Node<T>>();
-    node->name = std::move(name);
-    node->sequence = next_sequence.fetch_add(1, std::memory_order_relaxed);
-    node->inputs = std::move(inputs);
-    node->backward = std::move(backward);
-    node->outputs.reserve(output_values.size());
-    node->output_shapes.reserve(output_values.size());
-    for (std::size_t i = 0; i < output_values.size(); ++i) {
-        auto impl = std::make_shared<TensorImpl<T>>();
-        node->output_shapes.push_back(to_shape(output_values[i].shape()));
-        impl->value = std::move(output_values[i]);
-        impl->requires_grad = true;
-        impl->grad_fn = node;
-        impl->output_index = i;
-        node->outputs.push_back(impl);
-        outputs.emplace_back(std::move(impl));
-    }
+    auto node = make_node(std::move(name), std::move(inputs), std::move(backward), output_values.size());
+    for (auto& value : output_values) outputs.push_back(attach_output(node, std::move(value)));
     return outputs;
 }
 
+// Written out rather than through the vector form: a single-output op is the common case and
+// skips building the two vectors.
 template <class T>
 Tensor<T> record_op(std::string name, std::vector<Tensor<T>> inputs, xt::xarray<T> output_value,
                     BackwardRule<T> backward) {
-    std::vector<xt::xarray<T>> values;
-    values.push_back(std::move(output_value));
-    return std::move(record_op<T>(std::move(name), std::move(inputs), std::move(values), std::move(backward))[0]);
+    const bool record = should_record(inputs.data(), inputs.data() + inputs.size());
+    return record_single(std::move(name), std::move(inputs), record, std::move(output_value), std::move(backward));
+}
+
+template <class T>
+std::vector<Tensor<T>> record_op(std::string name, std::initializer_list<Tensor<T>> inputs,
+                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward) {
+    std::vector<Tensor<T>> saved;
+    if (should_record(inputs.begin(), inputs.end())) saved.assign(inputs);
+    // Not recorded: an empty input list records nothing either, so the vector form is reused as is.
+    return record_op<T>(std::move(name), std::move(saved), std::move(output_values), std::move(backward));
+}
+
+template <class T>
+Tensor<T> record_op(std::string name, std::initializer_list<Tensor<T>> inputs, xt::xarray<T> output_value,
+                    BackwardRule<T> backward) {
+    const bool record = should_record(inputs.begin(), inputs.end());
+    std::vector<Tensor<T>> saved;
+    if (record) saved.assign(inputs);
+    return record_single(std::move(name), std::move(saved), record, std::move(output_value), std::move(backward));
 }
 
 template std::vector<Tensor<float>> record_op(std::string, std::vector<Tensor<float>>, std::vector<xt::xarray<float>>,
@@ -247,13 +303,21 @@ template std::vector<Tensor<double>> record_op(std::string, std::vector<Tensor<d
                                                std::vector<xt::xarray<double>>, BackwardRule<double>);
 template Tensor<float> record_op(std::string, std::vector<Tensor<float>>, xt::xarray<float>, BackwardRule<float>);
 template Tensor<double> record_op(std::string, std::vector<Tensor<double>>, xt::xarray<double>, BackwardRule<double>);
+template std::vector<Tensor<float>> record_op(std::string, std::initializer_list<Tensor<float>>,
+                                              std::vector<xt::xarray<float>>, BackwardRule<float>);
+template std::vector<Tensor<double>> record_op(std::string, std::initializer_list<Tensor<double>>,
+                                               std::vector<xt::xarray<double>>, BackwardRule<double>);
+template Tensor<float> record_op(std::string, std::initializer_list<Tensor<float>>, xt::xarray<float>,
+                                 BackwardRule<float>);
+template Tensor<double> record_op(std::string, std::initializer_list<Tensor<double>>, xt::xarray<double>,
+                                  BackwardRule<double>);
 
 // ---- BackwardContext ----
 
 template <class T>
 Tensor<T> BackwardContext<T>::grad_output_or_zeros(std::size_t index) const {
     const auto& gradient = grad_outputs_.at(index);
-    return gradient.defined() ? gradient : Tensor<T>::zeros(node_.output_shapes.at(index));
+    return gradient.defined() ? gradient : Tensor<T>::zeros(to_shape(node_.output_shapes.at(index)));
 }
 
 template <class T>

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -32,9 +33,11 @@ struct Node {
     std::uint64_t sequence = 0;  // position on the tape: inputs always precede their consumers
     std::vector<Tensor<T>> inputs;
     std::vector<std::weak_ptr<TensorImpl<T>>> outputs;
-    std::vector<Shape> output_shapes;
+    // Needed when an output died before the backward; xtensor's small inline shape, no allocation.
+    std::vector<typename xt::xarray<T>::shape_type> output_shapes;
     BackwardRule<T> backward;
     bool released = false;  // saved state dropped after a backward without retain_graph
+    std::uint64_t visited_by = 0;  // the last backward pass that collected this node
 };
 
 template <class T>
@@ -72,6 +75,15 @@ std::vector<Tensor<T>> record_op(std::string name, std::vector<Tensor<T>> inputs
 // The single-output form.
 template <class T>
 Tensor<T> record_op(std::string name, std::vector<Tensor<T>> inputs, xt::xarray<T> output_value,
+                    BackwardRule<T> backward);
+
+// The same with the inputs as a braced list (`{a, b}`): the list is copied into the node only
+// when the op is recorded, so ops under NoGradGuard (and inside backward rules) build no vector.
+template <class T>
+std::vector<Tensor<T>> record_op(std::string name, std::initializer_list<Tensor<T>> inputs,
+                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward);
+template <class T>
+Tensor<T> record_op(std::string name, std::initializer_list<Tensor<T>> inputs, xt::xarray<T> output_value,
                     BackwardRule<T> backward);
 
 // ---- grad mode and anomaly mode (per thread) ----
@@ -121,6 +133,14 @@ extern template std::vector<Tensor<double>> record_op(std::string, std::vector<T
 extern template Tensor<float> record_op(std::string, std::vector<Tensor<float>>, xt::xarray<float>,
     BackwardRule<float>);
 extern template Tensor<double> record_op(std::string, std::vector<Tensor<double>>, xt::xarray<double>,
+    BackwardRule<double>);
+extern template std::vector<Tensor<float>> record_op(std::string, std::initializer_list<Tensor<float>>,
+    std::vector<xt::xarray<float>>, BackwardRule<float>);
+extern template std::vector<Tensor<double>> record_op(std::string, std::initializer_list<Tensor<double>>,
+    std::vector<xt::xarray<double>>, BackwardRule<double>);
+extern template Tensor<float> record_op(std::string, std::initializer_list<Tensor<float>>, xt::xarray<float>,
+    BackwardRule<float>);
+extern template Tensor<double> record_op(std::string, std::initializer_list<Tensor<double>>, xt::xarray<double>,
     BackwardRule<double>);
 extern template class BackwardContext<float>;
 extern template class BackwardContext<double>;

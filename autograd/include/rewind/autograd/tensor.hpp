@@ -30,8 +30,16 @@ struct TensorImpl {
     bool requires_grad = false;
     bool retains_grad = false;
     std::vector<GradientHook<T>> hooks;
-    // Scratch space of one backward pass: the gradient summed so far over this tensor's uses.
-    std::unique_ptr<Tensor<T>> pending;
+    // Scratch space of one backward pass: the gradient summed so far over this tensor's uses
+    // (undefined outside a pass). Held inline: one allocation fewer per tensor and pass.
+    Tensor<T> pending;
+
+    TensorImpl() = default;
+    // Moves the value in: a default-constructed xarray is a 0-d array that allocates its element.
+    explicit TensorImpl(xt::xarray<T>&& initial, bool needs_grad = false)
+        : value(std::move(initial)), requires_grad(needs_grad) {}
+    // Hands a small value's storage back for reuse by later ops (see src/pool.hpp).
+    ~TensorImpl();
 };
 
 template <class T>
