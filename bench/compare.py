@@ -104,10 +104,12 @@ def plot(rows, path):
         for row in rows:
             cell, steps, batch, _, hidden = row["case"]
             values = [row[k] if row[k] is not None else "NaN" for k in ("fused_ms", "generic_ms", "onednn_ms", "torch_ms")]
-            data.write(f'"{cell}\\nT={steps} B={batch} H={hidden}" ' + " ".join(str(v) for v in values) + "\n")
+            data.write(f'"{cell} T={steps} B={batch} H={hidden}" ' + " ".join(str(v) for v in values) + "\n")
     script = f"""
-set terminal pngcairo size 1200,600
+set terminal pngcairo size 1200,650 noenhanced
 set output '{path}'
+set bmargin 6
+set xtics rotate by -25
 set title 'one training step, float32, median ms (log scale, lower is better)'
 set style data histograms
 set style histogram clustered gap 1
@@ -133,14 +135,24 @@ def main():
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--markdown", help="also write the table to this file")
     ap.add_argument("--plot", help="draw a PNG with gnuplot")
+    ap.add_argument("--save", help="also write the measurements as JSON")
+    ap.add_argument("--load", help="table and plot from measurements saved with --save, measuring nothing")
     args = ap.parse_args()
 
-    rows = []
-    for case in suite(args.rewind):
-        if args.only and args.only not in case[0]:
-            continue
-        rows.append(measure(case, args))
-        print(f"measured {case}", file=sys.stderr, flush=True)
+    if args.load:
+        with open(args.load) as saved:
+            stored = json.load(saved)
+        rows, args.rounds, args.repeats, args.threads = stored["rows"], stored["rounds"], stored["repeats"], stored["threads"]
+    else:
+        rows = []
+        for case in suite(args.rewind):
+            if args.only and args.only not in case[0]:
+                continue
+            rows.append(measure(case, args))
+            print(f"measured {case}", file=sys.stderr, flush=True)
+    if args.save:
+        with open(args.save, "w") as out:
+            json.dump({"rows": rows, "rounds": args.rounds, "repeats": args.repeats, "threads": args.threads}, out, indent=1)
     text = table(rows, args)
     sys.stdout.write(text)
     if args.markdown:
