@@ -108,7 +108,7 @@ def plot(rows, path):
     script = f"""
 set terminal pngcairo size 1200,650 noenhanced
 set output '{path}'
-set bmargin 6
+set bmargin 8
 set xtics rotate by -25
 set title 'one training step, float32, median ms (log scale, lower is better)'
 set style data histograms
