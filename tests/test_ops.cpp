@@ -462,6 +462,46 @@ static std::pair<Shape, Shape> three_axis_operands(bool transpose_a, bool transp
     return {transpose_a ? Shape{2, 2, 6} : Shape{2, 3, 4}, transpose_b ? Shape{5, 1, 4} : Shape{2, 2, 5}};
 }
 
+// The packed entry of the GEMM layer against plain gemm(): sizes that are not multiples of any
+// block, B transposed or not, beta 0 and 1, strided A and C, packed (many uses) or not.
+template <class T>
+void check_packed_gemm(double tolerance) {
+    Generator generator(3);
+    auto random = [&](std::size_t size) {
+        std::vector<T> values(size);
+        for (auto& v : values) v = T(generator.uniform(-1, 1));
+        return values;
+    };
+    const std::int64_t m = 5, n = 37, k = 19, lda = k + 3, ldc = n + 2;
+    for (const bool transpose_b : {false, true})
+        for (const T beta : {T(0), T(1)})
+            for (const std::int64_t uses : {std::int64_t(1), std::int64_t(100)}) {
+                const std::int64_t ldb = (transpose_b ? k : n) + 1;
+                const auto b = random(std::size_t((transpose_b ? n : k) * ldb));
+                const rw::blas::PackedGemm<T> packed(transpose_b, m, n, k, b.data(), ldb, beta, lda, ldc, uses);
+                for (int call = 0; call < 3; ++call) {
+                    const auto a = random(std::size_t(m * lda));
+                    auto expected = random(std::size_t(m * ldc));
+                    auto actual = expected;
+                    rw::blas::gemm(false, transpose_b, m, n, k, T(1), a.data(), lda, b.data(), ldb, beta, expected.data(), ldc);
+                    packed(a.data(), actual.data());
+                    for (std::int64_t i = 0; i < m; ++i)
+                        for (std::int64_t j = 0; j < ldc; ++j) {
+                            const std::size_t at = std::size_t(i * ldc + j);
+                            // Padding columns past n must be left alone.
+                            BOOST_TEST(std::abs(double(actual[at] - expected[at])) <= tolerance,
+                                       "transpose_b " << transpose_b << " beta " << beta << " uses " << uses
+                                                      << " at " << i << "," << j);
+                        }
+                }
+            }
+}
+
+BOOST_AUTO_TEST_CASE(packed_gemm_equals_gemm_in_float_and_double) {
+    check_packed_gemm<float>(1e-5);
+    check_packed_gemm<double>(0.0);  // double is the same cblas_dgemm call
+}
+
 BOOST_AUTO_TEST_CASE(gemm_of_operands_with_more_than_two_axes_multiplies_them_as_matrices) {
     const Tensor<double> a(random_array({2, 3, 4}, 1, -1.0, 1.0)), b(random_array({5, 4}, 2, -1.0, 1.0));
     const Tensor<double> product = gemm(a, b, false, true);

@@ -176,6 +176,8 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const T* x, const T* w_ih, c
     std::copy_n(h0, B * H, saved.h_prev.data() + first * B * H);
     if (lstm) std::copy_n(c0, B * H, saved.c_prev.data() + first * B * H);
 
+    // h W_hh^T every step with the same W_hh: packed once for all steps (gemm.hpp).
+    const blas::PackedGemm<T> recurrent(true, B, GH, H, w_hh, H, gru ? T(0) : T(1), H, GH, d.steps);
     for (std::size_t k = 0; k < d.steps; ++k) {
         const std::size_t t = step_at(k, d.steps, saved.reverse);
         const bool last = k + 1 == d.steps;
@@ -193,13 +195,13 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const T* x, const T* w_ih, c
             s.c_next = last ? c_n.data() : saved.c_prev.data() + next * B * H;
         }
         if (gru) {
-            blas::gemm(false, true, B, GH, H, T(1), s.h_prev, H, w_hh, H, T(0), hidden_gates.data(), GH);
+            recurrent(s.h_prev, hidden_gates.data());
             s.hidden_gates = hidden_gates.data();
             s.bias_hh = b_hh;
             s.hidden_n = saved.hidden_n.data() + t * B * H;
             detail::gru_forward_step(s);
         } else {
-            blas::gemm(false, true, B, GH, H, T(1), s.h_prev, H, w_hh, H, T(1), s.gates, GH);
+            recurrent(s.h_prev, s.gates);
             if (lstm) detail::lstm_forward_step(s);
             else detail::rnn_forward_step(s, relu);
         }
@@ -254,6 +256,8 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     T* dgx = grad_gates.data();
     T* dgh = gru ? grad_hidden_gates.data() : dgx;
 
+    // dh_{t-1} += dG_h W_hh every step: W_hh packed once (gemm.hpp).
+    const blas::PackedGemm<T> recurrent_backward(false, B, H, GH, w_hh, H, T(1), GH, H, d.steps);
     for (std::size_t k = d.steps; k-- > 0;) {
         const std::size_t t = step_at(k, d.steps, saved.reverse);
         detail::BackwardStep<T> s;
@@ -281,7 +285,7 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
         }
         // dh_{t-1} += dG_h W_hh; after the first step only h0's gradient would remain.
         if (k > 0 || need_h0)
-            blas::gemm(false, false, B, H, GH, T(1), dgh + t * B * GH, GH, w_hh, H, T(1), grad_h.data(), H);
+            recurrent_backward(dgh + t * B * GH, grad_h.data());
     }
 
     Gradients<T> gradients(ctx.num_inputs());
