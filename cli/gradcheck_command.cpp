@@ -14,6 +14,7 @@
 #include <rewind/autograd/engine.hpp>
 #include <rewind/autograd/gradcheck.hpp>
 #include <rewind/autograd/ops.hpp>
+#include <rewind/nn/layer_check.hpp>
 
 #include "gradcheck_report.hpp"
 
@@ -45,51 +46,27 @@ std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& reques
     return layer;
 }
 
-// What gradcheck differentiates: every parameter, x and the initial states as leaf inputs, and
-// a function of them covering output and every final state, so gradients flowing only into h_n
-// or c_n (e.g. past a short sequence's end in the reverse direction) are checked too.
-struct CheckedFunction {
-    std::vector<Tensor<double>> inputs;
-    std::vector<std::string> names;
-    std::function<Tensor<double>(const std::vector<Tensor<double>>&)> function;
-};
-
-CheckedFunction checked_function(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
-    // The parameters are the layer's own handles, so the values that gradcheck perturbs in
-    // place are the ones forward() reads.
-    CheckedFunction checked;
-    for (const auto& [name, parameter] : layer.named_parameters()) {
-        checked.inputs.push_back(parameter);
-        checked.names.push_back(name);
-    }
+// The layer's check on random data: x, and random initial states unless --zero-initial-state.
+nn::LayerCheck checked_function(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
     Generator generator(request.seed ^ data_stream);
-    auto random = [&](const std::string& name, const Shape& shape, double scale) {
+    auto random = [&](const Shape& shape, double scale) {
         xt::xarray<double> value = xt::xarray<double>::from_shape(shape);
         for (double& v : value) v = generator.normal(0.0, scale);
-        checked.inputs.emplace_back(std::move(value), /*requires_grad=*/true);
-        checked.names.push_back(name);
+        return Tensor<double>(std::move(value), /*requires_grad=*/true);
     };
     const LayerConfig& config = request.layer;
-    const std::size_t first_data = checked.inputs.size();
-    random("x", {request.seq_len, request.batch, config.input_size}, 1.0);
+    const Tensor<double> x = random({request.seq_len, request.batch, config.input_size}, 1.0);
+    std::vector<Tensor<double>> initial;
     if (request.initial_state)
-        for (const auto& state : layer.state_names())
-            random(state + "0", {config.layers * config.directions(), request.batch, config.hidden_size}, 0.5);
-
+        for (std::size_t s = 0; s < layer.state_names().size(); ++s)
+            initial.push_back(random({config.layers * config.directions(), request.batch, config.hidden_size}, 0.5));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!request.lengths.empty()) lengths = request.lengths;
-    checked.function = [&layer, first_data, lengths](const std::vector<Tensor<double>>& in) {
-        const std::vector<Tensor<double>> initial(in.begin() + std::ptrdiff_t(first_data) + 1, in.end());
-        const auto result = layer.forward(in[first_data], initial, lengths);
-        std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
-        for (const auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
-        return concat(parts, 0);
-    };
-    return checked;
+    return nn::layer_check(layer, x, initial, lengths);
 }
 
 GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
-    CheckedFunction checked = checked_function(request, layer);
+    nn::LayerCheck checked = checked_function(request, layer);
     GradcheckOptions options = request.tolerance;
     options.seed = request.seed;
     return gradcheck(checked.function, std::move(checked.inputs), options, std::move(checked.names));
@@ -98,7 +75,7 @@ GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<doubl
 // The analytic gradients of one random projection of the checked function.
 std::vector<std::pair<std::string, xt::xarray<double>>> analytic_gradients(const GradcheckRequest& request,
                                                                            nn::Recurrent<double>& layer) {
-    CheckedFunction checked = checked_function(request, layer);
+    nn::LayerCheck checked = checked_function(request, layer);
     const Tensor<double> output = checked.function(checked.inputs);
     Generator generator(request.seed + 1);
     xt::xarray<double> projection = xt::xarray<double>::from_shape(output.shape());

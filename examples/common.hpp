@@ -11,6 +11,7 @@
 #include <xtensor/xarray.hpp>
 
 #include <rewind/autograd.hpp>
+#include <rewind/nn/layer_check.hpp>
 #include <rewind/nn/recurrent.hpp>
 
 namespace examples {
@@ -42,37 +43,22 @@ double max_abs_difference(const xt::xarray<T>& a, const xt::xarray<T>& b) {
     return double(xt::amax(xt::abs(a - b))());
 }
 
-// Checks every gradient of a recurrent layer in float64 against central differences: the
-// parameters, the input and (optionally) a given initial state, through the whole output and
-// the final state, so a mistake anywhere in the layer (or in a user's cell) shows up.
+// Checks every gradient of a recurrent layer in float64 against central differences
+// (rw::nn::gradcheck_layer) on random data: the parameters, the input and (optionally) a given
+// initial state.
 inline rw::GradcheckReport gradcheck_layer(rw::nn::Recurrent<double>& layer, std::size_t steps, std::size_t batch,
                                            rw::Generator& generator,
                                            const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
                                            bool given_initial_state = true) {
     const auto& options = layer.options();
-    std::vector<rw::Tensor<double>> inputs;
-    std::vector<std::string> names;
-    for (auto& [name, tensor] : layer.named_parameters()) {
-        inputs.push_back(tensor);
-        names.push_back(name);
-    }
-    const std::size_t first_data = inputs.size();
-    inputs.emplace_back(uniform_array<double>({steps, batch, options.input_size}, generator), true);
-    names.push_back("x");
+    const rw::Tensor<double> x(uniform_array<double>({steps, batch, options.input_size}, generator), true);
+    std::vector<rw::Tensor<double>> initial;
     if (given_initial_state)
-        for (const auto& state : layer.state_names()) {
+        for (std::size_t s = 0; s < layer.state_names().size(); ++s) {
             const rw::Shape shape{options.num_layers * layer.num_directions(), batch, options.hidden_size};
-            inputs.emplace_back(uniform_array<double>(shape, generator, 0.5), true);
-            names.push_back(state + "0");
+            initial.emplace_back(uniform_array<double>(shape, generator, 0.5), true);
         }
-    auto function = [&](const std::vector<rw::Tensor<double>>& xs) {
-        const std::vector<rw::Tensor<double>> initial(xs.begin() + first_data + 1, xs.end());
-        auto result = layer.forward(xs[first_data], initial, lengths);
-        std::vector<rw::Tensor<double>> parts{rw::reshape(result.output, {result.output.size()})};
-        for (auto& state : result.state) parts.push_back(rw::reshape(state, {state.size()}));
-        return rw::concat(parts, 0);
-    };
-    return rw::gradcheck(function, inputs, {}, names);
+    return rw::nn::gradcheck_layer(layer, x, initial, lengths);
 }
 
 }  // namespace examples

@@ -295,32 +295,15 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
             k.cell, {.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
                      .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7});
         Generator g(11);
-        std::vector<Tensor<double>> inputs;
-        std::vector<std::string> names;
-        for (auto& [name, tensor] : layer->named_parameters()) {
-            inputs.push_back(tensor);
-            names.push_back(name);
-        }
-        const std::size_t parameter_count = inputs.size();
-        inputs.push_back(random_tensor<double>({steps, batch, input}, g, 1.0, true));
-        names.push_back("x");
+        const Tensor<double> x = random_tensor<double>({steps, batch, input}, g, 1.0, true);
+        std::vector<Tensor<double>> initial;
         if (k.given_state)
-            for (const auto& state : layer->state_names()) {
-                inputs.push_back(random_tensor<double>({k.layers * (k.bidirectional ? 2 : 1), batch, hidden}, g, 0.5,
-                                                       true));
-                names.push_back(state + "0");
-            }
+            for (std::size_t s = 0; s < layer->state_names().size(); ++s)
+                initial.push_back(random_tensor<double>({k.layers * (k.bidirectional ? 2 : 1), batch, hidden}, g, 0.5, true));
         std::optional<std::vector<std::int64_t>> lengths;
         if (!k.lengths.empty()) lengths = k.lengths;
-        auto function = [&](const std::vector<Tensor<double>>& xs) {
-            std::vector<Tensor<double>> initial(xs.begin() + parameter_count + 1, xs.end());
-            auto result = layer->forward(xs[parameter_count], initial, lengths);
-            std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
-            for (auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
-            return concat(parts, 0);
-        };
         BOOST_REQUIRE(layer->options().path == ExecutionPath::fused);
-        GradcheckReport report = gradcheck(function, inputs, {}, names);
+        GradcheckReport report = gradcheck_layer(*layer, x, initial, lengths);
         BOOST_TEST(report.passed, k.cell << " L=" << k.layers << (k.bidirectional ? " bi" : "") << ":\n"
                                          << report.to_string());
     }

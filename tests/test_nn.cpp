@@ -38,31 +38,14 @@ GradcheckReport check_layer(const LayerCase& c, std::shared_ptr<Recurrent<double
         layer = make_recurrent<double>(c.cell, options);
     }
     Generator generator(11);
-    std::vector<Tensor<double>> inputs;
-    std::vector<std::string> names;
-    for (auto& [name, tensor] : layer->named_parameters()) {
-        inputs.push_back(tensor);
-        names.push_back(name);
-    }
-    const std::size_t parameter_count = inputs.size();
-    inputs.push_back(random_tensor({steps, batch, input_size}, generator));
-    names.push_back("x");
-    const std::size_t state_count = layer->state_names().size();
+    const Tensor<double> x = random_tensor({steps, batch, input_size}, generator);
+    std::vector<Tensor<double>> initial;
     if (c.given_initial_state)
-        for (std::size_t s = 0; s < state_count; ++s) {
-            inputs.push_back(random_tensor({c.layers * (c.bidirectional ? 2 : 1), batch, hidden}, generator, 0.5));
-            names.push_back(layer->state_names()[s] + "0");
-        }
+        for (std::size_t s = 0; s < layer->state_names().size(); ++s)
+            initial.push_back(random_tensor({c.layers * (c.bidirectional ? 2 : 1), batch, hidden}, generator, 0.5));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!c.lengths.empty()) lengths = c.lengths;
-    auto function = [&](const std::vector<Tensor<double>>& xs) {
-        std::vector<Tensor<double>> initial(xs.begin() + parameter_count + 1, xs.end());
-        auto result = layer->forward(xs[parameter_count], initial, lengths);
-        std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
-        for (auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
-        return concat(parts, 0);
-    };
-    return gradcheck(function, inputs, {}, names);
+    return gradcheck_layer(*layer, x, initial, lengths);
 }
 
 }  // namespace

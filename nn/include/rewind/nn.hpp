@@ -9,6 +9,7 @@
 #include "nn/clip.hpp"
 #include "nn/fused.hpp"
 #include "nn/init.hpp"
+#include "nn/layer_check.hpp"
 #include "nn/layers.hpp"
 #include "nn/module.hpp"
 #include "nn/optim.hpp"
