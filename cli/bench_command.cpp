@@ -22,7 +22,7 @@
 #include <rewind/autograd/gemm.hpp>
 #include <rewind/autograd/ops.hpp>
 #include <rewind/autograd/random.hpp>
-#include <rewind/nn/fused.hpp>
+#include <rewind/nn/fused/kernels.hpp>
 
 #include "commands.hpp"
 #include "onednn_peer.hpp"

@@ -10,7 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 namespace rw::cli {
 

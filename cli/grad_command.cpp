@@ -5,7 +5,7 @@
 #include <memory>
 
 #include <rewind/autograd/engine.hpp>
-#include <rewind/nn/state_dict.hpp>
+#include <rewind/nn/io/state_dict.hpp>
 
 #include "grad_inputs.hpp"
 

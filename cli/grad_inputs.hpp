@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include <rewind/nn/safetensors.hpp>
+#include <rewind/nn/io/safetensors.hpp>
 
 #include "commands.hpp"
 

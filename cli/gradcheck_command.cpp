@@ -14,7 +14,7 @@
 #include <rewind/autograd/engine.hpp>
 #include <rewind/autograd/gradcheck.hpp>
 #include <rewind/autograd/ops.hpp>
-#include <rewind/nn/layer_check.hpp>
+#include <rewind/nn/layers/layer_check.hpp>
 
 #include "gradcheck_report.hpp"
 

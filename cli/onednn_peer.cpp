@@ -8,7 +8,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <rewind/nn/cells.hpp>
+#include <rewind/nn/layers/cells.hpp>
 
 namespace rw::cli {
 

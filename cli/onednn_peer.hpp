@@ -7,7 +7,7 @@
 #include <memory>
 #include <utility>
 
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 namespace rw::cli {
 

@@ -11,8 +11,8 @@
 #include <xtensor/xarray.hpp>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/layer_check.hpp>
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/layers/layer_check.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 namespace examples {
 

@@ -16,12 +16,12 @@
 #include <fmt/format.h>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/cell.hpp>
-#include <rewind/nn/clip.hpp>
-#include <rewind/nn/init.hpp>
-#include <rewind/nn/layers.hpp>
-#include <rewind/nn/optim.hpp>
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/layers/cell.hpp>
+#include <rewind/nn/train/clip.hpp>
+#include <rewind/nn/layers/init.hpp>
+#include <rewind/nn/layers/layers.hpp>
+#include <rewind/nn/train/optim.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 #include "common.hpp"
 

@@ -17,9 +17,9 @@
 #include <xtensor/xnorm.hpp>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/cells.hpp>
-#include <rewind/nn/clip.hpp>
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/layers/cells.hpp>
+#include <rewind/nn/train/clip.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 #include "common.hpp"
 

@@ -11,8 +11,8 @@
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/layers.hpp>
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/layers/layers.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 namespace examples::reverse {
 

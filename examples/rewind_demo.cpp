@@ -11,8 +11,8 @@
 #include <fmt/format.h>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/clip.hpp>
-#include <rewind/nn/optim.hpp>
+#include <rewind/nn/train/clip.hpp>
+#include <rewind/nn/train/optim.hpp>
 
 #include "common.hpp"
 #include "reverse_task.hpp"

@@ -21,10 +21,10 @@
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/clip.hpp>
-#include <rewind/nn/layers.hpp>
-#include <rewind/nn/optim.hpp>
-#include <rewind/nn/recurrent.hpp>
+#include <rewind/nn/train/clip.hpp>
+#include <rewind/nn/layers/layers.hpp>
+#include <rewind/nn/train/optim.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 #include "common.hpp"
 

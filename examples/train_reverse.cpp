@@ -14,10 +14,10 @@
 #include <fmt/format.h>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/checkpoint.hpp>
-#include <rewind/nn/clip.hpp>
-#include <rewind/nn/optim.hpp>
-#include <rewind/nn/schedule.hpp>
+#include <rewind/nn/train/checkpoint.hpp>
+#include <rewind/nn/train/clip.hpp>
+#include <rewind/nn/train/optim.hpp>
+#include <rewind/nn/train/schedule.hpp>
 
 #include "common.hpp"
 #include "reverse_task.hpp"

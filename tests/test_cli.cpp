@@ -18,7 +18,7 @@
 #include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
-#include <rewind/nn/safetensors.hpp>
+#include <rewind/nn/io/safetensors.hpp>
 
 namespace fs = std::filesystem;
 using nlohmann::json;

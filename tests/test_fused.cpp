@@ -13,7 +13,7 @@
 
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
-#include <rewind/nn/fused.hpp>
+#include <rewind/nn/fused/kernels.hpp>
 
 using namespace rw;
 using namespace rw::nn;

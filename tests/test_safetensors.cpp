@@ -1,6 +1,6 @@
 #include <boost/test/unit_test.hpp>
 
-#include <rewind/nn/safetensors.hpp>
+#include <rewind/nn/io/safetensors.hpp>
 
 #include <sys/resource.h>
 #include <unistd.h>

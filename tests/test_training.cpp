@@ -17,15 +17,15 @@
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
-#include <rewind/nn/checkpoint.hpp>
-#include <rewind/nn/clip.hpp>
-#include <rewind/nn/layers.hpp>
-#include <rewind/nn/optim.hpp>
-#include <rewind/nn/recurrent.hpp>
-#include <rewind/nn/safetensors.hpp>
-#include <rewind/nn/schedule.hpp>
-#include <rewind/nn/state_dict.hpp>
-#include <rewind/nn/tbptt.hpp>
+#include <rewind/nn/train/checkpoint.hpp>
+#include <rewind/nn/train/clip.hpp>
+#include <rewind/nn/layers/layers.hpp>
+#include <rewind/nn/train/optim.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
+#include <rewind/nn/io/safetensors.hpp>
+#include <rewind/nn/train/schedule.hpp>
+#include <rewind/nn/io/state_dict.hpp>
+#include <rewind/nn/train/tbptt.hpp>
 
 using namespace rw;
 using namespace rw::nn;
@@ -35,7 +35,7 @@ namespace tt = boost::test_tools;
 
 namespace {
 
-const fs::path fixtures = fs::path(__FILE__).parent_path() / "fixtures" / "optim";
+const fs::path fixtures = fs::path(REWIND_TESTS_DIR) / "fixtures" / "optim";
 
 Tensor<double> leaf(Array value) { return Tensor<double>(std::move(value), true); }
 

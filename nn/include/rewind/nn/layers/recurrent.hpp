@@ -15,8 +15,8 @@
 
 #include <rewind/autograd/random.hpp>
 
-#include "cell.hpp"
-#include "cells.hpp"
+#include "rewind/nn/layers/cell.hpp"
+#include "rewind/nn/layers/cells.hpp"
 
 namespace rw::nn {
 

@@ -3,7 +3,7 @@
 //   weight_ih [G*H, I], weight_hh [G*H, H], bias_ih [G*H], bias_hh [G*H]
 // with G = 1 (RNN), 4 (LSTM, gate order i, f, g, o) or 3 (GRU, gate order r, z, n).
 
-#include "cell.hpp"
+#include "rewind/nn/layers/cell.hpp"
 
 namespace rw::nn {
 

@@ -1,4 +1,4 @@
-#include "rewind/nn/layer_check.hpp"
+#include "rewind/nn/layers/layer_check.hpp"
 
 #include <rewind/autograd/ops.hpp>
 

@@ -1,11 +1,11 @@
-#include "rewind/nn/clip.hpp"
+#include "rewind/nn/train/clip.hpp"
 
 #include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
-#include "rewind/nn/optim.hpp"
+#include "rewind/nn/train/optim.hpp"
 
 namespace rw::nn {
 

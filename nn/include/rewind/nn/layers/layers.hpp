@@ -14,9 +14,9 @@
 #include <rewind/autograd/random.hpp>
 #include <rewind/autograd/tensor.hpp>
 
-#include "cell.hpp"
-#include "module.hpp"
-#include "recurrent.hpp"
+#include "rewind/nn/layers/cell.hpp"
+#include "rewind/nn/module.hpp"
+#include "rewind/nn/layers/recurrent.hpp"
 
 namespace rw::nn {
 

@@ -1,4 +1,4 @@
-#include "rewind/nn/init.hpp"
+#include "rewind/nn/layers/init.hpp"
 
 #include <cmath>
 #include <stdexcept>

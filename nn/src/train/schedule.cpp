@@ -1,4 +1,4 @@
-#include "rewind/nn/schedule.hpp"
+#include "rewind/nn/train/schedule.hpp"
 
 #include <cmath>
 #include <limits>

@@ -1,12 +1,12 @@
-#include "rewind/nn/checkpoint.hpp"
+#include "rewind/nn/train/checkpoint.hpp"
 
 #include <algorithm>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
-#include "rewind/nn/safetensors.hpp"
-#include "rewind/nn/state_dict.hpp"
+#include "rewind/nn/io/safetensors.hpp"
+#include "rewind/nn/io/state_dict.hpp"
 
 namespace rw::nn {
 

@@ -1,4 +1,4 @@
-#include "rewind/nn/recurrent.hpp"
+#include "rewind/nn/layers/recurrent.hpp"
 
 #include <fmt/format.h>
 

@@ -1,4 +1,4 @@
-#include "rewind/nn/state_dict.hpp"
+#include "rewind/nn/io/state_dict.hpp"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

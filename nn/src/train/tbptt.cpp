@@ -1,4 +1,4 @@
-#include "rewind/nn/tbptt.hpp"
+#include "rewind/nn/train/tbptt.hpp"
 
 #include <algorithm>
 #include <stdexcept>

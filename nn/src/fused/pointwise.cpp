@@ -10,7 +10,7 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <xsimd/xsimd.hpp>
 
-#include "rewind/nn/fused.hpp"
+#include "rewind/nn/fused/kernels.hpp"
 
 namespace rw::nn::fused::detail {
 

@@ -19,7 +19,7 @@
 #include <rewind/autograd/random.hpp>
 #include <rewind/autograd/tensor.hpp>
 
-#include "module.hpp"
+#include "rewind/nn/module.hpp"
 
 namespace rw::nn {
 

@@ -30,7 +30,7 @@
 
 #include <rewind/autograd/tensor.hpp>
 
-#include "cell.hpp"
+#include "rewind/nn/layers/cell.hpp"
 
 namespace rw::nn::fused {
 

@@ -1,12 +1,12 @@
-#include "rewind/nn/cells.hpp"
+#include "rewind/nn/layers/cells.hpp"
 
 #include <cmath>
 
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
 
-#include "rewind/nn/fused.hpp"
-#include "rewind/nn/init.hpp"
+#include "rewind/nn/fused/kernels.hpp"
+#include "rewind/nn/layers/init.hpp"
 
 namespace rw::nn {
 

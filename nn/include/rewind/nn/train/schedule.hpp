@@ -8,7 +8,7 @@
 #include <map>
 #include <string>
 
-#include "optim.hpp"
+#include "rewind/nn/train/optim.hpp"
 
 namespace rw::nn {
 

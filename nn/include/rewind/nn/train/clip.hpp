@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "module.hpp"
+#include "rewind/nn/module.hpp"
 
 namespace rw::nn {
 

@@ -12,7 +12,7 @@
 
 #include <rewind/autograd/gradcheck.hpp>
 
-#include "recurrent.hpp"
+#include "rewind/nn/layers/recurrent.hpp"
 
 namespace rw::nn {
 

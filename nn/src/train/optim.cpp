@@ -1,4 +1,4 @@
-#include "rewind/nn/optim.hpp"
+#include "rewind/nn/train/optim.hpp"
 
 #include <charconv>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "rewind/nn/layers.hpp"
+#include "rewind/nn/layers/layers.hpp"
 
 #include <cmath>
 #include <stdexcept>
@@ -12,8 +12,8 @@
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
 
-#include "rewind/nn/cells.hpp"
-#include "rewind/nn/init.hpp"
+#include "rewind/nn/layers/cells.hpp"
+#include "rewind/nn/layers/init.hpp"
 
 namespace rw::nn {
 

@@ -4,8 +4,8 @@
 #include <filesystem>
 #include <string>
 
-#include "module.hpp"
-#include "safetensors.hpp"
+#include "rewind/nn/module.hpp"
+#include "rewind/nn/io/safetensors.hpp"
 
 namespace rw::nn {
 

@@ -13,7 +13,7 @@
 #include <rewind/autograd/function.hpp>
 #include <rewind/autograd/gemm.hpp>
 
-#include "rewind/nn/fused.hpp"
+#include "rewind/nn/fused/kernels.hpp"
 
 namespace rw::nn::fused {
 

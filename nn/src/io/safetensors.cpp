@@ -1,4 +1,4 @@
-#include "rewind/nn/safetensors.hpp"
+#include "rewind/nn/io/safetensors.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -21,8 +21,8 @@
 
 #include <xtensor/xarray.hpp>
 
-#include "module.hpp"
-#include "safetensors.hpp"
+#include "rewind/nn/module.hpp"
+#include "rewind/nn/io/safetensors.hpp"
 
 namespace rw::nn {
 

@@ -22,7 +22,7 @@
 #include <functional>
 #include <vector>
 
-#include "recurrent.hpp"
+#include "rewind/nn/layers/recurrent.hpp"
 
 namespace rw::nn {
 

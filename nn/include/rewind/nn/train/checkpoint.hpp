@@ -20,9 +20,9 @@
 
 #include <rewind/autograd/random.hpp>
 
-#include "module.hpp"
-#include "optim.hpp"
-#include "schedule.hpp"
+#include "rewind/nn/module.hpp"
+#include "rewind/nn/train/optim.hpp"
+#include "rewind/nn/train/schedule.hpp"
 
 namespace rw::nn {
 
