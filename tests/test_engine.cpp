@@ -277,6 +277,30 @@ BOOST_AUTO_TEST_CASE(hooks_see_the_summed_gradient_once_per_backward_on_leaves_a
     check_close(seen_x[1], expected_x);  // the hook sees this pass's gradient, not the accumulated one
 }
 
+BOOST_AUTO_TEST_CASE(a_leaf_hook_fires_as_soon_as_the_leafs_gradient_is_complete) {
+    // loss = sum(tanh(x) * y): y's gradient is complete once mul's backward ran, before tanh's
+    // backward, so its hook must fire before the hook of h = tanh(x) (data-parallel training
+    // starts its all-reduce there, overlapping the rest of the backward).
+    Tensor<double> x(Array{0.5, -1.0}, true), y(Array{2.0, 3.0}, true);
+    Tensor<double> h = tanh(x);
+    std::vector<std::string> order;
+    x.register_hook([&](const Tensor<double>&) { order.push_back("x"); });
+    y.register_hook([&](const Tensor<double>&) { order.push_back("y"); });
+    h.register_hook([&](const Tensor<double>&) { order.push_back("h"); });
+    sum(mul(h, y)).backward();
+    BOOST_TEST((order == std::vector<std::string>{"y", "h", "x"}));
+    check_close(y.grad().value(), xt::tanh(x.value()));
+    // A leaf used by two nodes is delivered once, with the sum, after the second.
+    std::vector<Array> seen;
+    Tensor<double> w(Array{1.5}, true);
+    w.register_hook([&](const Tensor<double>& g) { seen.push_back(g.value()); });
+    sum(add(mul(w, w), tanh(w))).backward();
+    BOOST_REQUIRE(seen.size() == 1);
+    const double t = std::tanh(1.5);
+    check_close(seen[0], Array{2 * 1.5 + 1 - t * t});
+    check_close(w.grad().value(), Array{2 * 1.5 + 1 - t * t});
+}
+
 BOOST_AUTO_TEST_CASE(summing_gradients_never_changes_a_gradient_held_elsewhere) {
     // The engine adds a tensor's further gradients in place only into a sum nothing else holds.
     // Here the seed (held by the caller) reaches y and x unchanged through add's backward, a hook

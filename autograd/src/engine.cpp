@@ -87,7 +87,10 @@ private:
                     node->name));
             nodes_.push_back(node);
             for (const auto& input : node->inputs)
-                if (input.requires_grad()) visit(input.grad_fn());
+                if (input.requires_grad()) {
+                    visit(input.grad_fn());
+                    if (is_hooked_leaf(input)) ++leaf_uses_[input.impl().get()];
+                }
         }
         touched_.reserve(touched_.size() + nodes_.size() + 8);
         // A chain (the common case) is collected already in order; sort only when it is not.
@@ -169,11 +172,34 @@ private:
                 if (gradients[i].defined() && input.requires_grad()) accumulate(input.impl(), std::move(gradients[i]));
             }
         }
+        if (!leaf_uses_.empty()) deliver_complete_leaves(node);
         grad_outputs.clear();
         if (!options_.retain_graph) {
             node.backward = nullptr;
             node.inputs.clear();
             node.released = true;
+        }
+    }
+
+    // Note [early leaves]: a leaf with hooks (e.g. a parameter whose gradient data-parallel
+    // training all-reduces) is delivered as soon as the last node that uses it has run, so the
+    // hook can start work that overlaps the rest of the backward (PyTorch's AccumulateGrad
+    // fires the same way). leaf_uses_ counts, per such leaf, the uses by collected nodes not yet run.
+    static bool is_hooked_leaf(const Tensor<T>& tensor) {
+        return !tensor.grad_fn() && !tensor.impl()->hooks.empty();
+    }
+
+    void deliver_complete_leaves(const Node<T>& node) {
+        for (const auto& input : node.inputs) {
+            if (!input.requires_grad() || !is_hooked_leaf(input)) continue;
+            auto uses = leaf_uses_.find(input.impl().get());
+            if (uses == leaf_uses_.end() || --uses->second > 0) continue;
+            leaf_uses_.erase(uses);
+            TensorImpl<T>& impl = *input.impl();
+            if (!impl.pending.defined()) continue;
+            Tensor<T> gradient = std::move(impl.pending);
+            impl.pending = Tensor<T>();
+            deliver(impl, gradient);
         }
     }
 
@@ -206,6 +232,7 @@ private:
     std::vector<Tensor<T>> grad_outputs_;
     std::vector<std::shared_ptr<TensorImpl<T>>> touched_;
     std::vector<std::shared_ptr<TensorImpl<T>>> leaves_;
+    std::unordered_map<const TensorImpl<T>*, std::size_t> leaf_uses_;  // Note [early leaves]
 };
 
 }  // namespace
