@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include <rewind/autograd.hpp>
+#include <rewind/dist/shard.hpp>
 
 int main() {
     using Array = xt::xarray<double>;
@@ -28,6 +29,12 @@ int main() {
         {x, w});
     if (!report.passed) {
         std::fprintf(stderr, "%s", report.to_string().c_str());
+        ++failures;
+    }
+    // rewind::dist (and through it MPI) links: rank 1 of 3's part of a batch of 7 is [3, 5).
+    const auto part = rw::dist::shard_of(7, 1, 3);
+    if (part.begin != 3 || part.end != 5) {
+        std::fprintf(stderr, "consumer: wrong shard [%zu, %zu)\n", part.begin, part.end);
         ++failures;
     }
     std::printf("consumer: f = %.6f, df/dx = [%.6f, %.6f, %.6f], %s\n", f.item(), x.grad().value()(0),
