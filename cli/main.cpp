@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
     app.require_subcommand(1, 1);
     const std::vector<rw::cli::Command> commands{rw::cli::add_grad_command(app),
                                                  rw::cli::add_gradcheck_command(app),
-                                                 rw::cli::add_bench_command(app)};
+                                                 rw::cli::add_bench_command(app),
+                                                 rw::cli::add_flow_command(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help and --version

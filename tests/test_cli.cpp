@@ -20,58 +20,15 @@
 
 #include <rewind/nn/io/safetensors.hpp>
 
+#include "cli_run.hpp"
+
 namespace fs = std::filesystem;
 using nlohmann::json;
+using namespace cli_test;
 
 namespace {
 
 const fs::path fixtures = fs::path(REWIND_TESTS_DIR) / "fixtures";
-
-std::string read_bytes(const fs::path& file) {
-    std::ifstream in(file, std::ios::binary);
-    std::ostringstream text;
-    text << in.rdbuf();
-    return text.str();
-}
-
-void write_bytes(const fs::path& file, const std::string& bytes) {
-    std::ofstream(file, std::ios::binary) << bytes;
-}
-
-// A fresh directory per test, removed afterwards.
-struct TempDir {
-    fs::path path;
-    TempDir() {
-        static std::atomic<int> counter{0};
-        path = fs::temp_directory_path() / fmt::format("rewind_test_cli.{}.{}", ::getpid(), counter++);
-        fs::create_directories(path);
-    }
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path, ignored);
-    }
-    fs::path operator/(const std::string& name) const { return path / name; }
-};
-
-struct Run {
-    int exit_code = -1;
-    std::string out, err;
-};
-
-std::string shell_quoted(const std::string& text) {
-    std::string quoted = "'";
-    for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return quoted + "'";
-}
-
-Run run_cli(const TempDir& dir, const std::vector<std::string>& args) {
-    std::string command = shell_quoted(REWIND_CLI_PATH);
-    for (const auto& arg : args) command.append(" ").append(shell_quoted(arg));
-    const fs::path out = dir / "stdout.txt", err = dir / "stderr.txt";
-    command.append(" >").append(shell_quoted(out.string())).append(" 2>").append(shell_quoted(err.string()));
-    const int status = std::system(command.c_str());
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_bytes(out), read_bytes(err)};
-}
 
 std::vector<std::string> grad_args(const json& c, const fs::path& state, const fs::path& inputs, const fs::path& out) {
     std::vector<std::string> args{"grad",

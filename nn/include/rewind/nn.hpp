@@ -3,6 +3,8 @@
 
 #include <rewind/autograd.hpp>
 
+#include "nn/analysis/curves.hpp"
+#include "nn/analysis/gradient_flow.hpp"
 #include "nn/layers/cell.hpp"
 #include "nn/layers/cells.hpp"
 #include "nn/train/checkpoint.hpp"

@@ -1,0 +1,112 @@
+// `rewind flow` run as a user runs it: figures that follow from the weights, trained weights
+// read from a checkpoint, the CSV and the plot, and refusals that say what is wrong.
+
+#include <algorithm>
+
+#include <boost/test/unit_test.hpp>
+#include <nlohmann/json.hpp>
+
+#include <rewind/nn/analysis/gradient_flow.hpp>
+#include <rewind/nn/io/state_dict.hpp>
+#include <rewind/nn/train/checkpoint.hpp>
+
+#include "cli_run.hpp"
+
+using namespace cli_test;
+using nlohmann::json;
+
+namespace {
+
+std::vector<std::string> flow_args(const std::string& cell, std::size_t steps, std::vector<std::string> more = {}) {
+    std::vector<std::string> args{"flow", "--cell", cell, "--input-size", "3", "--hidden-size", "16", "--seq-len",
+                                  std::to_string(steps), "--json"};
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(rewind_flow)
+
+BOOST_AUTO_TEST_CASE(reports_every_step_of_a_tanh_rnn_and_an_lstm) {
+    TempDir dir;
+    const Run rnn = run_cli(dir, flow_args("rnn_tanh", 40, {"--sigma-steps", "5"}));
+    BOOST_TEST_REQUIRE(rnn.exit_code == 0, rnn.err);
+    const json r = json::parse(rnn.out);
+    BOOST_TEST(r["layers"][0]["grad_norm"].size() == 40u);
+    BOOST_TEST(r["layers"][0]["gates"].empty());
+    BOOST_TEST(r["singular_value"][39].get<double>() == 1.0, boost::test_tools::tolerance(1e-12));
+    std::size_t analysed = 0;
+    for (const auto& sigma : r["singular_value"]) analysed += sigma.is_null() ? 0 : 1;
+    BOOST_TEST(analysed == 5u);
+    // PyTorch's default initialisation gives sigma_max(W_hh) well below 1 at H = 16: vanishing.
+    BOOST_TEST(r["decay_per_step"].get<double>() < 0.9);
+
+    const Run lstm = run_cli(dir, flow_args("lstm", 30, {"--sigma-steps", "0", "--forget-bias", "20"}));
+    BOOST_TEST_REQUIRE(lstm.exit_code == 0, lstm.err);
+    const json l = json::parse(lstm.out);
+    BOOST_TEST(l["layers"][0]["gates"].size() == 4u);
+    BOOST_TEST(l["layers"][0]["gates"]["forget"]["overall"].get<double>() == 1.0);  // a forget bias of 20 saturates
+    BOOST_TEST(l["layers"][0]["gates"]["forget"]["per_step"].size() == 30u);
+}
+
+BOOST_AUTO_TEST_CASE(analyses_the_weights_of_a_checkpoint) {
+    TempDir dir;
+    // A model whose recurrent layer sits at "model.rnn." in the checkpoint, with W_hh scaled to
+    // sigma_max 0.5: the command must find the layer and analyse these weights, not fresh ones.
+    auto rnn = rw::nn::make_rnn<double>({.input_size = 3, .hidden_size = 16, .seed = 9, .init = {.orthogonal_recurrent = true}});
+    auto& w = rnn->parameter("weight_hh_l0").mutable_value();
+    w *= 0.5 / rw::nn::largest_singular_value(w);
+    rw::nn::Module<double> model;
+    model.register_module("rnn", rnn);
+    rw::nn::Checkpoint<double>(model).save(dir / "model.safetensors");
+
+    const Run run = run_cli(dir, flow_args("rnn_tanh", 30, {"--state", (dir / "model.safetensors").string()}));
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(report["config"]["prefix"].get<std::string>() == "model.rnn.");
+    BOOST_TEST(report["layers"][0]["weight_hh_sigma_max"].get<double>() == 0.5, boost::test_tools::tolerance(1e-9));
+    BOOST_TEST(report["decay_per_step"].get<double>() < 0.5);  // tanh' <= 1 on top of sigma_max 0.5
+
+    const Run wrong_size = run_cli(dir, {"flow", "--cell", "rnn_tanh", "--input-size", "3", "--hidden-size", "8",
+                                         "--seq-len", "5", "--state", (dir / "model.safetensors").string()});
+    BOOST_TEST(wrong_size.exit_code == 1);
+    BOOST_TEST(wrong_size.err.find("weight_ih_l0") != std::string::npos, wrong_size.err);
+}
+
+BOOST_AUTO_TEST_CASE(a_state_dict_with_two_layers_needs_a_prefix) {
+    TempDir dir;
+    rw::nn::Module<double> model;
+    model.register_module("encoder", rw::nn::make_gru<double>({.input_size = 3, .hidden_size = 16}));
+    model.register_module("decoder", rw::nn::make_gru<double>({.input_size = 3, .hidden_size = 16}));
+    rw::nn::save_state_dict(model, dir / "two.safetensors");
+    const Run ambiguous = run_cli(dir, flow_args("gru", 5, {"--state", (dir / "two.safetensors").string()}));
+    BOOST_TEST(ambiguous.exit_code == 1);
+    BOOST_TEST(ambiguous.err.find("'decoder.', 'encoder.'") != std::string::npos, ambiguous.err);
+    BOOST_TEST(ambiguous.err.find("--prefix") != std::string::npos);
+    const Run chosen = run_cli(dir, flow_args("gru", 5, {"--state", (dir / "two.safetensors").string(), "--prefix", "decoder."}));
+    BOOST_TEST(chosen.exit_code == 0, chosen.err);
+}
+
+BOOST_AUTO_TEST_CASE(writes_every_step_to_csv_and_draws_the_plot) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"flow", "--cell", "gru", "--input-size", "3", "--hidden-size", "8", "--seq-len", "12",
+                                  "--layers", "2", "--csv", (dir / "flow.csv").string(), "--plot", (dir / "flow.png").string()});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const std::string csv = read_bytes(dir / "flow.csv");
+    BOOST_TEST(csv.rfind("t,grad_norm_l0,grad_norm_l1,sigma_max,ratio,saturated_reset_l0,", 0) == 0u, csv.substr(0, 120));
+    BOOST_TEST(std::count(csv.begin(), csv.end(), '\n') == 13);
+    BOOST_TEST(read_bytes(dir / "flow.png").substr(1, 3) == "PNG");
+    BOOST_TEST(run.out.find("per-step decay factor") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_options_that_do_not_apply) {
+    TempDir dir;
+    const Run bias = run_cli(dir, flow_args("gru", 5, {"--forget-bias", "3"}));
+    BOOST_TEST(bias.exit_code == 1);
+    BOOST_TEST(bias.err.find("--forget-bias applies to --cell lstm only") != std::string::npos, bias.err);
+    const Run bidirectional = run_cli(dir, flow_args("gru", 5, {"--bidirectional"}));
+    BOOST_TEST(bidirectional.exit_code == 2);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
