@@ -1,13 +1,23 @@
 #pragma once
-// The few helpers every example shares: the common command-line options, random arrays, and a
-// gradient check of a whole recurrent layer. Public API only, like the examples themselves.
+// The few helpers every example shares: the common command-line options, random arrays, a
+// gradient check of a whole recurrent layer, progress lines, curves written as CSV and drawn by
+// gnuplot, and the --json summary the tests read. Public API only, like the examples themselves.
 
+#include <chrono>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
 #include <optional>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <xtensor/xarray.hpp>
 
 #include <rewind/autograd.hpp>
@@ -59,6 +69,115 @@ inline rw::GradcheckReport gradcheck_layer(rw::nn::Recurrent<double>& layer, std
             initial.emplace_back(uniform_array<double>(shape, generator, 0.5), true);
         }
     return rw::nn::gradcheck_layer(layer, x, initial, lengths);
+}
+
+// ---- progress of a long run ----
+// A line "label  done/total (pct)  rate/s  ETA" at most every `interval` seconds, and one at the
+// end; the caller's detail (e.g. the current loss) is computed only when a line is printed.
+class Progress {
+public:
+    Progress(std::string label, std::size_t total, double interval_seconds = 2.0)
+        : label_(std::move(label)), total_(total), interval_(interval_seconds), start_(Clock::now()), last_(start_) {}
+
+    template <class Detail>
+    void update(std::size_t done, Detail&& detail) {
+        const auto now = Clock::now();
+        if (done < total_ && seconds(last_, now) < interval_) return;
+        last_ = now;
+        const double elapsed = seconds(start_, now), rate = elapsed > 0 ? double(done) / elapsed : 0.0;
+        const double eta = rate > 0 ? double(total_ - done) / rate : 0.0;
+        fmt::print("  {} {}/{} ({:3.0f}%)  {:.1f}/s  ETA {:.0f}s  {}\n", label_, done, total_,
+                   100.0 * double(done) / double(total_), rate, eta, detail());
+        std::fflush(stdout);
+    }
+    void update(std::size_t done) {
+        update(done, [] { return std::string(); });
+    }
+    double elapsed() const { return seconds(start_, Clock::now()); }
+
+private:
+    using Clock = std::chrono::steady_clock;
+    static double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+    std::string label_;
+    std::size_t total_;
+    double interval_;
+    Clock::time_point start_, last_;
+};
+
+// ---- curves: CSV always, a PNG through gnuplot on request ----
+// Columns of numbers over a shared x column (the first); NaN marks a missing value.
+struct Curve {
+    std::vector<std::string> columns;  // x first
+    std::vector<std::vector<double>> rows;
+    void add(std::vector<double> row) { rows.push_back(std::move(row)); }
+};
+
+struct PlotStyle {
+    std::string title, x_label, y_label;
+    bool log_y = false;
+};
+
+struct CurveOptions {
+    std::string csv, png;
+};
+
+inline void add_curve_options(CLI::App& app, CurveOptions& options, const std::string& what) {
+    app.add_option("--csv", options.csv, "write " + what + " to this CSV file");
+    app.add_option("--plot", options.png, "draw " + what + " into this PNG with gnuplot (CSV beside it unless --csv)");
+}
+
+inline void write_csv(const std::string& path, const Curve& curve) {
+    std::ofstream out(path);
+    for (std::size_t i = 0; i < curve.columns.size(); ++i) out << (i ? "," : "") << curve.columns[i];
+    out << '\n';
+    for (const auto& row : curve.rows) {
+        for (std::size_t i = 0; i < row.size(); ++i) {
+            if (i) out << ',';
+            if (std::isfinite(row[i])) out << fmt::format("{:.6g}", row[i]);
+            else out << "NaN";
+        }
+        out << '\n';
+    }
+    if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+// Draws every column against the first, one line each, titled by its header.
+inline bool plot_png(const std::string& png, const std::string& csv, std::size_t columns, const PlotStyle& style) {
+    if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+        fmt::print("gnuplot is not on PATH, so no {}; the data is in {}\n", png, csv);
+        return false;
+    }
+    const std::string script = fmt::format(
+        "set terminal pngcairo size 900,560 noenhanced; set output '{}'; set datafile separator ','; set key outside right;"
+        "set title '{}'; set xlabel '{}'; set ylabel '{}'; {}"
+        "plot for [i=2:{}] '{}' using 1:i with lines linewidth 2 title columnheader(i)",
+        png, style.title, style.x_label, style.y_label, style.log_y ? "set logscale y; " : "", columns, csv);
+    if (std::system(fmt::format("gnuplot -e \"{}\"", script).c_str()) != 0) {
+        fmt::print("gnuplot failed; the data is in {}\n", csv);
+        return false;
+    }
+    return true;
+}
+
+// What --csv and --plot ask for: the CSV (beside the PNG when only --plot is given) and the PNG.
+inline void save_curve(const CurveOptions& options, const Curve& curve, const PlotStyle& style) {
+    std::string csv = options.csv;
+    if (csv.empty() && !options.png.empty()) csv = options.png.substr(0, options.png.rfind('.')) + ".csv";
+    if (csv.empty()) return;
+    write_csv(csv, curve);
+    fmt::print("{} written to {}\n", style.title, csv);
+    if (!options.png.empty() && plot_png(options.png, csv, curve.columns.size(), style))
+        fmt::print("plot written to {}\n", options.png);
+}
+
+// ---- --json: the run's outcome as one JSON object, the last line of standard output ----
+// The tests (tests/test_examples.cpp) read it and assert on the figures.
+inline void add_json_option(CLI::App& app, bool& json) {
+    app.add_flag("--json", json, "end with the outcome as one line of JSON");
+}
+
+inline void print_json(bool json, const nlohmann::json& summary) {
+    if (json) fmt::print("{}\n", summary.dump());
 }
 
 }  // namespace examples

@@ -23,10 +23,12 @@
 #include <rewind/nn/train/optim.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
 
+#include "adding_task.hpp"
 #include "common.hpp"
 
 using namespace rw;
 using namespace rw::nn;
+namespace adding = examples::adding;
 
 namespace {
 
@@ -69,32 +71,6 @@ std::shared_ptr<Recurrent<T>> make_indrnn(const RecurrentOptions& options) {
         options);
 }
 
-// ---- the adding problem ----
-// Input [T, B, 2]: a random value in [0, 1) and a marker that is 1 at two positions; the target
-// is the sum of the two marked values. Always predicting the mean (1) scores an MSE of 1/6.
-struct Adding {
-    Tensor<float> x, target;
-    std::vector<std::int64_t> lengths;
-};
-
-Adding adding_batch(std::size_t max_length, std::size_t batch, Generator& data) {
-    xt::xarray<float> x = xt::zeros<float>({max_length, batch, std::size_t(2)}), target = xt::zeros<float>({batch, std::size_t(1)});
-    Adding a;
-    for (std::size_t b = 0; b < batch; ++b) {
-        const auto length = std::size_t(data.uniform(double(max_length / 2), double(max_length + 1)));
-        for (std::size_t t = 0; t < length; ++t) x(t, b, 0) = float(data.uniform());
-        // One marker in each half, so the answer needs memory across the sequence.
-        for (auto t : {std::size_t(data.uniform(0, double(length / 2))), std::size_t(data.uniform(double(length / 2), double(length)))}) {
-            x(t, b, 1) = 1;
-            target(b, 0) += x(t, b, 0);
-        }
-        a.lengths.push_back(std::int64_t(length));
-    }
-    a.x = Tensor<float>(x);
-    a.target = Tensor<float>(target);
-    return a;
-}
-
 struct Model : Module<float> {
     Model(std::size_t hidden, std::uint64_t seed) {
         Generator init(seed);
@@ -104,7 +80,7 @@ struct Model : Module<float> {
     }
     // The last layer's h_n of both directions: the forward one at each sequence's own end, the
     // reverse one after reading it back to its start.
-    Tensor<float> predict(const Adding& a) const {
+    Tensor<float> predict(const adding::Batch& a) const {
         const Tensor<float> h_n = rnn->forward(a.x, {}, a.lengths).h_n();  // [L*D, B, H]
         const std::size_t batch = h_n.size(1), hidden = h_n.size(2);
         const Tensor<float> last = permute(slice(h_n, 0, 2, 4), {1, 0, 2});
@@ -119,8 +95,9 @@ struct Model : Module<float> {
 int main(int argc, char** argv) {
     CLI::App app{"a user-written IndRNN cell: stacked, bidirectional, variable lengths, gradcheck, training"};
     examples::CommonOptions common;
-    std::size_t steps = 500, hidden = 32, max_length = 30, batch = 32;
+    std::size_t steps = 800, hidden = 32, max_length = 30, batch = 32;
     double lr = 2e-3;
+    bool json = false;
     examples::add_common_options(app, common);
     app.add_option("--steps", steps, "training steps")->capture_default_str();
     app.add_option("--hidden", hidden, "hidden size")->check(CLI::PositiveNumber)->capture_default_str();
@@ -129,6 +106,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--lr", lr, "Adam learning rate")->capture_default_str();
     app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber)->capture_default_str();
+    examples::add_json_option(app, json);
     CLI11_PARSE(app, argc, argv);
     examples::apply(common);
 
@@ -147,16 +125,17 @@ int main(int argc, char** argv) {
     Model model(hidden, common.seed);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = lr});
     Generator data(common.seed + 2);
-    const Adding held_out = adding_batch(max_length, 256, data);
+    const adding::Batch held_out = adding::random_batch(max_length / 2, max_length, 256, data);
     auto held_out_mse = [&] {
         NoGradGuard no_grad;
         return double(mse_loss(model.predict(held_out), held_out.target).item());
     };
     fmt::print("adding problem, lengths {}..{}, held-out MSE (predicting the mean: 1/6 = {:.4f}):\n", max_length / 2,
-               max_length, 1.0 / 6.0);
-    fmt::print("  step {:4}  MSE {:.4f}\n", 0, held_out_mse());
+               max_length, adding::kMeanBaselineMse);
+    double mse = held_out_mse();
+    fmt::print("  step {:4}  MSE {:.4f}\n", 0, mse);
     for (std::size_t step = 1; step <= steps; ++step) {
-        const Adding a = adding_batch(max_length, batch, data);
+        const adding::Batch a = adding::random_batch(max_length / 2, max_length, batch, data);
         adam.zero_grad();
         mse_loss(model.predict(a), a.target).backward();
         clip_grad_norm(model.named_parameters(), 1.0);
@@ -164,7 +143,9 @@ int main(int argc, char** argv) {
         // IndRNN's constraint |u| <= 1, applied after each update, outside the tape.
         for (auto& [name, tensor] : model.named_parameters())
             if (name.find("weight_hh") != std::string::npos) tensor.mutable_value() = xt::clip(tensor.value(), -1.0f, 1.0f);
-        if (step % std::max<std::size_t>(1, steps / 5) == 0) fmt::print("  step {:4}  MSE {:.4f}\n", step, held_out_mse());
+        if (step % std::max<std::size_t>(1, steps / 5) == 0 || step == steps)
+            fmt::print("  step {:4}  MSE {:.4f}\n", step, mse = held_out_mse());
     }
+    examples::print_json(json, {{"gradcheck_passed", report.passed}, {"mse", mse}, {"baseline_mse", adding::kMeanBaselineMse}});
     return report.passed ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <map>
 #include <numbers>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -77,13 +79,32 @@ double accuracy(const Tensor<float>& logits, const std::vector<std::int64_t>& la
     return right / total;
 }
 
-void print(const char* shape, const char* what, std::pair<double, double> loss, const std::string& extra) {
-    fmt::print("{:<13} {:<52} loss {:.4f} -> {:.4f}   {}\n", shape, what, loss.first, loss.second, extra);
+// Each shape's outcome against its own baseline (lower is better for "mse", higher for accuracy).
+struct Outcome {
+    std::string metric;
+    double value, baseline;
+};
+
+Outcome report(const char* shape, const char* what, std::pair<double, double> loss, const Outcome& outcome) {
+    fmt::print("{:<13} {:<52} loss {:.4f} -> {:.4f}   {} {:.3f} (baseline {:.3f})\n", shape, what, loss.first,
+               loss.second, outcome.metric, outcome.value, outcome.baseline);
+    return outcome;
+}
+
+// The accuracy of always answering the most frequent label.
+double majority_share(const std::vector<std::int64_t>& labels) {
+    std::map<std::int64_t, double> counts;
+    double total = 0;
+    for (auto label : labels)
+        if (label >= 0) ++counts[label], ++total;
+    double most = 0;
+    for (const auto& [label, count] : counts) most = std::max(most, count);
+    return most / total;
 }
 
 // ---- one-to-one: is a point inside the unit circle? ----
 // With T = 1 and h0 = 0 a GRU is one hidden layer: recurrence adds nothing, which is the point.
-void one_to_one(const Settings& s) {
+Outcome one_to_one(const Settings& s) {
     Net net;
     Generator init(s.seed), data(s.seed + 1);
     auto gru = net.add("gru", make_gru<float>({.input_size = 2, .hidden_size = s.hidden, .seed = s.seed}));
@@ -100,14 +121,14 @@ void one_to_one(const Settings& s) {
     const auto result = fit(net, make_batch, loss, s);
     const Points test = make_batch();  // fresh points, never trained on
     NoGradGuard no_grad;
-    print("one-to-one", "GRU, T = 1, zero h0: inside the unit circle?", result,
-          fmt::format("accuracy {:.0f}%", 100 * accuracy(logits(test), test.label)));
+    return report("one-to-one", "GRU, T = 1, zero h0: inside the unit circle?", result,
+                  {"accuracy", accuracy(logits(test), test.label), majority_share(test.label)});
 }
 
 // ---- one-to-many: a sine wave of the requested frequency and phase ----
 // No input at all: the caller encodes the condition into h0 and the layer unrolls from it.
 // The gradient flows back through the given h0 into the encoder.
-void one_to_many(const Settings& s) {
+Outcome one_to_many(const Settings& s) {
     constexpr std::size_t steps = 16;
     Net net;
     Generator init(s.seed), data(s.seed + 2);
@@ -130,14 +151,17 @@ void one_to_many(const Settings& s) {
         return mse_loss(head->forward(gru->forward(silence, {h0}).output), w.target);
     };
     const auto result = fit(net, make_batch, loss, s);
-    print("one-to-many", "GRU, given h0 = tanh(encoder(condition)): sine wave", result,
-          "(predicting 0 scores about 0.5)");
+    const Waves test = make_batch();
+    NoGradGuard no_grad;
+    const double zero_mse = double(xt::mean(test.target.value() * test.target.value())());  // always predicting 0
+    return report("one-to-many", "GRU, given h0 = tanh(encoder(condition)): sine wave", result,
+                  {"mse", loss(test).item(), zero_mse});
 }
 
 // ---- many-to-one: is the sum of a variable-length sequence positive? ----
 // Padding past each sequence's end is loud noise: h_n is taken at each sequence's own last
 // step, so the noise cannot matter. The initial state is a trained parameter.
-void many_to_one(const Settings& s) {
+Outcome many_to_one(const Settings& s) {
     constexpr std::size_t max_steps = 16;
     Net net;
     Generator init(s.seed), data(s.seed + 3);
@@ -167,14 +191,16 @@ void many_to_one(const Settings& s) {
     const double moved = examples::max_abs_difference(h0_before, lstm->parameter("initial_h_l0").value());
     const Sequences test = make_batch();
     NoGradGuard no_grad;
-    print("many-to-one", "LSTM, learned h0/c0, lengths 3..16: is the sum > 0?", result,
-          fmt::format("accuracy {:.0f}%, initial_h_l0 moved by up to {:.3f}", 100 * accuracy(logits(test), test.label), moved));
+    const Outcome outcome = report("many-to-one", "LSTM, learned h0/c0, lengths 3..16: is the sum > 0?", result,
+                                   {"accuracy", accuracy(logits(test), test.label), majority_share(test.label)});
+    fmt::print("{:<13} (initial_h_l0 moved by up to {:.3f})\n", "", moved);
+    return outcome;
 }
 
 // ---- many-to-many: at every step, the symbol seen `delay` steps ago ----
 // y_t = W_hy h_t (a Linear without bias on every step at once); the mask removes the padding
 // and the first `delay` steps, which have no answer.
-void many_to_many(const Settings& s, std::size_t delay) {
+Outcome many_to_many(const Settings& s, std::size_t delay) {
     constexpr std::size_t max_steps = 12, vocab = 5;
     Net net;
     Generator init(s.seed), data(s.seed + 4);
@@ -208,9 +234,8 @@ void many_to_many(const Settings& s, std::size_t delay) {
     const Symbols test = make_batch();
     NoGradGuard no_grad;
     const std::vector<std::int64_t> labels(test.targets.begin(), test.targets.end());  // -1 where masked
-    print("many-to-many", fmt::format("tanh RNN, zero h0, y_t = W_hy h_t: echo x_(t-{})", delay).c_str(), result,
-          fmt::format("accuracy {:.0f}% (chance 20%)",
-                      100 * accuracy(reshape(logits(test), {max_steps * s.batch, vocab}), labels)));
+    return report("many-to-many", fmt::format("tanh RNN, zero h0, y_t = W_hy h_t: echo x_(t-{})", delay).c_str(), result,
+                  {"accuracy", accuracy(reshape(logits(test), {max_steps * s.batch, vocab}), labels), majority_share(labels)});
 }
 
 }  // namespace
@@ -220,20 +245,25 @@ int main(int argc, char** argv) {
     examples::CommonOptions common;
     Settings settings;
     std::size_t delay = 2;
+    bool json = false;
     examples::add_common_options(app, common);
     app.add_option("--steps", settings.steps, "training steps per model")->capture_default_str();
     app.add_option("--hidden", settings.hidden, "hidden size")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--batch", settings.batch, "batch size")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--lr", settings.lr, "Adam learning rate")->capture_default_str();
     app.add_option("--delay", delay, "many-to-many: echo the symbol this many steps back")->check(CLI::Range(1, 8))->capture_default_str();
+    examples::add_json_option(app, json);
     CLI11_PARSE(app, argc, argv);
     examples::apply(common);
     settings.seed = common.seed;
 
     fmt::print("{} training steps each, held-out loss before -> after:\n\n", settings.steps);
-    one_to_one(settings);
-    one_to_many(settings);
-    many_to_one(settings);
-    many_to_many(settings, delay);
+    nlohmann::json summary;
+    const std::pair<const char*, Outcome> outcomes[] = {{"one_to_one", one_to_one(settings)},
+                                                        {"one_to_many", one_to_many(settings)},
+                                                        {"many_to_one", many_to_one(settings)},
+                                                        {"many_to_many", many_to_many(settings, delay)}};
+    for (const auto& [shape, o] : outcomes) summary[shape] = {{"metric", o.metric}, {"value", o.value}, {"baseline", o.baseline}};
+    examples::print_json(json, summary);
     return EXIT_SUCCESS;
 }
