@@ -19,7 +19,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <memory>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -34,54 +33,13 @@
 #include <rewind/nn/layers/recurrent.hpp>
 #include <rewind/nn/train/tbptt.hpp>
 
+#include "char_text.hpp"
 #include "common.hpp"
 
 using namespace rw;
 using namespace rw::nn;
 
 namespace {
-
-// The opening of Lewis Carroll's "Alice's Adventures in Wonderland" (1865, public domain).
-constexpr const char* kAlice = R"(Alice was beginning to get very tired of sitting by her sister on the bank, and of having nothing to do: once or twice she had peeped into the book her sister was reading, but it had no pictures or conversations in it, 'and what is the use of a book,' thought Alice 'without pictures or conversations?'
-
-So she was considering in her own mind (as well as she could, for the hot day made her feel very sleepy and stupid), whether the pleasure of making a daisy-chain would be worth the trouble of getting up and picking the daisies, when suddenly a White Rabbit with pink eyes ran close by her.
-
-There was nothing so very remarkable in that; nor did Alice think it so very much out of the way to hear the Rabbit say to itself, 'Oh dear! Oh dear! I shall be late!' (when she thought it over afterwards, it occurred to her that she ought to have wondered at this, but at the time it all seemed quite natural); but when the Rabbit actually took a watch out of its waistcoat-pocket, and looked at it, and then hurried on, Alice started to her feet, for it flashed across her mind that she had never before seen a rabbit with either a waistcoat-pocket, or a watch to take out of it, and burning with curiosity, she ran across the field after it, and fortunately was just in time to see it pop down a large rabbit-hole under the hedge.
-
-In another moment down went Alice after it, never once considering how in the world she was to get out again.
-
-The rabbit-hole went straight on like a tunnel for some way, and then dipped suddenly down, so suddenly that Alice had not a moment to think about stopping herself before she found herself falling down a very deep well.
-
-Either the well was very deep, or she fell very slowly, for she had plenty of time as she went down to look about her and to wonder what was going to happen next. First, she tried to look down and make out what she was coming to, but it was too dark to see anything; then she looked at the sides of the well, and noticed that they were filled with cupboards and book-shelves; here and there she saw maps and pictures hung upon pegs. She took down a jar from one of the shelves as she passed; it was labelled 'ORANGE MARMALADE', but to her great disappointment it was empty: she did not like to drop the jar for fear of killing somebody underneath, so managed to put it into one of the cupboards as she fell past it.
-)";
-
-struct Vocabulary {
-    std::string symbols;  // sorted distinct bytes
-    explicit Vocabulary(const std::string& text) : symbols(text) {
-        std::sort(symbols.begin(), symbols.end());
-        symbols.erase(std::unique(symbols.begin(), symbols.end()), symbols.end());
-    }
-    std::size_t size() const { return symbols.size(); }
-    std::int64_t index(char c) const { return std::int64_t(symbols.find(c)); }
-};
-
-// Input and next-character indices for `batch` streams cut from text side by side:
-// stream b is text[b * n, (b + 1) * n].
-struct Streams {
-    xt::xarray<std::int64_t> inputs;     // [n - 1, batch]
-    xt::xarray<std::int64_t> targets;    // [n - 1, batch]
-};
-
-Streams make_streams(const std::string& text, std::size_t batch, const Vocabulary& vocab) {
-    const std::size_t n = text.size() / batch;
-    Streams streams{xt::zeros<std::int64_t>({n - 1, batch}), xt::zeros<std::int64_t>({n - 1, batch})};
-    for (std::size_t b = 0; b < batch; ++b)
-        for (std::size_t t = 0; t + 1 < n; ++t) {
-            streams.inputs(t, b) = vocab.index(text[b * n + t]);
-            streams.targets(t, b) = vocab.index(text[b * n + t + 1]);
-        }
-    return streams;
-}
 
 // The text of fortune files (/usr/share/games/fortunes/NAME): the fortunes one after another,
 // without the "%" lines that separate them.
@@ -98,7 +56,7 @@ std::string read_fortunes(const std::vector<std::string>& names) {
 }
 
 // The perplexity on `text` of the training text's character frequencies (add-one smoothed).
-double unigram_perplexity(const std::string& train, const std::string& text, const Vocabulary& vocab) {
+double unigram_perplexity(const std::string& train, const std::string& text, const examples::Vocabulary& vocab) {
     std::vector<double> counts(vocab.size(), 1.0);
     for (char c : train) counts[std::size_t(vocab.index(c))] += 1;
     const double total = double(train.size() + vocab.size());
@@ -152,16 +110,14 @@ int main(int argc, char** argv) {
         return EXIT_FAILURE;
     }
 
-    std::string text = kAlice;
+    std::string text = examples::kAlice;
     if (!text_file.empty()) {
-        std::ifstream in(text_file, std::ios::binary);
-        if (!in) {
+        const auto contents = examples::read_text(text_file);
+        if (!contents) {
             fmt::print(stderr, "cannot read {}\n", text_file);
             return EXIT_FAILURE;
         }
-        std::ostringstream contents;
-        contents << in.rdbuf();
-        text = contents.str();
+        text = *contents;
     }
     if (!fortunes.empty()) try {
         text = read_fortunes(fortunes);
@@ -169,14 +125,14 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "{}\n", e.what());
         return EXIT_FAILURE;
     }
-    const Vocabulary vocab(text + prompt);
+    const examples::Vocabulary vocab(text + prompt);
     const std::size_t split = text.size() * 9 / 10;
     if (split / batch < 2 || text.size() - split < 2) {
         fmt::print(stderr, "the text ({} bytes) is too short for {} streams\n", text.size(), batch);
         return EXIT_FAILURE;
     }
-    const Streams train = make_streams(text.substr(0, split), batch, vocab);
-    const Streams valid = make_streams(text.substr(split), 1, vocab);
+    const examples::Streams train = examples::make_streams(text.substr(0, split), batch, vocab);
+    const examples::Streams valid = examples::make_streams(text.substr(split), 1, vocab);
     // Scored on the same characters as the model: every validation character but the first.
     const double unigram = unigram_perplexity(text.substr(0, split), text.substr(split + 1, valid.targets.shape(0)), vocab);
 

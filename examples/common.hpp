@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -21,6 +20,7 @@
 #include <xtensor/xarray.hpp>
 
 #include <rewind/autograd.hpp>
+#include <rewind/nn/analysis/curves.hpp>
 #include <rewind/nn/layers/layer_check.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
 
@@ -93,7 +93,6 @@ public:
     void update(std::size_t done) {
         update(done, [] { return std::string(); });
     }
-    double elapsed() const { return seconds(start_, Clock::now()); }
 
 private:
     using Clock = std::chrono::steady_clock;
@@ -104,18 +103,9 @@ private:
     Clock::time_point start_, last_;
 };
 
-// ---- curves: CSV always, a PNG through gnuplot on request ----
-// Columns of numbers over a shared x column (the first); NaN marks a missing value.
-struct Curve {
-    std::vector<std::string> columns;  // x first
-    std::vector<std::vector<double>> rows;
-    void add(std::vector<double> row) { rows.push_back(std::move(row)); }
-};
-
-struct PlotStyle {
-    std::string title, x_label, y_label;
-    bool log_y = false;
-};
+// ---- curves: CSV, and a PNG through gnuplot on request (rw::nn's curves.hpp) ----
+using rw::nn::Curve;
+using rw::nn::PlotStyle;
 
 struct CurveOptions {
     std::string csv, png;
@@ -126,48 +116,20 @@ inline void add_curve_options(CLI::App& app, CurveOptions& options, const std::s
     app.add_option("--plot", options.png, "draw " + what + " into this PNG with gnuplot (CSV beside it unless --csv)");
 }
 
-inline void write_csv(const std::string& path, const Curve& curve) {
-    std::ofstream out(path);
-    for (std::size_t i = 0; i < curve.columns.size(); ++i) out << (i ? "," : "") << curve.columns[i];
-    out << '\n';
-    for (const auto& row : curve.rows) {
-        for (std::size_t i = 0; i < row.size(); ++i) {
-            if (i) out << ',';
-            if (std::isfinite(row[i])) out << fmt::format("{:.6g}", row[i]);
-            else out << "NaN";
-        }
-        out << '\n';
-    }
-    if (!out) throw std::runtime_error("cannot write " + path);
-}
-
-// Draws every column against the first, one line each, titled by its header.
-inline bool plot_png(const std::string& png, const std::string& csv, std::size_t columns, const PlotStyle& style) {
-    if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
-        fmt::print("gnuplot is not on PATH, so no {}; the data is in {}\n", png, csv);
-        return false;
-    }
-    const std::string script = fmt::format(
-        "set terminal pngcairo size 900,560 noenhanced; set output '{}'; set datafile separator ','; set key outside right;"
-        "set title '{}'; set xlabel '{}'; set ylabel '{}'; {}"
-        "plot for [i=2:{}] '{}' using 1:i with lines linewidth 2 title columnheader(i)",
-        png, style.title, style.x_label, style.y_label, style.log_y ? "set logscale y; " : "", columns, csv);
-    if (std::system(fmt::format("gnuplot -e \"{}\"", script).c_str()) != 0) {
-        fmt::print("gnuplot failed; the data is in {}\n", csv);
-        return false;
-    }
-    return true;
-}
-
 // What --csv and --plot ask for: the CSV (beside the PNG when only --plot is given) and the PNG.
 inline void save_curve(const CurveOptions& options, const Curve& curve, const PlotStyle& style) {
     std::string csv = options.csv;
     if (csv.empty() && !options.png.empty()) csv = options.png.substr(0, options.png.rfind('.')) + ".csv";
     if (csv.empty()) return;
-    write_csv(csv, curve);
-    fmt::print("{} written to {}\n", style.title, csv);
-    if (!options.png.empty() && plot_png(options.png, csv, curve.columns.size(), style))
+    try {
+        rw::nn::write_csv(csv, curve);
+        fmt::print("{} written to {}\n", style.title, csv);
+        if (options.png.empty()) return;
+        rw::nn::plot_png(options.png, csv, curve.columns.size(), style);
         fmt::print("plot written to {}\n", options.png);
+    } catch (const std::runtime_error& e) {
+        fmt::print("{}\n", e.what());  // the run's results stand without the picture
+    }
 }
 
 // ---- --json: the run's outcome as one JSON object, the last line of standard output ----

@@ -80,3 +80,15 @@ BOOST_AUTO_TEST_CASE(custom_cell_gradchecks_and_solves_the_adding_problem) {
     BOOST_TEST(summary.at("gradcheck_passed").get<bool>());
     BOOST_TEST(summary.at("mse").get<double>() < 0.05);
 }
+
+// Echo at delay 6 with TBPTT(k2, k2): seeds 1-3 give 0.26-0.33 for k2 = 4 (chance 0.25; a read-out
+// of what the recurrence retains by accident) and 0.996-0.999 for k2 = 12.
+BOOST_AUTO_TEST_CASE(tbptt_limit_k2_beyond_the_delay_learns_and_k2_below_stays_near_chance) {
+    const json summary = run_example("tbptt_limit", "--delay 6 --k2 4,12");
+    const double chance = summary.at("chance");
+    const json& runs = summary.at("runs");
+    BOOST_TEST(runs.at(0).at("k2").get<int>() == 4);
+    BOOST_TEST(runs.at(0).at("accuracy").get<double>() < chance + 0.15);
+    BOOST_TEST(runs.at(1).at("k2").get<int>() == 12);
+    BOOST_TEST(runs.at(1).at("accuracy").get<double>() > 0.9);
+}
