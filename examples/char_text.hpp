@@ -12,6 +12,9 @@
 
 #include <xtensor/xarray.hpp>
 #include <xtensor/xbuilder.hpp>
+#include <xtensor/xmath.hpp>
+
+#include <rewind/autograd/random.hpp>
 
 namespace examples {
 
@@ -55,6 +58,16 @@ inline Streams make_streams(const std::string& text, std::size_t batch, const Vo
             streams.targets(t, b) = vocab.index(text[b * n + t + 1]);
         }
     return streams;
+}
+
+// Draws from softmax(logits / temperature): lower temperatures are more conservative.
+inline std::int64_t sample(const xt::xarray<float>& logits, double temperature, rw::Generator& generator) {
+    xt::xarray<double> p = xt::exp((xt::cast<double>(logits) - double(xt::amax(logits)())) / temperature);
+    p /= xt::sum(p)();
+    double u = generator.uniform();
+    for (std::size_t i = 0; i < p.size(); ++i)
+        if ((u -= p(i)) < 0) return std::int64_t(i);
+    return std::int64_t(p.size() - 1);
 }
 
 // The bytes of `file`, or nothing when it cannot be read.

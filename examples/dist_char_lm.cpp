@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
@@ -60,6 +61,15 @@ Streams columns(const Streams& all, dist::Shard part) {
         return xt::xarray<std::int64_t>(xt::view(a, xt::all(), xt::range(part.begin, part.end)));
     };
     return {take(all.inputs), take(all.targets)};
+}
+
+// CPU seconds this process has used (all its threads), for the throughput report: on a loaded
+// machine wall time says how much of the CPU the run got, this how much it needed.
+double cpu_seconds() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    auto seconds = [](const timeval& t) { return double(t.tv_sec) + 1e-6 * double(t.tv_usec); };
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 int run(const dist::Communicator& comm, const Settings& settings, const examples::CommonOptions& common) {
@@ -120,7 +130,7 @@ int run(const dist::Communicator& comm, const Settings& settings, const examples
                    settings.hidden, settings.tbptt.k1, k2, reducer.buckets().size(),
                    settings.no_overlap ? "after backward" : "overlapping backward");
 
-    double train_seconds = 0, wait_seconds = 0;
+    double train_seconds = 0, wait_seconds = 0, train_cpu = 0;
     std::size_t sequences = 0, skipped = 0;
     for (std::size_t epoch = first_epoch; epoch <= settings.epochs; ++epoch) {
         double loss_sum = 0;  // this rank's: sum over chunks of loss * steps * columns
@@ -145,8 +155,10 @@ int run(const dist::Communicator& comm, const Settings& settings, const examples
             return embedding->forward(xt::eval(xt::view(train.inputs, xt::range(from, to), xt::all())));
         };
         const auto start = std::chrono::steady_clock::now();
+        const double cpu_start = cpu_seconds();
         truncated_bptt<float>(*lstm, train.inputs.shape(0), window_input, settings.tbptt, chunk_loss, chunk_step);
         train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        train_cpu += cpu_seconds() - cpu_start;
         sequences += chunks * settings.batch;
         const double train_loss = comm.sum(loss_sum) / double(counted * settings.batch);
 
@@ -164,13 +176,18 @@ int run(const dist::Communicator& comm, const Settings& settings, const examples
 
     const auto replicas = dist::check_replicas(comm, parameters);
     if (!replicas.identical) throw std::runtime_error(replicas.to_string());
+    std::size_t gradient_bytes = 0;
+    for (const auto& named : parameters) gradient_bytes += named.second.size() * sizeof(float);
+    const double all_cpu = comm.sum(train_cpu);
     if (root && sequences > 0) {
         fmt::print("\n{}\n", replicas.to_string());
         fmt::print("throughput: {:.1f} sequences/s ({} steps each, {:.0f} characters/s) on {} rank(s) x {} thread(s); "
-                   "waiting on the all-reduce: {:.1f}% of the training time; {} step(s) skipped\n",
+                   "waiting on the all-reduce: {:.1f}% of the training time ({:.0f} KiB per step in {} bucket(s)); "
+                   "{} step(s) skipped; {:.2f} CPU s per 1000 sequences over all ranks\n",
                    double(sequences) / train_seconds, settings.tbptt.k1,
                    double(sequences * settings.tbptt.k1) / train_seconds, comm.size(), common.threads,
-                   100 * wait_seconds / train_seconds, skipped);
+                   100 * wait_seconds / train_seconds, double(gradient_bytes) / 1024, reducer.buckets().size(), skipped,
+                   1000 * all_cpu / double(sequences));
     }
     if (root && settings.sample_length > 0) {
         NoGradGuard no_grad;
@@ -187,16 +204,7 @@ int run(const dist::Communicator& comm, const Settings& settings, const examples
         xt::xarray<float> logits;
         for (char c : generated) logits = feed(c);
         for (std::size_t i = 0; i < settings.sample_length; ++i) {
-            xt::xarray<double> p = xt::exp((xt::cast<double>(logits) - double(xt::amax(logits)())) / 0.6);
-            p /= xt::sum(p)();
-            double u = sampler.uniform();
-            std::size_t pick = p.size() - 1;
-            for (std::size_t k = 0; k < p.size(); ++k)
-                if ((u -= p(k)) < 0) {
-                    pick = k;
-                    break;
-                }
-            generated += vocab.symbols[pick];
+            generated += vocab.symbols[std::size_t(examples::sample(logits, 0.6, sampler))];
             logits = feed(generated.back());
         }
         fmt::print("\nsample (temperature 0.6):\n{}\n", generated);

@@ -1,6 +1,9 @@
 #include "rewind/dist/reducer.hpp"
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <type_traits>
 #include <chrono>
 #include <limits>
 #include <cmath>
@@ -39,14 +42,20 @@ struct GradientReducer<T>::State {
         const T* a = accumulated.defined() ? accumulated.value().data() : nullptr;
         const T* g = gradient.defined() ? gradient.value().data() : nullptr;
         const T w = T(weight);
-        bool finite = true;
-        for (std::size_t j = 0; j < n; ++j) {
-            // The same sum the engine forms in .grad (accumulated + this pass's gradient).
-            const T v = a && g ? a[j] + g[j] : a ? a[j] : g ? g[j] : T(0);
-            finite = finite && std::isfinite(v);
+        // NaN and Inf are the values whose exponent bits are all set; OR-ing that test over the
+        // elements vectorises, where a loop of std::isfinite with an early exit does not.
+        using Bits = std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>;
+        constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+        Bits bad = 0;
+        auto put = [&](std::size_t j, T v) {
+            bad |= Bits((std::bit_cast<Bits>(v) & exponent) == exponent);
             out[j] = w * v;
-        }
-        non_finite = non_finite || !finite;
+        };
+        // The same sum the engine forms in .grad (accumulated + this pass's gradient).
+        if (a && g) for (std::size_t j = 0; j < n; ++j) put(j, a[j] + g[j]);
+        else if (const T* one = a ? a : g) for (std::size_t j = 0; j < n; ++j) put(j, one[j]);
+        else std::fill(out, out + n, T(0));
+        non_finite = non_finite || bad != 0;
         had_gradient[index] = a || g;
         ready[index] = 1;
         if (--missing[slot.bucket] == 0) start_ready_buckets();
@@ -145,7 +154,9 @@ template <class T>
 GradientReducer<T>::~GradientReducer() {
     // Collectives in flight must complete before their buffers go.
     State& s = *state_;
-    if (s.next_start > 0) MPI_Waitall(int(s.next_start), s.requests.data(), MPI_STATUSES_IGNORE);
+    int finalized = 0;
+    MPI_Finalized(&finalized);
+    if (!finalized && s.next_start > 0) MPI_Waitall(int(s.next_start), s.requests.data(), MPI_STATUSES_IGNORE);
 }
 
 template <class T>
@@ -182,10 +193,16 @@ SyncReport GradientReducer<T>::synchronize() {
         }
         const auto slot = s.slots[i];
         const T* sum = s.data[slot.bucket].data() + slot.offset;
-        xt::xarray<T> average = xt::xarray<T>::from_shape(parameter.shape());
         const T total = T(report.total_weight);
-        for (std::size_t j = 0; j < average.size(); ++j) average.data()[j] = sum[j] / total;
-        parameter.set_grad(Tensor<T>(std::move(average)));
+        // The local gradient's storage is reused when nothing but the parameter holds it (this
+        // handle and .grad: use_count 2); a gradient someone else holds is never written.
+        Tensor<T> gradient = parameter.grad();
+        const bool reuse = gradient.defined() && gradient.impl().use_count() == 2 && !gradient.requires_grad() &&
+                           gradient.shape() == parameter.shape();
+        if (!reuse) gradient = Tensor<T>(xt::xarray<T>::from_shape(parameter.shape()));
+        T* average = gradient.mutable_value().data();
+        for (std::size_t j = 0, n = parameter.size(); j < n; ++j) average[j] = sum[j] / total;
+        if (!reuse) parameter.set_grad(std::move(gradient));
     }
     s.reset();
     return report;

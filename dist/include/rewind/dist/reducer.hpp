@@ -15,7 +15,9 @@
 // with DDP's find_unused_parameters), waits, and writes every parameter's averaged gradient.
 // With overlap = false, nothing happens during backward: synchronize() copies the gradients and
 // all-reduces every bucket then ("all-reduce after backward"), also after several backward
-// passes (gradient accumulation).
+// passes (gradient accumulation). Both modes use MPI_Iallreduce + MPI_Waitall: on a loaded
+// machine, where the other rank is often not running, blocking MPI_Allreduce busy-waits and
+// made the char LM 2x slower (docs/distributed.md).
 //
 // Averaging: by default each rank counts once, so the result is the sum over ranks divided by
 // the number of ranks, as in DDP. When ranks hold shards of different sizes, set_weight(n)
@@ -60,6 +62,7 @@ struct SyncReport {
 template <class T>
 class GradientReducer {
 public:
+    // Registers the gradient hooks. `comm` must outlive the reducer.
     GradientReducer(const Communicator& comm, nn::NamedTensors<T> parameters, ReducerOptions options = {});
     ~GradientReducer();
     GradientReducer(const GradientReducer&) = delete;
