@@ -11,10 +11,12 @@
 // rank applies the same Adam step, so the training is the one a single process does, whatever
 // the number of ranks. Rank 0 prints, validates, samples and writes the checkpoint (--checkpoint
 // FILE, after every epoch); a run started with an existing checkpoint resumes from it, with any
-// number of ranks. If a rank dies, mpirun ends the job; start it again to resume.
+// number of ranks. If a rank dies, mpirun ends the job; start it again to resume
+// (--crash-after-epoch E rehearses that: the last rank kills itself after epoch E).
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -53,6 +55,7 @@ struct Settings {
     double lr = 5e-3;
     std::size_t bucket_kib = 256;
     bool no_overlap = false;
+    std::size_t crash_after_epoch = 0;  // fault injection: the last rank dies after saving this epoch
 };
 
 // This rank's columns [part.begin, part.end) of every stream array.
@@ -165,6 +168,10 @@ int run(const dist::Communicator& comm, const Settings& settings, const examples
         if (!settings.checkpoint.empty())
             dist::save_checkpoint(comm, checkpoint, settings.checkpoint,
                                   {{"epoch", std::to_string(epoch)}, {"ranks", std::to_string(comm.size())}});
+        if (epoch == settings.crash_after_epoch && comm.rank() == comm.size() - 1) {
+            fmt::print(stderr, "dist_char_lm: rank {} kills itself after epoch {} (--crash-after-epoch)\n", comm.rank(), epoch);
+            std::raise(SIGKILL);  // as a machine that fails: no clean-up, no message to the others
+        }
         if (root && (epoch == first_epoch || epoch % std::max<std::size_t>(1, settings.epochs / 10) == 0 || epoch == settings.epochs)) {
             NoGradGuard no_grad;
             const double valid_loss =
@@ -234,6 +241,8 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_flag("--no-overlap", settings.no_overlap, "all-reduce after backward instead of during it");
     app.add_option("--checkpoint", settings.checkpoint, "save here after every epoch; resume from it if it exists");
+    app.add_option("--crash-after-epoch", settings.crash_after_epoch,
+                   "fault injection: the last rank kills itself (SIGKILL) after this epoch's checkpoint");
     app.add_option("--sample", settings.sample_length, "characters to sample at the end")->capture_default_str();
     try {
         app.parse(argc, argv);
