@@ -382,6 +382,51 @@ BOOST_AUTO_TEST_CASE(a_nan_on_one_rank_makes_every_rank_skip_the_step) {
     }
 }
 
+BOOST_AUTO_TEST_CASE(after_backward_mode_reduces_gradients_accumulated_over_several_passes) {
+    // The global batch of 8 in two halves per rank (gradient accumulation): each half's loss is
+    // a mean, so each pass is scaled by its share of the rank's terms before backward.
+    const Sequences data(8);
+    std::vector<std::size_t> global(8);
+    std::iota(global.begin(), global.end(), 0);
+    Net reference(12), net(12);
+    whole_batch_backward(data, reference, global);
+    dist::GradientReducer<double> reducer(*world, net.named_parameters(), after_backward);
+    const auto part = dist::shard_of(global.size(), *world);
+    const std::vector<std::size_t> local(global.begin() + long(part.begin), global.begin() + long(part.end));
+    const std::size_t half = local.size() / 2;
+    double total = 0;
+    std::vector<std::pair<Tensor<double>, double>> passes;
+    for (auto [from, to] : {std::pair{std::size_t(0), half}, std::pair{half, local.size()}}) {
+        if (from == to) continue;
+        double terms = 0;
+        passes.emplace_back(data.loss(net, {local.begin() + long(from), local.begin() + long(to)}, terms), terms);
+        total += terms;
+    }
+    reducer.set_weight(total);
+    for (auto& [loss, terms] : passes) mul_scalar(loss, terms / total).backward();
+    const auto report = reducer.synchronize();
+    BOOST_TEST(report.started_in_backward == 0u);
+    const double difference = worst_difference(net.named_parameters(), reference.named_parameters(), true);
+    BOOST_TEST(difference <= 1e-12, "relative difference " << difference);
+}
+
+BOOST_AUTO_TEST_CASE(a_second_backward_before_synchronize_is_named_with_overlap_on) {
+    const Sequences data(6);
+    Net net(13);
+    dist::GradientReducer<double> reducer(*world, net.named_parameters(), small_buckets_overlapped);
+    const auto part = dist::shard_of(6, *world);
+    std::vector<std::size_t> local(part.size());
+    std::iota(local.begin(), local.end(), part.begin);
+    double terms = 0;
+    if (!local.empty()) {
+        data.loss(net, local, terms).backward();
+        BOOST_CHECK_EXCEPTION(data.loss(net, local, terms).backward(), std::logic_error, [](const std::logic_error& e) {
+            return std::string(e.what()).find("received a second gradient before synchronize()") != std::string::npos;
+        });
+    }
+    BOOST_TEST(reducer.synchronize().finite);  // and the reducer still completes the step on every rank
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 // Resuming with another number of ranks: ctest runs `save` on 2 ranks, then `resume` on 3
