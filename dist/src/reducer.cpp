@@ -194,15 +194,10 @@ SyncReport GradientReducer<T>::synchronize() {
         const auto slot = s.slots[i];
         const T* sum = s.data[slot.bucket].data() + slot.offset;
         const T total = T(report.total_weight);
-        // The local gradient's storage is reused when nothing but the parameter holds it (this
-        // handle and .grad: use_count 2); a gradient someone else holds is never written.
-        Tensor<T> gradient = parameter.grad();
-        const bool reuse = gradient.defined() && gradient.impl().use_count() == 2 && !gradient.requires_grad() &&
-                           gradient.shape() == parameter.shape();
-        if (!reuse) gradient = Tensor<T>(xt::xarray<T>::from_shape(parameter.shape()));
-        T* average = gradient.mutable_value().data();
-        for (std::size_t j = 0, n = parameter.size(); j < n; ++j) average[j] = sum[j] / total;
-        if (!reuse) parameter.set_grad(std::move(gradient));
+        // A fresh array: the local gradient may be held elsewhere (a hook, the caller's seed).
+        xt::xarray<T> average = xt::xarray<T>::from_shape(parameter.shape());
+        for (std::size_t j = 0, n = parameter.size(); j < n; ++j) average.data()[j] = sum[j] / total;
+        parameter.set_grad(Tensor<T>(std::move(average)));
     }
     s.reset();
     return report;
