@@ -76,14 +76,7 @@ struct Tagger : Module<float> {
 double tag_accuracy(const Tagger& tagger, const Batch& test) {
     NoGradGuard no_grad;
     const xt::xarray<float> logits = tagger.logits(test).value();
-    double right = 0;
-    for (std::size_t t = 0; t < logits.shape(0); ++t)
-        for (std::size_t b = 0; b < logits.shape(1); ++b) {
-            const auto row = xt::view(logits, t, b, xt::all());
-            const auto predicted = std::int64_t(std::max_element(row.begin(), row.end()) - row.begin());
-            right += test.mask(t, b) * (predicted == test.tags(t, b));
-        }
-    return right / double(xt::sum(test.mask)());
+    return examples::masked_accuracy(logits, test.tags, test.mask);
 }
 
 double train(const Settings& s, bool bidirectional, const Batch& test) {

@@ -3,6 +3,7 @@
 // gradient check of a whole recurrent layer, progress lines, curves written as CSV and drawn by
 // gnuplot, and the --json summary the tests read. Public API only, like the examples themselves.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -18,6 +19,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <xtensor/xarray.hpp>
+#include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
 #include <rewind/nn/analysis/curves.hpp>
@@ -69,6 +71,25 @@ inline rw::GradcheckReport gradcheck_layer(rw::nn::Recurrent<double>& layer, std
             initial.emplace_back(uniform_array<double>(shape, generator, 0.5), true);
         }
     return rw::nn::gradcheck_layer(layer, x, initial, lengths);
+}
+
+// The index of the largest entry of a row (e.g. the predicted class of a row of logits).
+template <class Row>
+std::int64_t arg_max(const Row& row) {
+    return std::int64_t(std::max_element(row.begin(), row.end()) - row.begin());
+}
+
+// Arg-max accuracy of logits [T, B, C] against targets [T, B] over the positions the mask
+// [T, B] selects (weighted by it).
+inline double masked_accuracy(const xt::xarray<float>& logits, const xt::xarray<std::int64_t>& targets,
+                              const xt::xarray<float>& mask) {
+    double right = 0, total = 0;
+    for (std::size_t t = 0; t < logits.shape(0); ++t)
+        for (std::size_t b = 0; b < logits.shape(1); ++b) {
+            right += mask(t, b) * double(arg_max(xt::view(logits, t, b, xt::all())) == targets(t, b));
+            total += mask(t, b);
+        }
+    return right / total;
 }
 
 // ---- progress of a long run ----

@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
 
     std::vector<double> share(kLanguages.size(), 0.0);
     for (const auto* w : test) share[std::size_t(w->language)] += 1.0 / double(test.size());
-    const auto majority = std::size_t(std::max_element(share.begin(), share.end()) - share.begin());
+    const auto majority = std::size_t(examples::arg_max(share));
     fmt::print("{} words in exactly one list; training on {}, {} held out. Held-out shares:", words.size(), train.size(),
                test.size());
     for (std::size_t l = 0; l < kLanguages.size(); ++l) fmt::print(" {} {:.1f}%", kLanguages[l].first, 100 * share[l]);
@@ -172,8 +172,7 @@ int main(int argc, char** argv) {
     std::vector<std::vector<std::size_t>> confusion(kLanguages.size(), std::vector<std::size_t>(kLanguages.size(), 0));
     double right = 0;
     for (std::size_t i = 0; i < test.size(); ++i) {
-        const auto row = xt::view(logits, i, xt::all());
-        const auto predicted = std::size_t(std::max_element(row.begin(), row.end()) - row.begin());
+        const auto predicted = std::size_t(examples::arg_max(xt::view(logits, i, xt::all())));
         ++confusion[std::size_t(held_out.labels[i])][predicted];
         right += predicted == std::size_t(held_out.labels[i]);
     }

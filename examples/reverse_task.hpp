@@ -7,12 +7,13 @@
 #include <cstdint>
 #include <memory>
 
-#include <xtensor/xsort.hpp>
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
 #include <rewind/nn/layers/layers.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
+
+#include "common.hpp"
 
 namespace examples::reverse {
 
@@ -64,14 +65,7 @@ struct Model : rw::nn::Module<float> {
 
 // Fraction of answer positions where the arg-max symbol is right.
 inline double accuracy(const rw::Tensor<float>& logits, const Batch& batch) {
-    double right = 0, total = 0;
-    for (std::size_t t = 0; t < batch.mask.shape(0); ++t)
-        for (std::size_t b = 0; b < batch.mask.shape(1); ++b)
-            if (batch.mask(t, b) > 0) {
-                right += std::int64_t(xt::argmax(xt::view(logits.value(), t, b, xt::all()))()) == batch.targets(t, b);
-                ++total;
-            }
-    return right / total;
+    return masked_accuracy(logits.value(), batch.targets, batch.mask);
 }
 
 }  // namespace examples::reverse

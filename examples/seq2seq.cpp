@@ -119,8 +119,7 @@ struct Seq2Seq : Module<float> {
             state = result.state;
             const xt::xarray<float> logits = head->forward(result.output).value();     // [1, B, 11]
             for (std::size_t i = 0; i < B; ++i) {
-                const auto row = xt::view(logits, 0, i, xt::all());
-                const auto symbol = std::int64_t(std::max_element(row.begin(), row.end()) - row.begin());
+                const std::int64_t symbol = examples::arg_max(xt::view(logits, 0, i, xt::all()));
                 previous(0, i) = symbol;
                 if (symbol == kEnd) done[i] = true;
                 if (!done[i]) answers[i] += char('0' + symbol);

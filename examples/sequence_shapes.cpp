@@ -19,7 +19,6 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <xtensor/xsort.hpp>
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
@@ -73,7 +72,7 @@ double accuracy(const Tensor<float>& logits, const std::vector<std::int64_t>& la
     double right = 0, total = 0;
     for (std::size_t n = 0; n < labels.size(); ++n)
         if (labels[n] >= 0) {
-            right += std::int64_t(xt::argmax(xt::view(logits.value(), n, xt::all()))()) == labels[n];
+            right += examples::arg_max(xt::view(logits.value(), n, xt::all())) == labels[n];
             ++total;
         }
     return right / total;

@@ -69,14 +69,7 @@ struct Model : Module<float> {
 double accuracy(Model& model, const Stream& test) {
     NoGradGuard no_grad;
     const xt::xarray<float> logits = model.head->forward(model.gru->forward(test.one_hot).output).value();
-    double right = 0;
-    for (std::size_t t = 0; t < logits.shape(0); ++t)
-        for (std::size_t b = 0; b < logits.shape(1); ++b) {
-            const auto row = xt::view(logits, t, b, xt::all());
-            const auto predicted = std::int64_t(std::max_element(row.begin(), row.end()) - row.begin());
-            right += test.mask(t, b) * (predicted == test.targets(t, b));
-        }
-    return right / double(xt::sum(test.mask)());
+    return examples::masked_accuracy(logits, test.targets, test.mask);
 }
 
 // Trains with TBPTT(k1, k2) on fresh streams; the held-out accuracy after every evaluation interval.
