@@ -178,6 +178,27 @@ BOOST_AUTO_TEST_CASE(works_on_a_duplicate_of_an_existing_communicator) {
     BOOST_TEST(split.comm() != world->comm());
 }
 
+BOOST_AUTO_TEST_CASE(a_reducer_on_a_split_communicator_averages_within_its_group_only) {
+    // Even and odd ranks form two groups (MPI_Comm_split by the caller); each group's reducer
+    // averages its own members' gradients and never sees the other group's.
+    MPI_Comm halves = MPI_COMM_NULL;
+    BOOST_REQUIRE(MPI_Comm_split(world->comm(), world->rank() % 2, world->rank(), &halves) == MPI_SUCCESS);
+    {
+        dist::Communicator group(halves);
+        BOOST_TEST(group.size() == (world->size() + 1 - world->rank() % 2) / 2);
+        auto lstm = make_lstm<double>({.input_size = 2, .hidden_size = 3});
+        dist::GradientReducer<double> reducer(group, lstm->named_parameters());
+        // Every member's gradient is (its world rank) everywhere.
+        for (auto& [name, p] : lstm->named_parameters()) p.set_grad(Tensor<double>::full(p.shape(), double(world->rank())));
+        reducer.synchronize();
+        double expected = 0;  // the mean world rank of this group
+        for (int r = world->rank() % 2; r < world->size(); r += 2) expected += r;
+        expected /= group.size();
+        for (auto& [name, p] : lstm->named_parameters()) BOOST_TEST(double(xt::amax(xt::abs(p.grad().value() - expected))()) == 0.0);
+    }
+    MPI_Comm_free(&halves);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(sharding)
