@@ -4,7 +4,8 @@
 // directions, variable lengths and initial states. It is checked against finite differences
 // in float64 and trained on the adding problem, IndRNN's own benchmark.
 //
-//   build-dir/bin/custom_cell [--steps N] [--hidden H] [--max-length T] [--seed S] [--threads N]
+//   build-dir/bin/custom_cell [--steps N] [--hidden H] [--max-length T] [--csv FILE] [--plot FILE.png]
+//                             [--json] [--seed S] [--threads N]
 
 #include <cmath>
 #include <cstdint>
@@ -98,6 +99,7 @@ int main(int argc, char** argv) {
     std::size_t steps = 800, hidden = 32, max_length = 30, batch = 32;
     double lr = 2e-3;
     bool json = false;
+    examples::CurveOptions curve_options;
     examples::add_common_options(app, common);
     app.add_option("--steps", steps, "training steps")->capture_default_str();
     app.add_option("--hidden", hidden, "hidden size")->check(CLI::PositiveNumber)->capture_default_str();
@@ -106,6 +108,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--lr", lr, "Adam learning rate")->capture_default_str();
     app.add_option("--batch", batch, "batch size")->check(CLI::PositiveNumber)->capture_default_str();
+    examples::add_curve_options(app, curve_options, "the held-out MSE curve");
     examples::add_json_option(app, json);
     CLI11_PARSE(app, argc, argv);
     examples::apply(common);
@@ -134,6 +137,7 @@ int main(int argc, char** argv) {
                max_length, adding::kMeanBaselineMse);
     double mse = held_out_mse();
     fmt::print("  step {:4}  MSE {:.4f}\n", 0, mse);
+    examples::Curve curve{{"step", "IndRNN", "always 1"}, {{0.0, mse, adding::kMeanBaselineMse}}};
     for (std::size_t step = 1; step <= steps; ++step) {
         const adding::Batch a = adding::random_batch(max_length / 2, max_length, batch, data);
         adam.zero_grad();
@@ -143,9 +147,13 @@ int main(int argc, char** argv) {
         // IndRNN's constraint |u| <= 1, applied after each update, outside the tape.
         for (auto& [name, tensor] : model.named_parameters())
             if (name.find("weight_hh") != std::string::npos) tensor.mutable_value() = xt::clip(tensor.value(), -1.0f, 1.0f);
-        if (step % std::max<std::size_t>(1, steps / 5) == 0 || step == steps)
-            fmt::print("  step {:4}  MSE {:.4f}\n", step, mse = held_out_mse());
+        if (step % std::max<std::size_t>(1, steps / 20) == 0 || step == steps) {
+            curve.add({double(step), mse = held_out_mse(), adding::kMeanBaselineMse});
+            if (step % std::max<std::size_t>(1, steps / 5) == 0 || step == steps) fmt::print("  step {:4}  MSE {:.4f}\n", step, mse);
+        }
     }
+    examples::save_curve(curve_options, curve, {.title = "IndRNN on the adding problem: held-out MSE",
+                                                .x_label = "training step", .y_label = "MSE", .log_y = true});
     examples::print_json(json, {{"gradcheck_passed", report.passed}, {"mse", mse}, {"baseline_mse", adding::kMeanBaselineMse}});
     return report.passed ? EXIT_SUCCESS : EXIT_FAILURE;
 }
