@@ -65,16 +65,6 @@ double unigram_perplexity(const std::string& train, const std::string& text, con
     return std::exp(nll / double(text.size()));
 }
 
-// Draws from softmax(logits / temperature): lower temperatures are more conservative.
-std::int64_t sample(const xt::xarray<float>& logits, double temperature, Generator& generator) {
-    xt::xarray<double> p = xt::exp((xt::cast<double>(logits) - double(xt::amax(logits)())) / temperature);
-    p /= xt::sum(p)();
-    double u = generator.uniform();
-    for (std::size_t i = 0; i < p.size(); ++i)
-        if ((u -= p(i)) < 0) return std::int64_t(i);
-    return std::int64_t(p.size() - 1);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -206,7 +196,7 @@ int main(int argc, char** argv) {
     xt::xarray<float> logits;
     for (char c : prompt) logits = feed(c);
     for (std::size_t i = 0; i < sample_length; ++i) {
-        generated += vocab.symbols[std::size_t(sample(xt::view(logits, 0, xt::all()), temperature, sampler))];
+        generated += vocab.symbols[std::size_t(examples::sample(xt::view(logits, 0, xt::all()), temperature, sampler))];
         logits = feed(generated.back());
     }
     fmt::print("\nsample (temperature {}):\n{}\n", temperature, generated);
