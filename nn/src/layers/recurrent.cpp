@@ -87,7 +87,7 @@ State<T> Recurrent<T>::initial_state_for(std::size_t layer, std::size_t directio
 template <class T>
 SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
                                               const Sequence& sequence, std::size_t layer, std::size_t direction) {
-    if (options_.path == ExecutionPath::fused && !observer_)
+    if (options_.path == ExecutionPath::fused && !observer_ && !probe_)
         if (auto fused = cell.run_sequence(input, state, sequence.lengths, direction == 1)) return std::move(*fused);
     // One node for all steps: its backward stacks the step gradients once, where a slice per
     // step would zero-pad each gradient to the whole sequence.
@@ -98,6 +98,7 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         State<T> next = cell.step(prepared[t], state);
         if (next.size() != state.size())
             throw std::logic_error(fmt::format("recurrent cell returned {} state tensors, expected {}", next.size(), state.size()));
+        if (probe_) next[0] = probe_(layer, direction, t, next[0]);
         Tensor<T> output = next[0];
         if (!sequence.all_active(t)) {
             // Finished sequences keep their state (so h_n is taken at each one's own last step) and
