@@ -12,6 +12,7 @@
 #include "nn/train/checkpoint.hpp"
 #include "nn/train/clip.hpp"
 #include "nn/fused/cell_rules.hpp"
+#include "nn/fused/check.hpp"
 #include "nn/fused/lanes.hpp"
 #include "nn/layers/init.hpp"
 #include "nn/layers/layer_check.hpp"

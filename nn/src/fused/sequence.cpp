@@ -17,6 +17,7 @@
 #include "rewind/nn/fused/cell_rules.hpp"
 #include "rewind/nn/fused/lanes.hpp"
 #include "rewind/nn/layers/cell.hpp"
+#include "probe.hpp"
 
 namespace rw::nn::fused {
 
@@ -28,6 +29,13 @@ void CellRules<T>::forward_second(const ForwardRow<T>&) const {
 template <class T>
 void CellRules<T>::backward_second(const BackwardRow<T>&) const {
     throw std::logic_error("fused rules: the layout has a second stage but backward_second() is not written");
+}
+
+template <class T>
+std::vector<std::string> CellRules<T>::gate_names() const {
+    std::vector<std::string> names;
+    for (std::size_t g = 0; g < layout().gates; ++g) names.push_back(fmt::format("gate {}", g));
+    return names;
 }
 
 double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden) {
@@ -111,6 +119,7 @@ struct Saved {
     Buffer<T> gated;                  // two-stage: q [T, B, H]
     std::vector<std::uint8_t> active;  // [T, B], empty when every row runs every step
     std::vector<bool> all_active;      // per step
+    std::shared_ptr<detail::SequenceProbe<T>> probe;  // null unless checking
 
     bool row_active(std::size_t t, std::size_t b) const {
         return active.empty() || all_active[t] || active[t * dims.batch + b];
@@ -295,6 +304,17 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
         saved.finals.emplace_back(B * H);
         std::copy_n(finals[s].data(), B * H, saved.finals[s].data());
     }
+    if (saved.probe)
+        for (std::size_t s = 0; s < S; ++s) {
+            xt::xarray<T> after = xt::xarray<T>::from_shape({d.steps, B, H});
+            for (std::size_t k = 0; k < d.steps; ++k) {
+                const std::size_t t = step_at(k, d.steps, saved.reverse);
+                const T* source = k + 1 == d.steps ? finals[s].data()
+                                                   : saved.states[s].data() + step_at(k + 1, d.steps, saved.reverse) * B * H;
+                std::copy_n(source, B * H, after.data() + t * B * H);
+            }
+            saved.probe->states_after.push_back(std::move(after));
+        }
 
     std::vector<xt::xarray<T>> outputs;
     outputs.push_back(std::move(output));
@@ -319,6 +339,10 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     const T* x = ctx.input(in.x).value().data();
     const T* w_ih = ctx.input(in.weight_ih).value().data();
 
+    if (saved.probe) {
+        saved.probe->grad_states_before.assign(S, xt::xarray<T>::from_shape({d.steps, B, H}));
+        saved.probe->grad_gates = xt::xarray<T>::from_shape({d.steps, B, GH});
+    }
     std::vector<xt::xarray<T>> grad_state(S);
     for (std::size_t s = 0; s < S; ++s) {
         grad_state[s] = xt::xarray<T>::from_shape({B, H});
@@ -412,9 +436,13 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
                 saved.rules->backward(row);
             }
         // dh_{t-1} += dR W_hh; after the first step only the initial state's gradient would remain.
-        if (recurrent_backward && (k > 0 || need_h0))
+        if (recurrent_backward && (k > 0 || need_h0 || saved.probe))
             recurrent_backward->operator()(dgh + t * B * d.recurrent_stride(), grad_state[0].data());
+        if (saved.probe)
+            for (std::size_t s = 0; s < S; ++s)
+                std::copy_n(grad_state[s].data(), B * H, saved.probe->grad_states_before[s].data() + t * B * H);
     }
+    if (saved.probe) std::copy_n(dgx, TB * GH, saved.probe->grad_gates.data());
 
     Gradients<T> gradients(ctx.num_inputs());
     if (ctx.needs_input_grad(in.x)) {
@@ -460,9 +488,12 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
 }  // namespace
 
 template <class T>
-SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
-                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name) {
+SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const Tensor<T>& input,
+                                              const std::vector<Tensor<T>>& initial_state,
+                                              const std::vector<std::int64_t>& lengths, bool reverse,
+                                              const std::string& name, std::shared_ptr<SequenceProbe<T>> probe) {
     auto saved = std::make_shared<Saved<T>>();
+    saved->probe = std::move(probe);
     saved->rules = &rules;
     saved->reverse = reverse;
     saved->dims.layout = rules.layout();
@@ -517,8 +548,18 @@ SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input
     return result;
 }
 
+template <class T>
+SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
+                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name) {
+    return detail::run_sequence_probed<T>(rules, input, initial_state, lengths, reverse, name, nullptr);
+}
+
 template class CellRules<float>;
 template class CellRules<double>;
+template SequenceResult<double> detail::run_sequence_probed(const CellRules<double>&, const Tensor<double>&,
+                                                            const std::vector<Tensor<double>>&,
+                                                            const std::vector<std::int64_t>&, bool, const std::string&,
+                                                            std::shared_ptr<detail::SequenceProbe<double>>);
 template SequenceResult<float> run_sequence(const CellRules<float>&, const Tensor<float>&, const std::vector<Tensor<float>>&,
                                             const std::vector<std::int64_t>&, bool, const std::string&);
 template SequenceResult<double> run_sequence(const CellRules<double>&, const Tensor<double>&,

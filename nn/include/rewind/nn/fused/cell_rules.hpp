@@ -118,6 +118,8 @@ public:
     // Two-stage cells only.
     virtual void forward_second(const ForwardRow<T>& row) const;
     virtual void backward_second(const BackwardRow<T>& row) const;
+    // Names of the G gate blocks in weight_ih's order, for reports (default "gate 0", ...).
+    virtual std::vector<std::string> gate_names() const;
     // GEMM flops of one forward step; the default counts the layout's products.
     virtual double forward_flops(std::size_t batch, std::size_t input, std::size_t hidden) const {
         return forward_flops_per_step(layout(), batch, input, hidden);

@@ -57,6 +57,7 @@ public:
     const fused::CellRules<T>* fused_rules() const override { return this; }
     const std::type_info& rules_cell_type() const override { return typeid(RNNCell); }
     fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 1}; }
+    std::vector<std::string> gate_names() const override { return {"pre-activation"}; }
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
@@ -78,6 +79,7 @@ public:
     const fused::CellRules<T>* fused_rules() const override { return this; }
     const std::type_info& rules_cell_type() const override { return typeid(LSTMCell); }
     fused::CellLayout layout() const override { return {.gates = 4, .states = 2, .recurrent = 4}; }
+    std::vector<std::string> gate_names() const override { return {"input", "forget", "cell", "output"}; }
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
@@ -100,6 +102,7 @@ public:
     fused::CellLayout layout() const override {
         return {.gates = 3, .states = 1, .recurrent = 3, .recurrent_into_gates = false, .saved = 1};
     }
+    std::vector<std::string> gate_names() const override { return {"reset", "update", "new"}; }
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
