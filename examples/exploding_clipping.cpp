@@ -39,22 +39,13 @@ struct Settings {
 };
 
 // A tanh RNN with W_hh rescaled to spectral radius r, and a linear read-out of h_T.
-struct Model : Module<float> {
-    explicit Model(const Settings& s) {
-        Generator init(s.seed);
-        rnn = register_module("rnn", make_rnn<float>({.input_size = 2, .hidden_size = s.hidden, .seed = s.seed,
-                                                      .init = {.orthogonal_recurrent = true}}));
-        xt::xarray<float>& w = rnn->parameter("weight_hh_l0").mutable_value();
-        w *= float(s.radius / largest_singular_value(xt::xarray<double>(w)));
-        head = register_module("head", std::make_shared<Linear<float>>(s.hidden, 1, init));
-    }
-    Tensor<float> predict(const adding::Batch& a) const {
-        const Tensor<float> h_n = rnn->forward(a.x).h_n();  // [1, B, H]
-        return head->forward(reshape(h_n, {h_n.size(1), h_n.size(2)}));
-    }
-    std::shared_ptr<Recurrent<float>> rnn;
-    std::shared_ptr<Linear<float>> head;
-};
+adding::Model make_model(const Settings& s) {
+    auto rnn = make_rnn<float>({.input_size = 2, .hidden_size = s.hidden, .seed = s.seed,
+                                .init = {.orthogonal_recurrent = true}});
+    xt::xarray<float>& w = rnn->parameter("weight_hh_l0").mutable_value();
+    w *= float(s.radius / largest_singular_value(xt::xarray<double>(w)));
+    return adding::Model(std::move(rnn), s.seed);
+}
 
 struct Run {
     std::string label;
@@ -67,7 +58,7 @@ struct Run {
 Run train(const Settings& s, std::optional<double> max_norm) {
     Run run;
     run.label = max_norm ? fmt::format("clip_grad_norm {:g}", *max_norm) : "no clipping";
-    Model model(s);
+    adding::Model model = make_model(s);
     SGD<float> sgd(model.named_parameters(), SGDOptions{.lr = s.lr});
     Generator data(s.seed + 1), test_data(s.seed + 1000);  // the same batches for both runs
     const adding::Batch held_out = adding::random_batch(s.length, s.length, 512, test_data);
