@@ -54,12 +54,18 @@ struct LayerConfig {
     std::size_t hidden_size = 0;
     std::size_t layers = 1;
     bool bidirectional = false;
+    bool bias = true;            // --no-bias (grad, gradcheck)
+    std::size_t proj_size = 0;   // --proj-size, LSTM only (grad, gradcheck)
 
     std::size_t directions() const { return bidirectional ? 2 : 1; }
+    // The width of h and of each direction's output: proj_size when set, else hidden_size.
+    std::size_t output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
     // A second state tensor c besides h (LSTM), from the table of cells.
     bool has_cell_state() const { return nn::cell_info(cell).state_names.size() > 1; }
 };
 void add_layer_options(CLI::App& command, LayerConfig& config);
+// PyTorch's structural options: --no-bias, --proj-size.
+void add_structure_options(CLI::App& command, LayerConfig& config);
 // --cell, checked against the table of cells.
 CLI::Option* add_cell_option(CLI::App& command, std::string& cell);
 

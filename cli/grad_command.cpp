@@ -23,7 +23,9 @@ public:
         auto layer = nn::make_recurrent<T>(config.cell, {.input_size = config.input_size,
                                                           .hidden_size = config.hidden_size,
                                                           .num_layers = config.layers,
-                                                          .bidirectional = config.bidirectional});
+                                                          .bidirectional = config.bidirectional,
+                                                          .bias = config.bias,
+                                                          .proj_size = config.proj_size});
         choose_path(*layer, paths_of(request_.path).front());
         nn::load_state_dict(*layer, data_.state, request_.state_file.string(), /*strict=*/true);
 
@@ -60,9 +62,15 @@ private:
     // As in PyTorch, a missing h0 or c0 of an LSTM is zeros (and gets no gradient).
     std::vector<Tensor<T>> initial_state(const Tensor<T>& h0, const Tensor<T>& c0) const {
         if (!h0.defined() && !c0.defined()) return {};
-        const Shape shape = nn::shape_of(data_.inputs.at(h0.defined() ? "h0" : "c0"));
-        std::vector<Tensor<T>> state{h0.defined() ? h0 : Tensor<T>::zeros(shape)};
-        if (request_.layer.has_cell_state()) state.push_back(c0.defined() ? c0 : Tensor<T>::zeros(shape));
+        // h0 and c0 differ only in their last size (proj_size against hidden_size).
+        Shape shape = nn::shape_of(data_.inputs.at(h0.defined() ? "h0" : "c0"));
+        const LayerConfig& config = request_.layer;
+        auto zeros = [&](std::size_t width) {
+            shape.back() = width;
+            return Tensor<T>::zeros(shape);
+        };
+        std::vector<Tensor<T>> state{h0.defined() ? h0 : zeros(config.output_size())};
+        if (config.has_cell_state()) state.push_back(c0.defined() ? c0 : zeros(config.hidden_size));
         return state;
     }
 
@@ -91,6 +99,7 @@ Command add_grad_command(CLI::App& app) {
     auto request = std::make_shared<GradRequest>();
     CLI::App* command = app.add_subcommand("grad", "replay one recurrent layer and write its outputs and gradients");
     add_layer_options(*command, request->layer);
+    add_structure_options(*command, request->layer);
     command->add_option("--state", request->state_file, "parameters under PyTorch's names (safetensors)")
         ->type_name("FILE")
         ->required();

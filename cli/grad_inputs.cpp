@@ -53,10 +53,14 @@ public:
         if (x.size() != 3 || x[2] != config_.input_size || x[0] == 0 || x[1] == 0)
             fail("x", fmt::format("shape [{}], expected [T, B, {}] with T, B >= 1 (--input-size {})", fmt::join(x, ", "),
                                   config_.input_size, config_.input_size));
-        const std::size_t steps = x[0], batch = x[1], hidden = config_.hidden_size;
+        const std::size_t steps = x[0], batch = x[1], hidden = config_.hidden_size, out = config_.output_size();
         const Shape state{config_.layers * config_.directions(), batch, hidden};
-        expect("grad_output", {steps, batch, config_.directions() * hidden}, "[T, B, D*H]");
-        for (const std::string name : {"h0", "c0", "grad_h_n", "grad_c_n"}) expect(name, state, "[L*D, B, H]");
+        const Shape h_state{config_.layers * config_.directions(), batch, out};
+        const std::string h_meaning = config_.proj_size > 0 ? "[L*D, B, proj_size]" : "[L*D, B, H]";
+        expect("grad_output", {steps, batch, config_.directions() * out},
+               config_.proj_size > 0 ? "[T, B, D*proj_size]" : "[T, B, D*H]");
+        for (const std::string name : {"h0", "grad_h_n"}) expect(name, h_state, h_meaning);
+        for (const std::string name : {"c0", "grad_c_n"}) expect(name, state, "[L*D, B, H]");
         expect("lengths", {batch}, "[B]");
     }
 

@@ -45,7 +45,9 @@ std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& reques
                                        .hidden_size = config.hidden_size,
                                        .num_layers = config.layers,
                                        .bidirectional = config.bidirectional,
-                                       .seed = request.seed};
+                                       .seed = request.seed,
+                                       .bias = config.bias,
+                                       .proj_size = config.proj_size};
     auto layer = request.plant_error ? make_layer_with_planted_error(config.cell, options, *request.plant_error)
                                      : nn::make_recurrent<double>(config.cell, options);
     choose_path(*layer, path);
@@ -71,7 +73,7 @@ CheckData check_data(const GradcheckRequest& request, nn::Recurrent<double>& lay
     std::vector<Tensor<double>> initial;
     if (request.initial_state)
         for (std::size_t s = 0; s < layer.state_names().size(); ++s)
-            initial.push_back(random({config.layers * config.directions(), request.batch, config.hidden_size}, 0.5));
+            initial.push_back(random({config.layers * config.directions(), request.batch, layer.state_size(s)}, 0.5));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!request.lengths.empty()) lengths = request.lengths;
     return {x, std::move(initial), std::move(lengths)};
@@ -161,6 +163,7 @@ Command add_gradcheck_command(CLI::App& app) {
     auto request = std::make_shared<GradcheckRequest>();
     CLI::App* command = app.add_subcommand("gradcheck", "check a layer's BPTT gradients numerically (float64)");
     add_layer_options(*command, request->layer);
+    add_structure_options(*command, request->layer);
     command->add_option("--seq-len", request->seq_len, "time steps (T)")->required()->check(CLI::PositiveNumber);
     command->add_option("--batch", request->batch, "sequences (B)")->required()->check(CLI::PositiveNumber);
     command->add_option("--lengths", request->lengths, "length of each sequence, e.g. 5,3,4 (default: all T)")

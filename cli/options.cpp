@@ -45,4 +45,10 @@ void add_layer_options(CLI::App& command, LayerConfig& config) {
     command.add_flag("--bidirectional", config.bidirectional, "run both directions (D = 2)");
 }
 
+void add_structure_options(CLI::App& command, LayerConfig& config) {
+    command.add_flag("--no-bias{false}", config.bias, "no bias_ih, bias_hh (PyTorch's bias=False)");
+    command.add_option("--proj-size", config.proj_size, "LSTM with projections: h has this many units (< H)")
+        ->check(CLI::PositiveNumber);
+}
+
 }  // namespace rw::cli

@@ -26,6 +26,7 @@ public:
         for (const auto& [name, parameter] : inner_->named_parameters()) register_parameter(name, parameter);
     }
     std::vector<std::string> state_names() const override { return inner_->state_names(); }
+    std::size_t state_size(std::size_t state) const override { return inner_->state_size(state); }
 
     Tensor<double> prepare_input(const Tensor<double>& input) const override {
         const Tensor<double> prepared = inner_->prepare_input(input);

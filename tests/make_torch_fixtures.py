@@ -7,8 +7,13 @@ For every case below it creates ``tests/fixtures/<case>/`` holding three
 safetensors files, and it writes ``tests/fixtures/cases.json`` listing every
 case as
 ``{"name", "cell", "input_size", "hidden_size", "layers", "bidirectional",
-"dtype", "batch_first"}`` (cell is rnn_tanh | rnn_relu | lstm | gru, dtype is
-F32 | F64, batch_first is always false).
+"dtype", "batch_first", "bias", "proj_size"}`` (cell is rnn_tanh | rnn_relu |
+lstm | gru, dtype is F32 | F64, batch_first is always false; bias is PyTorch's
+``bias`` option, proj_size the LSTM's, 0 for none).
+
+Below, P is the width of h: proj_size when it is set (LSTM with projections),
+else H. Such an LSTM also has ``weight_hr_l0`` [P, H] etc. in its state, and a
+``bias=False`` module has no ``bias_*`` entries.
 
 ``state.safetensors``
     The module's ``state_dict()`` under PyTorch's names (``weight_ih_l0``,
@@ -16,14 +21,14 @@ F32 | F64, batch_first is always false).
     variants for bidirectional modules), in the case's dtype.
 
 ``inputs.safetensors``
-    ``x`` [T, B, I] (time-major); optionally ``h0`` [L*D, B, H] and, for LSTM,
+    ``x`` [T, B, I] (time-major); optionally ``h0`` [L*D, B, P] and, for LSTM,
     ``c0`` [L*D, B, H]; optionally ``lengths`` (I64, [B], each in 1..T, not
-    necessarily sorted); ``grad_output`` [T, B, D*H]; optionally
-    ``grad_h_n`` [L*D, B, H] and, for LSTM, ``grad_c_n`` [L*D, B, H].
+    necessarily sorted); ``grad_output`` [T, B, D*P]; optionally
+    ``grad_h_n`` [L*D, B, P] and, for LSTM, ``grad_c_n`` [L*D, B, H].
     Everything except ``lengths`` is in the case's dtype.
 
 ``expected.safetensors``
-    ``output`` [T, B, D*H], ``h_n`` [L*D, B, H], ``c_n`` (LSTM only), and the
+    ``output`` [T, B, D*P], ``h_n`` [L*D, B, P], ``c_n`` [L*D, B, H] (LSTM only), and the
     gradients of the loss
         sum(output * grad_output) + sum(h_n * grad_h_n) + sum(c_n * grad_c_n)
     (terms whose seed is absent are omitted) with respect to every input and
@@ -161,10 +166,13 @@ def read_safetensors(path):
 
 
 def case(name, cell, T, B, I, H, L, bidirectional, dtype, seed,
-         h0=False, lengths=None, grad_h_n=False, grad_c_n=False):
+         h0=False, lengths=None, grad_h_n=False, grad_c_n=False, bias=True,
+         proj_size=0):
+    assert proj_size == 0 or cell == "lstm"
     return dict(name=name, cell=cell, T=T, B=B, I=I, H=H, L=L,
                 bidirectional=bidirectional, dtype=dtype, seed=seed, h0=h0,
-                lengths=lengths, grad_h_n=grad_h_n, grad_c_n=grad_c_n)
+                lengths=lengths, grad_h_n=grad_h_n, grad_c_n=grad_c_n,
+                bias=bias, proj_size=proj_size)
 
 
 def all_cases():
@@ -207,14 +215,40 @@ def all_cases():
     cases.append(case("rnn_tanh_l2_bi_len_b1_f64", "rnn_tanh", T=2, B=1, I=3, H=2,
                       L=2, bidirectional=True, dtype="F64", seed=2003,
                       lengths=[1], grad_h_n=True))
+    # bias=False for every cell: several layers, both directions, lengths.
+    for k, cell in enumerate(CELLS):
+        is_lstm = cell == "lstm"
+        cases.append(case(f"{cell}_nobias_l2_bi_len_f64", cell, T=5, B=3, I=3,
+                          H=4 - (k % 2), L=2, bidirectional=True, dtype="F64",
+                          seed=3001 + k, h0=cell != "rnn_relu",
+                          lengths=[4, 5, 2], grad_h_n=True, grad_c_n=is_lstm,
+                          bias=False))
+    cases.append(case("gru_nobias_l1_f32", "gru", T=4, B=2, I=3, H=5, L=1,
+                      bidirectional=False, dtype="F32", seed=3011, bias=False))
+    # LSTM with projections (proj_size < H): h, the output and the next
+    # layer's input have proj_size units, c keeps H.
+    cases.append(case("lstm_proj_l1_f64", "lstm", T=4, B=2, I=3, H=5, L=1,
+                      bidirectional=False, dtype="F64", seed=4001, h0=True,
+                      grad_h_n=True, proj_size=2))
+    cases.append(case("lstm_proj_l2_bi_len_f64", "lstm", T=5, B=4, I=2, H=4,
+                      L=2, bidirectional=True, dtype="F64", seed=4002, h0=True,
+                      lengths=[3, 5, 1, 4], grad_h_n=True, grad_c_n=True,
+                      proj_size=3))
+    cases.append(case("lstm_proj_nobias_l3_f64", "lstm", T=4, B=2, I=5, H=4,
+                      L=3, bidirectional=False, dtype="F64", seed=4003,
+                      grad_c_n=True, bias=False, proj_size=1))
+    cases.append(case("lstm_proj_l2_bi_len_f32", "lstm", T=5, B=3, I=2, H=4,
+                      L=2, bidirectional=True, dtype="F32", seed=4004, h0=True,
+                      lengths=[2, 5, 4], grad_h_n=True, grad_c_n=True,
+                      proj_size=2))
     return cases
 
 
 def make_module(c):
     kwargs = dict(input_size=c["I"], hidden_size=c["H"], num_layers=c["L"],
-                  bidirectional=c["bidirectional"], batch_first=False, bias=True)
+                  bidirectional=c["bidirectional"], batch_first=False, bias=c["bias"])
     if c["cell"] == "lstm":
-        return torch.nn.LSTM(**kwargs)
+        return torch.nn.LSTM(proj_size=c["proj_size"], **kwargs)
     if c["cell"] == "gru":
         return torch.nn.GRU(**kwargs)
     return torch.nn.RNN(nonlinearity=c["cell"][4:], **kwargs)
@@ -229,6 +263,7 @@ def run_case(c):
     T, B, I, H, L = c["T"], c["B"], c["I"], c["H"], c["L"]
     D = 2 if c["bidirectional"] else 1
     is_lstm = c["cell"] == "lstm"
+    P = c["proj_size"] or H  # the width of h
 
     g = torch.Generator().manual_seed(c["seed"] + 7)
 
@@ -237,16 +272,16 @@ def run_case(c):
 
     inputs = {"x": randn(T, B, I)}
     if c["h0"]:
-        inputs["h0"] = randn(L * D, B, H, scale=0.5)
+        inputs["h0"] = randn(L * D, B, P, scale=0.5)
         if is_lstm:
             inputs["c0"] = randn(L * D, B, H, scale=0.5)
     if c["lengths"] is not None:
         lengths = torch.tensor(c["lengths"], dtype=torch.int64)
         assert lengths.shape == (B,) and int(lengths.min()) >= 1 and int(lengths.max()) <= T
         inputs["lengths"] = lengths
-    inputs["grad_output"] = randn(T, B, D * H)
+    inputs["grad_output"] = randn(T, B, D * P)
     if c["grad_h_n"]:
-        inputs["grad_h_n"] = randn(L * D, B, H)
+        inputs["grad_h_n"] = randn(L * D, B, P)
     if c["grad_c_n"]:
         assert is_lstm
         inputs["grad_c_n"] = randn(L * D, B, H)
@@ -271,7 +306,7 @@ def run_case(c):
     if is_lstm:
         hx = None
         if h0 is not None:
-            hx = (h0, c0 if c0 is not None else torch.zeros_like(h0))
+            hx = (h0, c0 if c0 is not None else torch.zeros(L * D, B, H, dtype=dtype))
     else:
         hx = h0
 
@@ -286,7 +321,11 @@ def run_case(c):
         h_n, c_n = hn
     else:
         h_n, c_n = hn, None
-    assert out.shape == (T, B, D * H) and h_n.shape == (L * D, B, H)
+    assert out.shape == (T, B, D * P) and h_n.shape == (L * D, B, P)
+    if c_n is not None:
+        assert c_n.shape == (L * D, B, H)
+    assert any(n.startswith("bias_") for n in params) == c["bias"]
+    assert any(n.startswith("weight_hr_") for n in params) == (c["proj_size"] > 0)
 
     loss = (out * inputs["grad_output"]).sum()
     if "grad_h_n" in inputs:
@@ -323,6 +362,8 @@ def case_entry(c):
         "bidirectional": c["bidirectional"],
         "dtype": c["dtype"],
         "batch_first": False,
+        "bias": c["bias"],
+        "proj_size": c["proj_size"],
     }
 
 

@@ -38,6 +38,9 @@ std::vector<std::string> grad_args(const json& c, const fs::path& state, const f
                                   "--layers", std::to_string(c.at("layers").get<int>()),
                                   "--state", state.string(), "--inputs", inputs.string(), "--out", out.string()};
     if (c.at("bidirectional").get<bool>()) args.push_back("--bidirectional");
+    if (!c.at("bias").get<bool>()) args.push_back("--no-bias");
+    if (const int proj_size = c.at("proj_size").get<int>(); proj_size > 0)
+        args.insert(args.end(), {"--proj-size", std::to_string(proj_size)});
     return args;
 }
 

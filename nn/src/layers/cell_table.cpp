@@ -10,23 +10,28 @@ namespace rw::nn {
 namespace {
 
 template <class T>
-using Maker = std::shared_ptr<RecurrentCell<T>> (*)(std::size_t, std::size_t, Generator&, const CellInit&);
+using Maker = std::shared_ptr<RecurrentCell<T>> (*)(std::size_t, std::size_t, Generator&, const CellInit&,
+                                                    const CellOptions&);
 
 template <class T>
-std::shared_ptr<RecurrentCell<T>> make_rnn_tanh(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init) {
-    return std::make_shared<RNNCell<T>>(in, hidden, Nonlinearity::tanh, g, init);
+std::shared_ptr<RecurrentCell<T>> make_rnn_tanh(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init,
+                                                 const CellOptions& options) {
+    return std::make_shared<RNNCell<T>>(in, hidden, Nonlinearity::tanh, g, init, options);
 }
 template <class T>
-std::shared_ptr<RecurrentCell<T>> make_rnn_relu(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init) {
-    return std::make_shared<RNNCell<T>>(in, hidden, Nonlinearity::relu, g, init);
+std::shared_ptr<RecurrentCell<T>> make_rnn_relu(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init,
+                                                 const CellOptions& options) {
+    return std::make_shared<RNNCell<T>>(in, hidden, Nonlinearity::relu, g, init, options);
 }
 template <class T>
-std::shared_ptr<RecurrentCell<T>> make_lstm_cell(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init) {
-    return std::make_shared<LSTMCell<T>>(in, hidden, g, init);
+std::shared_ptr<RecurrentCell<T>> make_lstm_cell(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init,
+                                                 const CellOptions& options) {
+    return std::make_shared<LSTMCell<T>>(in, hidden, g, init, options);
 }
 template <class T>
-std::shared_ptr<RecurrentCell<T>> make_gru_cell(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init) {
-    return std::make_shared<GRUCell<T>>(in, hidden, g, init);
+std::shared_ptr<RecurrentCell<T>> make_gru_cell(std::size_t in, std::size_t hidden, Generator& g, const CellInit& init,
+                                                 const CellOptions& options) {
+    return std::make_shared<GRUCell<T>>(in, hidden, g, init, options);
 }
 
 struct Row {
@@ -54,7 +59,7 @@ const std::vector<CellInfo>& cell_table() {
         std::vector<CellInfo> infos;
         for (const Row& row : rows()) {
             Generator generator(0);
-            const auto cell = row.make_double(1, 1, generator, {});
+            const auto cell = row.make_double(1, 1, generator, {}, {});
             CellInfo info;
             info.name = cell->kind();
             info.description = row.description;
@@ -94,15 +99,17 @@ std::size_t index_of(const std::string& name) {
 const CellInfo& cell_info(const std::string& name) { return cell_table()[index_of(name)]; }
 
 template <class T>
-CellFactory<T> cell_factory(const std::string& name, const CellInit& init) {
+CellFactory<T> cell_factory(const std::string& name, const CellInit& init, const CellOptions& options) {
     const Row& row = rows()[index_of(name)];
     Maker<T> make;
     if constexpr (std::is_same_v<T, float>) make = row.make_float;
     else make = row.make_double;
-    return [make, init](std::size_t in, std::size_t hidden, Generator& generator) { return make(in, hidden, generator, init); };
+    return [make, init, options](std::size_t in, std::size_t hidden, Generator& generator) {
+        return make(in, hidden, generator, init, options);
+    };
 }
 
-template CellFactory<float> cell_factory<float>(const std::string&, const CellInit&);
-template CellFactory<double> cell_factory<double>(const std::string&, const CellInit&);
+template CellFactory<float> cell_factory<float>(const std::string&, const CellInit&, const CellOptions&);
+template CellFactory<double> cell_factory<double>(const std::string&, const CellInit&, const CellOptions&);
 
 }  // namespace rw::nn

@@ -1,6 +1,9 @@
 #include "rewind/nn/layers/cells.hpp"
 
 #include <cmath>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
@@ -16,24 +19,25 @@ using fused::store_lane;
 
 template <class T>
 GatedCell<T>::GatedCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
-                        const CellInit& init)
+                        const CellInit& init, const CellOptions& options, std::size_t recurrent_size)
     : RecurrentCell<T>(input_size, hidden_size), gates_(gates) {
     if (input_size == 0 || hidden_size == 0) throw std::invalid_argument("recurrent cell: sizes must be positive");
     const std::size_t rows = gates * hidden_size;
     const double bound = 1.0 / std::sqrt(double(hidden_size));
     // Draw in PyTorch's parameter order so a seed fixes every parameter whatever the options.
     auto w_ih = init::uniform<T>({rows, input_size}, -bound, bound, generator);
-    auto w_hh = init::uniform<T>({rows, hidden_size}, -bound, bound, generator);
+    auto w_hh = init::uniform<T>({rows, recurrent_size}, -bound, bound, generator);
+    if (init.xavier_input) w_ih = init::xavier_uniform<T>({rows, input_size}, generator);
+    if (init.orthogonal_recurrent) w_hh = init::orthogonal<T>({rows, recurrent_size}, generator);
+    weight_ih_ = this->register_parameter("weight_ih", Tensor<T>(std::move(w_ih)));
+    weight_hh_ = this->register_parameter("weight_hh", Tensor<T>(std::move(w_hh)));
+    if (!options.bias) return;  // PyTorch's bias=False: the biases do not exist
     auto b_ih = init::uniform<T>({rows}, -bound, bound, generator);
     auto b_hh = init::uniform<T>({rows}, -bound, bound, generator);
-    if (init.xavier_input) w_ih = init::xavier_uniform<T>({rows, input_size}, generator);
-    if (init.orthogonal_recurrent) w_hh = init::orthogonal<T>({rows, hidden_size}, generator);
     if (init.xavier_input || init.orthogonal_recurrent) {
         b_ih.fill(T(0));
         b_hh.fill(T(0));
     }
-    weight_ih_ = this->register_parameter("weight_ih", Tensor<T>(std::move(w_ih)));
-    weight_hh_ = this->register_parameter("weight_hh", Tensor<T>(std::move(w_hh)));
     bias_ih_ = this->register_parameter("bias_ih", Tensor<T>(std::move(b_ih)));
     bias_hh_ = this->register_parameter("bias_hh", Tensor<T>(std::move(b_hh)));
 }
@@ -44,7 +48,13 @@ Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& b
         throw_shape_error(this->kind(), "expects input [T, B, input_size] matching weight_ih [G*H, input_size]",
                           input.shape(), weight_ih_.shape());
     // One GEMM over all T*B rows, straight from and to [T, B, *] (no reshape copies).
-    return add(gemm(input, weight_ih_, false, true), bias);
+    const Tensor<T> projected = gemm(input, weight_ih_, false, true);
+    return bias.defined() ? add(projected, bias) : projected;
+}
+
+template <class T>
+Tensor<T> GatedCell<T>::summed_bias() const {
+    return bias_ih_.defined() ? add(bias_ih_, bias_hh_) : Tensor<T>();
 }
 
 // Each cell below: its generic step() (ordinary ops on the tape) and, beside it, its fused
@@ -54,12 +64,12 @@ Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& b
 
 template <class T>
 RNNCell<T>::RNNCell(std::size_t input_size, std::size_t hidden_size, Nonlinearity nonlinearity, Generator& generator,
-                    const CellInit& init)
-    : GatedCell<T>(input_size, hidden_size, 1, generator, init), nonlinearity_(nonlinearity) {}
+                    const CellInit& init, const CellOptions& options)
+    : GatedCell<T>(input_size, hidden_size, 1, generator, init, options, hidden_size), nonlinearity_(nonlinearity) {}
 
 template <class T>
 Tensor<T> RNNCell<T>::prepare_input(const Tensor<T>& input) const {
-    return this->project_input(input, add(this->bias_ih_, this->bias_hh_));
+    return this->project_input(input, this->summed_bias());
 }
 
 template <class T>
@@ -106,20 +116,40 @@ void RNNCell<T>::backward(const fused::BackwardRow<T>& row) const {
 
 // ---- LSTM ----
 
+namespace {
+
+void check_projection(const CellOptions& options, std::size_t hidden_size) {
+    if (options.proj_size >= hidden_size)
+        throw std::invalid_argument(fmt::format("lstm: proj_size must be smaller than hidden_size: expected < {}, got {}",
+                                                hidden_size, options.proj_size));
+}
+
+}  // namespace
+
 template <class T>
-LSTMCell<T>::LSTMCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init)
-    : GatedCell<T>(input_size, hidden_size, 4, generator, init) {
+LSTMCell<T>::LSTMCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init,
+                      const CellOptions& options)
+    : GatedCell<T>(input_size, hidden_size, 4, generator, init, options,
+                   options.proj_size > 0 ? options.proj_size : hidden_size) {
     if (init.forget_bias != 0.0) {
+        if (!options.bias) throw std::invalid_argument("lstm: forget_bias needs the biases, but bias is false");
         // Gate order i, f, g, o: the forget gate is the second block.
         for (auto* bias : {&this->bias_ih_, &this->bias_hh_})
             for (std::size_t j = hidden_size; j < 2 * hidden_size; ++j)
                 bias->mutable_value()(j) += static_cast<T>(init.forget_bias / 2);
     }
+    if (options.proj_size > 0) {
+        check_projection(options, hidden_size);
+        // PyTorch's order and init: weight_hr comes last, from the same U(-1/sqrt(H), 1/sqrt(H)).
+        const double bound = 1.0 / std::sqrt(double(hidden_size));
+        weight_hr_ = this->register_parameter(
+            "weight_hr", Tensor<T>(init::uniform<T>({options.proj_size, hidden_size}, -bound, bound, generator)));
+    }
 }
 
 template <class T>
 Tensor<T> LSTMCell<T>::prepare_input(const Tensor<T>& input) const {
-    return this->project_input(input, add(this->bias_ih_, this->bias_hh_));
+    return this->project_input(input, this->summed_bias());
 }
 
 template <class T>
@@ -133,6 +163,7 @@ State<T> LSTMCell<T>::step(const Tensor<T>& x_t, const State<T>& state) const {
     Tensor<T> output_gate = sigmoid(gates[3]);
     Tensor<T> next_c = add(mul(forget_gate, c), mul(input_gate, candidate));
     Tensor<T> next_h = mul(output_gate, tanh(next_c));
+    if (weight_hr_.defined()) next_h = gemm(next_h, weight_hr_, false, true);
     return {next_h, next_c};
 }
 
@@ -201,8 +232,9 @@ void LSTMCell<T>::backward(const fused::BackwardRow<T>& row) const {
 // ---- GRU ----
 
 template <class T>
-GRUCell<T>::GRUCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init)
-    : GatedCell<T>(input_size, hidden_size, 3, generator, init) {}
+GRUCell<T>::GRUCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init,
+                    const CellOptions& options)
+    : GatedCell<T>(input_size, hidden_size, 3, generator, init, options, hidden_size) {}
 
 template <class T>
 Tensor<T> GRUCell<T>::prepare_input(const Tensor<T>& input) const {
@@ -214,7 +246,9 @@ template <class T>
 State<T> GRUCell<T>::step(const Tensor<T>& x_t, const State<T>& state) const {
     const auto& h = state[0];
     auto input_gates = chunk(x_t, 3, 1);
-    auto hidden_gates = chunk(add(gemm(h, this->weight_hh_, false, true), this->bias_hh_), 3, 1);
+    Tensor<T> hidden_product = gemm(h, this->weight_hh_, false, true);
+    if (this->bias_hh_.defined()) hidden_product = add(hidden_product, this->bias_hh_);
+    auto hidden_gates = chunk(hidden_product, 3, 1);
     Tensor<T> reset = sigmoid(add(input_gates[0], hidden_gates[0]));
     Tensor<T> update = sigmoid(add(input_gates[1], hidden_gates[1]));
     Tensor<T> candidate = tanh(add(input_gates[2], mul(reset, hidden_gates[2])));
@@ -228,6 +262,7 @@ std::string GRUCell<T>::kind() const {
 }
 
 // The gate row becomes r, z, n; saved[0] keeps W_hn h + b_hn for the reset gate's derivative.
+// Without bias (row.bias_hh null) the same rule runs on zeros in its place.
 template <class T>
 void GRUCell<T>::forward(const fused::ForwardRow<T>& row) const {
     const std::size_t H = row.hidden;
@@ -237,7 +272,8 @@ void GRUCell<T>::forward(const fused::ForwardRow<T>& row) const {
     const T* hr = row.recurrent;
     const T* hz = hr + H;
     const T* hn = hr + 2 * H;
-    const T* br = row.bias_hh;
+    const std::vector<T> no_bias(row.bias_hh ? 0 : 3 * H, T(0));
+    const T* br = row.bias_hh ? row.bias_hh : no_bias.data();
     const T* bz = br + H;
     const T* bn = br + 2 * H;
     const T* hp = row.state[0];

@@ -100,7 +100,7 @@ PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<do
     if (probed)
         for (std::size_t stream = 0; stream < streams; ++stream)
             for (std::size_t t = 0; t < steps; ++t) {
-                inputs.push_back(Tensor<double>::zeros({batch, layer.options().hidden_size}, /*requires_grad=*/true));
+                inputs.push_back(Tensor<double>::zeros({batch, layer.state_size(0)}, /*requires_grad=*/true));
                 names.push_back(hidden_name(stream / layer.num_directions(), stream % layer.num_directions()));
             }
     const std::size_t directions = layer.num_directions();

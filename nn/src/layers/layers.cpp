@@ -194,7 +194,7 @@ std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>& f
 template <class T>
 std::shared_ptr<Recurrent<T>> make_variational_recurrent(const std::string& cell, const RecurrentOptions& options,
                                                          const VariationalDropout& p) {
-    return make_variational_recurrent<T>(cell_factory<T>(cell, options.init), options, p);
+    return make_variational_recurrent<T>(cell_factory<T>(cell, options.init, options.cell_options()), options, p);
 }
 
 #define REWIND_LAYERS(T)                                                                                              \

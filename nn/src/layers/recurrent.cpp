@@ -43,10 +43,17 @@ Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& o
     : options_(options), generator_(options.seed) {
     if (options.num_layers == 0) throw std::invalid_argument("recurrent layer: num_layers must be at least 1");
     if (options.dropout < 0 || options.dropout >= 1) throw std::invalid_argument("recurrent layer: dropout must be in [0, 1)");
+    const std::size_t output_size = options.proj_size > 0 ? options.proj_size : options.hidden_size;
     for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
-        const std::size_t layer_input = layer == 0 ? options.input_size : options.hidden_size * num_directions();
+        const std::size_t layer_input = layer == 0 ? options.input_size : output_size * num_directions();
         for (std::size_t direction = 0; direction < num_directions(); ++direction) {
             auto cell = factory(layer_input, options.hidden_size, generator_);
+            if (cell->state_size(0) != output_size)
+                throw std::invalid_argument(fmt::format(
+                    "recurrent layer: the {} cell's output has the wrong size: expected {} ({}), got {}{}",
+                    cell->kind().empty() ? "user's" : cell->kind(), output_size,
+                    options.proj_size > 0 ? "proj_size" : "hidden_size", cell->state_size(0),
+                    options.proj_size > 0 ? " (proj_size is an LSTM option)" : ""));
             for (auto& [name, tensor] : cell->named_parameters())
                 this->register_parameter(name + parameter_suffix(layer, direction), tensor);
             cells_.push_back(std::move(cell));
@@ -56,9 +63,9 @@ Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& o
         for (std::size_t layer = 0; layer < options.num_layers; ++layer)
             for (std::size_t direction = 0; direction < num_directions(); ++direction) {
                 std::vector<Tensor<T>> initial;
-                for (const auto& state : state_names())
-                    initial.push_back(this->register_parameter("initial_" + state + parameter_suffix(layer, direction),
-                                                               Tensor<T>::zeros({options.hidden_size})));
+                for (std::size_t s = 0; s < state_names().size(); ++s)
+                    initial.push_back(this->register_parameter(
+                        "initial_" + state_names()[s] + parameter_suffix(layer, direction), Tensor<T>::zeros({state_size(s)})));
                 learned_initial_.push_back(std::move(initial));
             }
     }
@@ -73,9 +80,9 @@ template <class T>
 State<T> Recurrent<T>::initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
                                          std::size_t batch) const {
     const std::size_t index = layer * num_directions() + direction;
-    const std::size_t hidden = options_.hidden_size;
     State<T> state;
     for (std::size_t s = 0; s < state_names().size(); ++s) {
+        const std::size_t hidden = state_size(s);
         if (!given.empty())
             state.push_back(reshape(slice(given[s], 0, index, index + 1), {batch, hidden}));
         else if (!learned_initial_.empty())
@@ -111,9 +118,11 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         if (!sequence.all_active(t)) {
             // Finished sequences keep their state (so h_n is taken at each one's own last step) and
             // output zeros; in the reverse direction a sequence starts at its own last step.
-            const xt::xarray<T> mask = sequence.active_mask(t, options_.hidden_size);
-            for (std::size_t s = 0; s < next.size(); ++s) next[s] = add(state[s], mul_mask(sub(next[s], state[s]), mask));
-            output = mul_mask(next[0], mask);
+            for (std::size_t s = 0; s < next.size(); ++s) {
+                const xt::xarray<T> mask = sequence.active_mask(t, cell.state_size(s));
+                next[s] = add(state[s], mul_mask(sub(next[s], state[s]), mask));
+            }
+            output = mul_mask(next[0], sequence.active_mask(t, cell.state_size(0)));
         }
         state = std::move(next);
         if (observer_) observer_(layer, direction, t, state[0]);
@@ -135,16 +144,17 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
     if (sequence.steps == 0 || sequence.batch == 0)
         throw_shape_error("recurrent layer", "needs at least one step and one sequence", input.shape());
 
-    const std::size_t directions = num_directions(), hidden = options_.hidden_size;
-    const Shape state_shape{options_.num_layers * directions, sequence.batch, hidden};
+    const std::size_t directions = num_directions();
     if (!initial_state.empty()) {
         if (initial_state.size() != state_names().size())
             throw std::invalid_argument(fmt::format("recurrent layer: {} initial state tensors given, expected {}",
                                                     initial_state.size(), state_names().size()));
-        for (std::size_t s = 0; s < initial_state.size(); ++s)
+        for (std::size_t s = 0; s < initial_state.size(); ++s) {
+            const Shape state_shape{options_.num_layers * directions, sequence.batch, state_size(s)};
             if (initial_state[s].shape() != state_shape)
                 throw_shape_error("recurrent layer", fmt::format("initial state '{}' has the wrong shape", state_names()[s]),
                                   initial_state[s].shape(), state_shape);
+        }
     }
     if (lengths) {
         if (lengths->size() != sequence.batch)
@@ -187,9 +197,10 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
 template <class T>
 std::shared_ptr<Recurrent<T>> make_rnn(const RecurrentOptions& options, Nonlinearity nonlinearity) {
     CellInit init = options.init;
+    CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [nonlinearity, init](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<RNNCell<T>>(input_size, hidden_size, nonlinearity, generator, init);
+        [nonlinearity, init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
+            return std::make_shared<RNNCell<T>>(input_size, hidden_size, nonlinearity, generator, init, cell_options);
         },
         options);
 }
@@ -197,9 +208,10 @@ std::shared_ptr<Recurrent<T>> make_rnn(const RecurrentOptions& options, Nonlinea
 template <class T>
 std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options) {
     CellInit init = options.init;
+    CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [init](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<LSTMCell<T>>(input_size, hidden_size, generator, init);
+        [init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
+            return std::make_shared<LSTMCell<T>>(input_size, hidden_size, generator, init, cell_options);
         },
         options);
 }
@@ -207,16 +219,17 @@ std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options) {
 template <class T>
 std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options) {
     CellInit init = options.init;
+    CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [init](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<GRUCell<T>>(input_size, hidden_size, generator, init);
+        [init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
+            return std::make_shared<GRUCell<T>>(input_size, hidden_size, generator, init, cell_options);
         },
         options);
 }
 
 template <class T>
 std::shared_ptr<Recurrent<T>> make_recurrent(const std::string& cell, const RecurrentOptions& options) {
-    return std::make_shared<Recurrent<T>>(cell_factory<T>(cell, options.init), options);
+    return std::make_shared<Recurrent<T>>(cell_factory<T>(cell, options.init, options.cell_options()), options);
 }
 
 template class Recurrent<float>;

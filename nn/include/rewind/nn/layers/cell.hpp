@@ -46,6 +46,9 @@ public:
     // Names of the state tensors, e.g. {"h"} or {"h", "c"}; each is [batch, hidden_size].
     virtual std::vector<std::string> state_names() const { return {"h"}; }
     std::size_t state_count() const { return state_names().size(); }
+    // The width of state tensor s ([batch, state_size(s)]): hidden_size unless the cell says
+    // otherwise (an LSTM with proj_size: h has proj_size). state_size(0) is the output's width.
+    virtual std::size_t state_size(std::size_t /*state*/) const { return hidden_size_; }
 
     // Work that does not depend on the state, done once for the whole sequence [T, B, I]
     // (typically the input projection, one large GEMM). The result's slice at step t is what
@@ -58,6 +61,8 @@ public:
     // The cell's hand-written fused rules (fused/cell_rules.hpp), or null: the layer's fused path
     // runs them through the library's sequence driver, one tape op per layer and direction.
     virtual const fused::CellRules<T>* fused_rules() const { return nullptr; }
+    // Why fused_rules() is null, for Recurrent::path_note().
+    virtual std::string why_no_fused_rules() const { return "the cell has no fused rules"; }
 
     // fused_rules() when they were written for exactly this cell's dynamic type, else null with
     // the reason in *why_not: a subclass that overrides step() never runs its parent's rules.
@@ -67,7 +72,7 @@ public:
             if (why_not) *why_not = std::move(reason);
             return nullptr;
         };
-        if (!rules) return say("the cell has no fused rules");
+        if (!rules) return say(why_no_fused_rules());
         if (rules->rules_cell_type() != typeid(*this))
             return say("the cell's fused rules were written for its parent class, not for this subclass");
         if (why_not) why_not->clear();

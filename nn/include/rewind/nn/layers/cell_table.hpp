@@ -27,8 +27,8 @@ std::vector<std::string> cell_names();
 // The entry of that name; std::invalid_argument naming the known cells otherwise.
 const CellInfo& cell_info(const std::string& name);
 
-// Makes the named built-in cell for one layer and direction.
+// Makes the named built-in cell for one layer and direction (options: bias, LSTM's proj_size).
 template <class T>
-CellFactory<T> cell_factory(const std::string& name, const CellInit& init = {});
+CellFactory<T> cell_factory(const std::string& name, const CellInit& init = {}, const CellOptions& options = {});
 
 }  // namespace rw::nn

@@ -2,6 +2,9 @@
 // PyTorch's three recurrent cells, with exactly its equations, parameter names and shapes:
 //   weight_ih [G*H, I], weight_hh [G*H, H], bias_ih [G*H], bias_hh [G*H]
 // with G = 1 (RNN), 4 (LSTM, gate order i, f, g, o) or 3 (GRU, gate order r, z, n).
+// With bias = false the two biases do not exist (as PyTorch's bias=False). An LSTM with
+// proj_size P > 0 also has weight_hr [P, H]: h' = W_hr (σ(o) tanh(c')) has size P (c' keeps H),
+// and weight_hh is [4H, P].
 // Each is its own fused rules (fused/cell_rules.hpp), written beside its step() in cells.cpp
 // through the same public interface a user's cell uses; a subclass does not inherit them.
 
@@ -20,22 +23,32 @@ struct CellInit {
     double forget_bias = 0.0;
 };
 
+// PyTorch's structural options of the cells (as in torch.nn.RNN/LSTM/GRU).
+struct CellOptions {
+    bool bias = true;            // false: no bias_ih, bias_hh
+    std::size_t proj_size = 0;   // LSTM only: > 0 projects h to this size (must be < hidden_size)
+};
+
 // The four standard parameters shared by all three cells.
 template <class T>
 class GatedCell : public RecurrentCell<T> {
 public:
+    // recurrent_size: the width of the h that weight_hh multiplies (hidden_size, or LSTM's proj_size).
     GatedCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
-              const CellInit& init);
+              const CellInit& init, const CellOptions& options, std::size_t recurrent_size);
 
     const Tensor<T>& weight_ih() const { return weight_ih_; }
     const Tensor<T>& weight_hh() const { return weight_hh_; }
     const Tensor<T>& bias_ih() const { return bias_ih_; }
-    const Tensor<T>& bias_hh() const { return bias_hh_; }
+    const Tensor<T>& bias_hh() const { return bias_hh_; }  // undefined (both) without bias
+    bool has_bias() const { return bias_ih_.defined(); }
     std::size_t gates() const { return gates_; }
 
 protected:
-    // x W_ih^T + bias over all steps at once: [T, B, I] -> [T, B, G*H].
+    // x W_ih^T + bias over all steps at once: [T, B, I] -> [T, B, G*H]; bias may be undefined.
     Tensor<T> project_input(const Tensor<T>& input, const Tensor<T>& bias) const;
+    // b_ih + b_hh, or undefined without bias.
+    Tensor<T> summed_bias() const;
     // The four standard tensors, for the cells' fused rules.
     fused::CellWeights<T> standard_weights() const { return {weight_ih_, bias_ih_, weight_hh_, bias_hh_, {}, {}}; }
 
@@ -48,7 +61,7 @@ template <class T>
 class RNNCell : public GatedCell<T>, public fused::CellRules<T> {
 public:
     RNNCell(std::size_t input_size, std::size_t hidden_size, Nonlinearity nonlinearity, Generator& generator,
-            const CellInit& init = {});
+            const CellInit& init = {}, const CellOptions& options = {});
     Tensor<T> prepare_input(const Tensor<T>& input) const override;
     State<T> step(const Tensor<T>& x_t, const State<T>& state) const override;
     std::string kind() const override;
@@ -66,23 +79,38 @@ private:
     Nonlinearity nonlinearity_;
 };
 
-// i, f, g, o = split(W_ih x + b_ih + W_hh h + b_hh);  c' = σ(f) c + σ(i) tanh(g);  h' = σ(o) tanh(c').
+// i, f, g, o = split(W_ih x + b_ih + W_hh h + b_hh);  c' = σ(f) c + σ(i) tanh(g);  h' = σ(o) tanh(c'),
+// or with proj_size P: h' = W_hr (σ(o) tanh(c')), [B, P].
 template <class T>
 class LSTMCell : public GatedCell<T>, public fused::CellRules<T> {
 public:
-    LSTMCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init = {});
+    LSTMCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init = {},
+             const CellOptions& options = {});
     std::vector<std::string> state_names() const override { return {"h", "c"}; }
+    std::size_t state_size(std::size_t state) const override {
+        return state == 0 && proj_size() > 0 ? proj_size() : this->hidden_size();
+    }
     Tensor<T> prepare_input(const Tensor<T>& input) const override;
     State<T> step(const Tensor<T>& x_t, const State<T>& state) const override;
     std::string kind() const override;
+    std::size_t proj_size() const { return weight_hr_.defined() ? weight_hr_.size(0) : 0; }
+    const Tensor<T>& weight_hr() const { return weight_hr_; }  // [P, H], undefined without proj_size
 
-    const fused::CellRules<T>* fused_rules() const override { return this; }
+    // The rules cover the unprojected LSTM; with proj_size the layer runs step().
+    const fused::CellRules<T>* fused_rules() const override { return proj_size() > 0 ? nullptr : this; }
+    std::string why_no_fused_rules() const override {
+        return proj_size() > 0 ? "an LSTM with proj_size has no fused rules (its projection runs on the generic path)"
+                               : RecurrentCell<T>::why_no_fused_rules();
+    }
     const std::type_info& rules_cell_type() const override { return typeid(LSTMCell); }
     fused::CellLayout layout() const override { return {.gates = 4, .states = 2, .recurrent = 4}; }
     std::vector<std::string> gate_names() const override { return {"input", "forget", "cell", "output"}; }
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
+
+private:
+    Tensor<T> weight_hr_;
 };
 
 // r = σ(W_ir x + b_ir + W_hr h + b_hr);  z = σ(W_iz x + b_iz + W_hz h + b_hz);
@@ -90,7 +118,8 @@ public:
 template <class T>
 class GRUCell : public GatedCell<T>, public fused::CellRules<T> {
 public:
-    GRUCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init = {});
+    GRUCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init = {},
+            const CellOptions& options = {});
     Tensor<T> prepare_input(const Tensor<T>& input) const override;
     State<T> step(const Tensor<T>& x_t, const State<T>& state) const override;
     std::string kind() const override;

@@ -44,12 +44,19 @@ struct RecurrentOptions {
     ExecutionPath path = ExecutionPath::fused;
     std::uint64_t seed = 0;  // initialisation and dropout
     CellInit init = {};
+    // PyTorch's bias=False: no bias_ih_l<k>, bias_hh_l<k> (built-in cells).
+    bool bias = true;
+    // LSTM only, PyTorch's proj_size: h (and so the output and the next layer's input) has
+    // proj_size units, c keeps hidden_size; adds weight_hr_l<k> [proj_size, hidden_size].
+    std::size_t proj_size = 0;
+
+    CellOptions cell_options() const { return {.bias = bias, .proj_size = proj_size}; }
 };
 
 template <class T>
 struct RecurrentResult {
-    Tensor<T> output;               // [T, B, D*H] (or [B, T, D*H] when batch_first)
-    std::vector<Tensor<T>> state;   // per state tensor (h, then c for LSTM): [L*D, B, H]
+    Tensor<T> output;               // [T, B, D*H] (or [B, T, D*H] when batch_first); H is proj_size if set
+    std::vector<Tensor<T>> state;   // per state tensor (h, then c for LSTM): [L*D, B, H] (h: proj_size if set)
     const Tensor<T>& h_n() const { return state.at(0); }
     const Tensor<T>& c_n() const { return state.at(1); }
 };
@@ -82,6 +89,8 @@ public:
     std::size_t num_directions() const { return options_.bidirectional ? 2 : 1; }
     const RecurrentCell<T>& cell(std::size_t layer, std::size_t direction) const;
     std::vector<std::string> state_names() const { return cells_.front()->state_names(); }
+    // The width of state tensor s: hidden_size, or proj_size for an LSTM's h with projections.
+    std::size_t state_size(std::size_t s) const { return cells_.front()->state_size(s); }
     // An observer needs every step's hidden state on the tape, so it implies the generic path.
     void set_step_observer(StepObserver<T> observer) { observer_ = std::move(observer); }
     // A probe, like an observer, needs every step on the tape: it implies the generic path.
