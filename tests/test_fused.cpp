@@ -42,9 +42,11 @@ struct Config {
     // Which results the loss uses: output, h_n, c_n (at least one).
     bool use_output = true, use_h = true, use_c = true;
     bool x_requires_grad = true;
+    bool bias = true;
 
     std::string to_string() const {
-        return fmt::format("{} L={} {} T={} B={} I={} H={} lengths={} state={} {}{} loss:{}{}{}", cell, layers,
+        return fmt::format("{}{} L={} {} T={} B={} I={} H={} lengths={} state={} {}{} loss:{}{}{}", cell,
+                           bias ? "" : " no-bias", layers,
                            bidirectional ? "bi" : "uni", steps, batch, input, hidden,
                            lengths.empty() ? std::string("none") : fmt::format("{}", fmt::join(lengths, ",")),
                            given_state ? "given" : (initial == InitialState::learned ? "learned" : "zeros"),
@@ -81,6 +83,7 @@ Config random_config(Generator& g, std::size_t max_steps = 50) {
     c.use_h = loss != 2;
     c.use_c = loss != 3;
     if (loss == 4) c.use_h = c.use_c = false;
+    c.bias = pick(0, 3) != 0;
     return c;
 }
 
@@ -151,7 +154,7 @@ template <class T>
 std::shared_ptr<Recurrent<T>> make_layer(const Config& c, ExecutionPath path, std::uint64_t seed, double dropout = 0) {
     RecurrentOptions options{.input_size = c.input, .hidden_size = c.hidden, .num_layers = c.layers,
                              .bidirectional = c.bidirectional, .dropout = dropout, .batch_first = c.batch_first,
-                             .initial_state = c.initial, .path = path, .seed = seed};
+                             .initial_state = c.initial, .path = path, .seed = seed, .bias = c.bias};
     auto layer = make_recurrent<T>(c.cell, options);
     if (c.initial == InitialState::learned) {
         // Non-zero learned states, so their gradients are tested on a non-trivial point.
@@ -217,6 +220,9 @@ std::vector<Config> corner_cases() {
         c.lengths = {7, 1, 3, 7, 2};
         c.given_state = true;
         list.push_back(c);  // lengths, both directions, states, tails in both precisions
+        c.bias = false;
+        list.push_back(c);  // the same without biases (GRU's rule then has no b_hn)
+        c.bias = true;
         c.lengths = {1, 1, 1, 1, 1};
         list.push_back(c);  // every sequence one step long
         c.lengths.clear();
@@ -288,17 +294,20 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         bool bidirectional;
         std::vector<std::int64_t> lengths;
         bool given_state;
+        bool bias = true;
     };
     const std::vector<Case> cases{
         {"lstm", 1, false, {}, false},        {"gru", 1, false, {}, true},
         {"rnn_tanh", 2, true, {}, true},      {"rnn_relu", 1, true, {3, 1, 4}, false},
         {"lstm", 2, true, {4, 2, 3}, true},   {"gru", 2, true, {2, 4, 1}, true},
+        {"rnn_tanh", 1, true, {}, true, false}, {"lstm", 2, false, {4, 2, 3}, true, false},
+        {"gru", 2, true, {2, 4, 1}, true, false},
     };
     for (const auto& k : cases) {
         const std::size_t steps = 4, batch = k.lengths.empty() ? 2 : k.lengths.size(), input = 3, hidden = 5;
         auto layer = make_recurrent<double>(
             k.cell, {.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
-                     .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7});
+                     .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7, .bias = k.bias});
         Generator g(11);
         const Tensor<double> x = random_tensor<double>({steps, batch, input}, g, 1.0, true);
         std::vector<Tensor<double>> initial;
@@ -310,7 +319,8 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         BOOST_REQUIRE(layer->options().path == ExecutionPath::fused);
         GradcheckReport report = gradcheck_layer(*layer, x, initial, lengths);
         BOOST_TEST(layer->uses_fused());
-        BOOST_TEST(report.passed, k.cell << " L=" << k.layers << (k.bidirectional ? " bi" : "") << ":\n"
+        BOOST_TEST(report.passed, k.cell << " L=" << k.layers << (k.bidirectional ? " bi" : "")
+                                         << (k.bias ? "" : " no-bias") << ":\n"
                                          << report.to_string());
     }
 }
@@ -486,6 +496,20 @@ BOOST_AUTO_TEST_CASE(fused_on_a_cell_without_rules_runs_step_and_says_so) {
     layer.set_path(ExecutionPath::generic);
     layer.forward(random_tensor<double>({4, 2, 2}, g));
     BOOST_TEST(layer.path_note().empty());
+}
+
+BOOST_AUTO_TEST_CASE(an_lstm_with_proj_size_runs_step_on_the_fused_path_and_says_so) {
+    auto layer = make_lstm<double>({.input_size = 3, .hidden_size = 4, .num_layers = 2, .bidirectional = true,
+                                    .path = ExecutionPath::fused, .proj_size = 2});
+    const auto result = layer->forward(Tensor<double>::ones({5, 2, 3}));
+    BOOST_TEST(!layer->uses_fused());
+    BOOST_TEST(layer->path_note() ==
+                   "layer 0 direction 0: an LSTM with proj_size has no fused rules (its projection runs on the generic path)",
+               layer->path_note());
+    BOOST_TEST(result.output.shape() == Shape({5, 2, 4}));
+    auto plain = make_lstm<double>({.input_size = 3, .hidden_size = 4, .path = ExecutionPath::fused});
+    plain->forward(Tensor<double>::ones({5, 2, 3}));
+    BOOST_TEST(plain->uses_fused());
 }
 
 BOOST_AUTO_TEST_CASE(a_step_observer_runs_step_and_says_so) {

@@ -25,16 +25,19 @@ struct LayerCase {
     std::vector<std::int64_t> lengths;  // empty: full length
     bool given_initial_state = false;
     InitialState initial = InitialState::zeros;
+    bool bias = true;
+    std::size_t proj_size = 0;
 };
 
 // Gradient check of a whole layer: every parameter, x and the given initial states, through
 // output, h_n and (LSTM) c_n.
 GradcheckReport check_layer(const LayerCase& c, std::shared_ptr<Recurrent<double>> layer = nullptr) {
-    const std::size_t steps = 4, batch = c.lengths.empty() ? 2 : c.lengths.size(), input_size = 3, hidden = 2;
+    const std::size_t steps = 4, batch = c.lengths.empty() ? 2 : c.lengths.size(), input_size = 3;
+    const std::size_t hidden = c.proj_size > 0 ? 3 : 2;
     if (!layer) {
         RecurrentOptions options{.input_size = input_size, .hidden_size = hidden, .num_layers = c.layers,
                                  .bidirectional = c.bidirectional, .initial_state = c.initial,
-                                 .path = ExecutionPath::generic, .seed = 7};
+                                 .path = ExecutionPath::generic, .seed = 7, .bias = c.bias, .proj_size = c.proj_size};
         layer = make_recurrent<double>(c.cell, options);
     }
     Generator generator(11);
@@ -42,7 +45,8 @@ GradcheckReport check_layer(const LayerCase& c, std::shared_ptr<Recurrent<double
     std::vector<Tensor<double>> initial;
     if (c.given_initial_state)
         for (std::size_t s = 0; s < layer->state_names().size(); ++s)
-            initial.push_back(random_tensor({c.layers * (c.bidirectional ? 2 : 1), batch, hidden}, generator, 0.5));
+            initial.push_back(
+                random_tensor({c.layers * (c.bidirectional ? 2 : 1), batch, layer->state_size(s)}, generator, 0.5));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!c.lengths.empty()) lengths = c.lengths;
     return gradcheck_layer(*layer, x, initial, lengths);
@@ -68,6 +72,52 @@ BOOST_AUTO_TEST_CASE(parameter_names_and_shapes_are_pytorchs) {
     BOOST_TEST(gru->parameter("bias_hh_l0").shape() == Shape({15}));
 }
 
+BOOST_AUTO_TEST_CASE(without_bias_only_the_weights_exist_under_pytorchs_names) {
+    for (std::string cell : {"rnn_tanh", "rnn_relu", "lstm", "gru"}) {
+        auto layer = make_recurrent<double>(cell, {.input_size = 3, .hidden_size = 5, .num_layers = 2,
+                                                   .bidirectional = true, .bias = false});
+        std::vector<std::string> names;
+        for (const auto& [name, p] : layer->named_parameters()) names.push_back(name);
+        const std::vector<std::string> expected{"weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse",
+                                                "weight_hh_l0_reverse", "weight_ih_l1", "weight_hh_l1",
+                                                "weight_ih_l1_reverse", "weight_hh_l1_reverse"};
+        BOOST_TEST(names == expected, cell);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(an_lstm_with_proj_size_has_weight_hr_and_projected_shapes) {
+    auto lstm = make_lstm<double>({.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true,
+                                   .proj_size = 2});
+    std::vector<std::string> names;
+    for (const auto& [name, p] : lstm->named_parameters()) names.push_back(name);
+    const std::vector<std::string> expected_l0{"weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_hr_l0"};
+    BOOST_TEST(std::vector<std::string>(names.begin(), names.begin() + 5) == expected_l0);
+    BOOST_TEST(names.size() == 20u);
+    BOOST_TEST(lstm->parameter("weight_hh_l0").shape() == Shape({20, 2}));
+    BOOST_TEST(lstm->parameter("weight_hr_l0_reverse").shape() == Shape({2, 5}));
+    BOOST_TEST(lstm->parameter("weight_ih_l1").shape() == Shape({20, 4}));  // proj_size * D
+    auto result = lstm->forward(Tensor<double>::ones({6, 3, 3}));
+    BOOST_TEST(result.output.shape() == Shape({6, 3, 4}));
+    BOOST_TEST(result.h_n().shape() == Shape({4, 3, 2}));
+    BOOST_TEST(result.c_n().shape() == Shape({4, 3, 5}));
+}
+
+BOOST_AUTO_TEST_CASE(proj_size_outside_an_lstm_or_not_below_hidden_size_is_a_clear_error) {
+    auto message_of = [](auto make) -> std::string {
+        try {
+            make();
+        } catch (const std::invalid_argument& e) {
+            return e.what();
+        }
+        return "no error";
+    };
+    const std::string gru = message_of([] { make_gru<double>({.input_size = 3, .hidden_size = 5, .proj_size = 2}); });
+    BOOST_TEST(gru.find("expected 2 (proj_size), got 5") != std::string::npos, gru);
+    BOOST_TEST(gru.find("LSTM option") != std::string::npos, gru);
+    const std::string big = message_of([] { make_lstm<double>({.input_size = 3, .hidden_size = 5, .proj_size = 5}); });
+    BOOST_TEST(big.find("proj_size must be smaller than hidden_size: expected < 5, got 5") != std::string::npos, big);
+}
+
 BOOST_AUTO_TEST_CASE(output_and_state_shapes) {
     auto lstm = make_lstm<double>({.input_size = 3, .hidden_size = 4, .num_layers = 3, .bidirectional = true});
     auto result = lstm->forward(Tensor<double>::ones({5, 2, 3}));
@@ -91,6 +141,30 @@ BOOST_AUTO_TEST_CASE(every_cell_passes_gradcheck_in_every_configuration) {
                                                        << " lengths=" << with_lengths << " h0=" << with_initial << "\n"
                                                        << report.to_string());
                     }
+}
+
+BOOST_AUTO_TEST_CASE(every_cell_without_bias_passes_gradcheck) {
+    for (std::string cell : {"rnn_tanh", "rnn_relu", "lstm", "gru"})
+        for (bool bidirectional : {false, true}) {
+            LayerCase c{.cell = cell, .layers = 2, .bidirectional = bidirectional, .lengths = {4, 2, 1},
+                        .given_initial_state = true, .bias = false};
+            auto report = check_layer(c);
+            BOOST_TEST(report.passed, cell << " bidirectional=" << bidirectional << "\n" << report.to_string());
+        }
+}
+
+BOOST_AUTO_TEST_CASE(an_lstm_with_proj_size_passes_gradcheck) {
+    const std::vector<LayerCase> cases{
+        {.cell = "lstm", .proj_size = 1},
+        {.cell = "lstm", .layers = 2, .bidirectional = true, .lengths = {4, 2, 1}, .given_initial_state = true,
+         .proj_size = 2},
+        {.cell = "lstm", .layers = 3, .given_initial_state = true, .bias = false, .proj_size = 2},
+        {.cell = "lstm", .layers = 2, .bidirectional = true, .initial = InitialState::learned, .proj_size = 1},
+    };
+    for (const auto& c : cases) {
+        auto report = check_layer(c);
+        BOOST_TEST(report.passed, "L=" << c.layers << " P=" << c.proj_size << "\n" << report.to_string());
+    }
 }
 
 BOOST_AUTO_TEST_CASE(learned_initial_state_is_trained_and_gradchecked) {
