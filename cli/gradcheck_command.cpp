@@ -142,7 +142,7 @@ int run_gradcheck(const GradcheckRequest& request) {
 
     std::vector<PathReport> reports;
     for (const auto& [path, layer] : layers) {
-        reports.push_back({path, check_layer(request, *layer), std::nullopt});
+        reports.push_back({path, check_layer(request, *layer), std::nullopt, layer->path_note()});
         if (request.per_step) reports.back().per_step = check_steps(request, *layer);
     }
     std::optional<PathAgreement> agreement;

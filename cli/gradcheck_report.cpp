@@ -69,8 +69,9 @@ std::string report_text(const GradcheckRequest& request, const std::vector<PathR
                         const std::optional<PathAgreement>& agreement) {
     const GradcheckOptions& tolerance = request.tolerance;
     std::string text;
-    for (const auto& [path, report, per_step] : reports) {
+    for (const auto& [path, report, per_step, path_note] : reports) {
         text += fmt::format("gradcheck of {}, {} path\n", describe(request), path_name(path));
+        if (!path_note.empty()) text += fmt::format("  note: the fused path ran step(): {}\n", path_note);
         text += fmt::format("  {:<20} {:<12} {:>11} {:>11}  {}\n", "tensor", "shape", "max abs err", "max rel err",
                             "worst element");
         for (const InputCheck& check : report.inputs) {
@@ -111,7 +112,8 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
                         {"batch", request.batch},
                         {"lengths", request.lengths},
                         {"seed", request.seed}};
-    for (const auto& [path, report, per_step] : reports) {
+    for (const auto& [path, report, per_step, path_note] : reports) {
+        if (!path_note.empty()) result["path_notes"].push_back({{"path", path_name(path)}, {"note", path_note}});
         result["passed"] = result["passed"].get<bool>() && report.passed && (!per_step || per_step->passed);
         result["max_abs_error"] = std::max(result["max_abs_error"].get<double>(), report.max_abs_error);
         result["max_rel_error"] = std::max(result["max_rel_error"].get<double>(), report.max_rel_error);
@@ -131,7 +133,7 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
 
 std::string failure_summary(const std::vector<PathReport>& reports) {
     std::vector<std::string> failures;
-    for (const auto& [path, report, per_step] : reports) {
+    for (const auto& [path, report, per_step, path_note] : reports) {
         std::vector<std::string> names;
         for (const InputCheck& check : report.inputs)
             if (!check.passed) names.push_back(check.name);

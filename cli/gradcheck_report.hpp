@@ -34,6 +34,7 @@ struct PathReport {
     nn::ExecutionPath path;
     GradcheckReport report;
     std::optional<nn::PerStepReport> per_step;  // with --per-step
+    std::string path_note;  // the layer's path_note(): why the fused path ran step() (e.g. proj_size)
 };
 
 // With --path both: how closely the two paths' analytic gradients agree.

@@ -49,6 +49,13 @@ void add_structure_options(CLI::App& command, LayerConfig& config) {
     command.add_flag("--no-bias{false}", config.bias, "no bias_ih, bias_hh (PyTorch's bias=False)");
     command.add_option("--proj-size", config.proj_size, "LSTM with projections: h has this many units (< H)")
         ->check(CLI::PositiveNumber);
+    command.callback([&config] {
+        if (config.proj_size > 0 && config.cell != "lstm")
+            throw CLI::ValidationError("--proj-size", "applies to --cell lstm only, got --cell " + config.cell);
+        if (config.proj_size >= config.hidden_size && config.proj_size > 0)
+            throw CLI::ValidationError("--proj-size", "must be smaller than --hidden-size " +
+                                                          std::to_string(config.hidden_size));
+    });
 }
 
 }  // namespace rw::cli

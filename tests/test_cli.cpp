@@ -202,6 +202,18 @@ BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_reports_each) {
     BOOST_TEST(run.out.find("fused vs generic analytic gradients: max relative difference") != std::string::npos, run.out);
 }
 
+BOOST_AUTO_TEST_CASE(gradcheck_of_a_projected_lstm_says_that_its_fused_path_ran_step) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "3",
+                                  "--proj-size", "2", "--no-bias", "--seq-len", "4", "--batch", "2", "--path", "both"});
+    BOOST_TEST(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    BOOST_TEST(run.out.find("weight_hr_l0") != std::string::npos, run.out);
+    BOOST_TEST(run.out.find("bias_ih_l0") == std::string::npos, run.out);
+    BOOST_TEST(run.out.find("note: the fused path ran step(): layer 0 direction 0: an LSTM with proj_size") !=
+                   std::string::npos,
+               run.out);
+}
+
 BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_finds_them_equal_to_round_off) {
     TempDir dir;
     const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--layers", "2", "--bidirectional", "--input-size", "3",
@@ -275,6 +287,13 @@ BOOST_AUTO_TEST_CASE(grad_rejects_bad_input) {
     BOOST_TEST_CONTEXT("wrong x shape") {
         const auto bad = inputs_with("bad_x.safetensors", "x", xt::xarray<double>::from_shape({steps, 4, 5}));
         expect_rejected(dir, grad_args(c, state, bad, out), out, {"'x'", "shape"});
+    }
+    BOOST_TEST_CONTEXT("--proj-size on a GRU") {
+        json gru = find_case("gru_l1_f64");
+        gru["proj_size"] = 1;
+        const fs::path gru_dir = fixtures / "gru_l1_f64";
+        expect_rejected(dir, grad_args(gru, gru_dir / "state.safetensors", gru_dir / "inputs.safetensors", out), out,
+                        {"--proj-size", "lstm only"});
     }
     BOOST_TEST_CONTEXT("a length of 0") {
         const auto bad = inputs_with("len0.safetensors", "lengths", lengths_with(1, 0));
