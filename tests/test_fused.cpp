@@ -15,13 +15,25 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
+#include "mgu_cell.hpp"  // examples/: a user's cell with hand-written fused rules (two GEMM stages)
+
 using namespace rw;
 using namespace rw::nn;
 
 namespace {
 
-// Every cell of the table of cells.
-const std::vector<std::string> cells = cell_names();
+// Every cell of the table of cells, and the examples' user cells with fused rules.
+const std::vector<std::string> cells = [] {
+    auto names = cell_names();
+    names.push_back("mgu");
+    return names;
+}();
+
+template <class T>
+CellFactory<T> factory_of(const std::string& cell, const CellInit& init = {}) {
+    if (cell == "mgu") return examples::mgu_factory<T>();
+    return cell_factory<T>(cell, init);
+}
 
 template <class T>
 Tensor<T> random_tensor(const Shape& shape, Generator& generator, double scale = 1.0, bool requires_grad = false) {
@@ -152,7 +164,7 @@ std::shared_ptr<Recurrent<T>> make_layer(const Config& c, ExecutionPath path, st
     RecurrentOptions options{.input_size = c.input, .hidden_size = c.hidden, .num_layers = c.layers,
                              .bidirectional = c.bidirectional, .dropout = dropout, .batch_first = c.batch_first,
                              .initial_state = c.initial, .path = path, .seed = seed};
-    auto layer = make_recurrent<T>(c.cell, options);
+    auto layer = std::make_shared<Recurrent<T>>(factory_of<T>(c.cell), options);
     if (c.initial == InitialState::learned) {
         // Non-zero learned states, so their gradients are tested on a non-trivial point.
         Generator g(seed + 99);
@@ -293,11 +305,12 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         {"lstm", 1, false, {}, false},        {"gru", 1, false, {}, true},
         {"rnn_tanh", 2, true, {}, true},      {"rnn_relu", 1, true, {3, 1, 4}, false},
         {"lstm", 2, true, {4, 2, 3}, true},   {"gru", 2, true, {2, 4, 1}, true},
+        {"mgu", 2, true, {2, 4, 1}, true},
     };
     for (const auto& k : cases) {
         const std::size_t steps = 4, batch = k.lengths.empty() ? 2 : k.lengths.size(), input = 3, hidden = 5;
-        auto layer = make_recurrent<double>(
-            k.cell, {.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
+        auto layer = std::make_shared<Recurrent<double>>(
+            factory_of<double>(k.cell), RecurrentOptions{.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
                      .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7});
         Generator g(11);
         const Tensor<double> x = random_tensor<double>({steps, batch, input}, g, 1.0, true);
@@ -322,8 +335,9 @@ BOOST_AUTO_TEST_CASE(truncated_bptt_matches_generic_chunk_by_chunk) {
             std::vector<std::vector<xt::xarray<double>>> grads_per_path;
             std::vector<std::vector<double>> losses_per_path;
             for (const auto path : {ExecutionPath::fused, ExecutionPath::generic}) {
-                auto layer = make_recurrent<double>(cell, {.input_size = 3, .hidden_size = 4, .num_layers = 2,
-                                                           .path = path, .seed = 17});
+                auto layer = std::make_shared<Recurrent<double>>(
+                    factory_of<double>(cell), RecurrentOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2,
+                                                               .path = path, .seed = 17});
                 Generator g(5);
                 const Tensor<double> stream = random_tensor<double>({13, 2, 3}, g, 1.0, false);
                 std::vector<xt::xarray<double>> grads;
@@ -498,7 +512,7 @@ BOOST_AUTO_TEST_CASE(a_step_observer_runs_step_and_says_so) {
 }
 
 BOOST_AUTO_TEST_CASE(the_table_of_cells_matches_the_cells_it_makes) {
-    BOOST_TEST(cells == (std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    BOOST_TEST(cell_names() == (std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
     for (const auto& info : cell_table()) {
         BOOST_TEST_CONTEXT(info.name) {
             BOOST_TEST(info.fused);
