@@ -15,7 +15,8 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
-#include "mgu_cell.hpp"  // examples/: a user's cell with hand-written fused rules (two GEMM stages)
+#include "indrnn_cell.hpp"  // examples/: user cells with hand-written fused rules: per-unit recurrent
+#include "mgu_cell.hpp"     // weights and no recurrent GEMM; two dependent GEMM stages
 
 using namespace rw;
 using namespace rw::nn;
@@ -26,12 +27,14 @@ namespace {
 const std::vector<std::string> cells = [] {
     auto names = cell_names();
     names.push_back("mgu");
+    names.push_back("indrnn");
     return names;
 }();
 
 template <class T>
 CellFactory<T> factory_of(const std::string& cell, const CellInit& init = {}) {
     if (cell == "mgu") return examples::mgu_factory<T>();
+    if (cell == "indrnn") return examples::indrnn_factory<T>();
     return cell_factory<T>(cell, init);
 }
 
@@ -187,12 +190,32 @@ double compare_paths(const Config& c, std::uint64_t seed, double tolerance) {
     BOOST_TEST_REQUIRE(!layer->uses_fused());
     double worst = 0;
     BOOST_REQUIRE_EQUAL(fused.values.size(), generic.values.size());
+    std::optional<RunResult<double>> exact;  // the float64 generic result, computed when needed
     for (std::size_t i = 0; i < fused.values.size(); ++i) {
-        const double error = relative_error(fused.values[i].second, generic.values[i].second);
+        double error = relative_error(fused.values[i].second, generic.values[i].second);
+        std::string note;
+        if (error > tolerance && std::is_same_v<T, float>) {
+            // A sum over T*B terms with cancellation (a 1x1 weight gradient, say) can differ by
+            // more than 1e-5 relative between two float32 summation orders. Then the fused
+            // result must be as close to the float64 result as the generic one is.
+            if (!exact) {
+                auto reference = make_layer<double>(c, ExecutionPath::generic, seed);
+                exact = run<double>(*reference, c, seed + 1);
+            }
+            const xt::xarray<double> truth = exact->values[i].second;
+            const double fused_off = relative_error(xt::xarray<double>(xt::cast<double>(fused.values[i].second)), truth);
+            const double generic_off = relative_error(xt::xarray<double>(xt::cast<double>(generic.values[i].second)), truth);
+            note = fmt::format(" (float64 reference: fused off by {:.3g}, generic by {:.3g})", fused_off, generic_off);
+            if (fused_off <= std::max(2 * generic_off, tolerance)) {
+                BOOST_TEST_MESSAGE(fmt::format("float32 {} differs by {:.3g} on {}, within round-off{}",
+                                               fused.values[i].first, error, c.to_string(), note));
+                error = tolerance;
+            }
+        }
         worst = std::max(worst, error);
-        BOOST_CHECK_MESSAGE(error <= tolerance, fmt::format("{}: {} differs by {:.3g} (relative) on {}",
+        BOOST_CHECK_MESSAGE(error <= tolerance, fmt::format("{}: {} differs by {:.3g} (relative) on {}{}",
                                                             sizeof(T) == 8 ? "float64" : "float32",
-                                                            fused.values[i].first, error, c.to_string()));
+                                                            fused.values[i].first, error, c.to_string(), note));
     }
     return worst;
 }
@@ -305,7 +328,7 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         {"lstm", 1, false, {}, false},        {"gru", 1, false, {}, true},
         {"rnn_tanh", 2, true, {}, true},      {"rnn_relu", 1, true, {3, 1, 4}, false},
         {"lstm", 2, true, {4, 2, 3}, true},   {"gru", 2, true, {2, 4, 1}, true},
-        {"mgu", 2, true, {2, 4, 1}, true},
+        {"mgu", 2, true, {2, 4, 1}, true},    {"indrnn", 2, true, {3, 4, 1}, true},
     };
     for (const auto& k : cases) {
         const std::size_t steps = 4, batch = k.lengths.empty() ? 2 : k.lengths.size(), input = 3, hidden = 5;
