@@ -90,8 +90,9 @@ template <class T>
 SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
                                               const Sequence& sequence, std::size_t layer, std::size_t direction) {
     if (options_.path == ExecutionPath::fused) {
-        std::string why_not = "a step observer needs every step on the tape";
-        const fused::CellRules<T>* rules = observer_ ? nullptr : cell.usable_fused_rules(&why_not);
+        std::string why_not = observer_ ? "a step observer needs every step on the tape"
+                                        : "a step probe needs every step on the tape";
+        const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
         if (rules) return fused::run_sequence(*rules, input, state, sequence.lengths, direction == 1, cell.kind());
         if (path_note_.empty()) path_note_ = fmt::format("layer {} direction {}: {}", layer, direction, why_not);
     }
@@ -105,6 +106,7 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         State<T> next = cell.step(prepared[t], state);
         if (next.size() != state.size())
             throw std::logic_error(fmt::format("recurrent cell returned {} state tensors, expected {}", next.size(), state.size()));
+        if (probe_) next[0] = probe_(layer, direction, t, next[0]);
         Tensor<T> output = next[0];
         if (!sequence.all_active(t)) {
             // Finished sequences keep their state (so h_n is taken at each one's own last step) and

@@ -60,6 +60,14 @@ template <class T>
 using StepObserver = std::function<void(std::size_t layer, std::size_t direction, std::size_t step,
                                         const Tensor<T>& hidden)>;
 
+// Called with each step's new hidden state h_t as the cell computed it; what it returns is h_t
+// from then on, for the step's output and the next step (rows whose sequence has ended keep
+// their state regardless). E.g. h_t + d_t with a zero leaf d_t: d_t's gradient is dL/dh_t, and
+// perturbing d_t moves h_t, which is how nn::gradcheck_layer_per_step checks dL/dh_t.
+template <class T>
+using StepProbe = std::function<Tensor<T>(std::size_t layer, std::size_t direction, std::size_t step,
+                                          const Tensor<T>& hidden)>;
+
 template <class T>
 class Recurrent : public Module<T> {
 public:
@@ -76,6 +84,8 @@ public:
     std::vector<std::string> state_names() const { return cells_.front()->state_names(); }
     // An observer needs every step's hidden state on the tape, so it implies the generic path.
     void set_step_observer(StepObserver<T> observer) { observer_ = std::move(observer); }
+    // A probe, like an observer, needs every step on the tape: it implies the generic path.
+    void set_step_probe(StepProbe<T> probe) { probe_ = std::move(probe); }
     void set_path(ExecutionPath path) { options_.path = path; }
     ExecutionPath path() const { return options_.path; }
     // Whether every layer and direction of the last forward() ran on fused rules.
@@ -97,6 +107,7 @@ private:
     std::vector<std::shared_ptr<RecurrentCell<T>>> cells_;  // layer-major, then direction
     std::vector<std::vector<Tensor<T>>> learned_initial_;    // same order, one per state tensor
     StepObserver<T> observer_;
+    StepProbe<T> probe_;
     bool last_fused_ = false;
     std::string path_note_;
 };
