@@ -525,6 +525,19 @@ BOOST_AUTO_TEST_CASE(fused_on_a_cell_without_rules_runs_step_and_says_so) {
     BOOST_TEST(layer.path_note().empty());
 }
 
+BOOST_AUTO_TEST_CASE(the_graph_keeps_the_cells_rules_alive_past_the_layer) {
+    Generator g(1);
+    auto x = random_tensor<double>({4, 2, 3}, g, 1.0, true);
+    Tensor<double> loss;
+    {
+        auto gru = make_gru<double>({.input_size = 3, .hidden_size = 4});
+        loss = sum(gru->forward(x).output);
+        BOOST_TEST(gru->uses_fused());
+    }
+    loss.backward();  // the layer is gone; its cells live on with the graph
+    BOOST_TEST(x.grad().defined());
+}
+
 BOOST_AUTO_TEST_CASE(a_step_observer_runs_step_and_says_so) {
     auto gru = make_gru<double>({.input_size = 2, .hidden_size = 3});
     gru->set_step_observer([](std::size_t, std::size_t, std::size_t, const Tensor<double>&) {});
