@@ -30,6 +30,7 @@ Command add_grad_command(CLI::App& app);
 Command add_gradcheck_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_flow_command(CLI::App& app);
+Command add_check_fused_command(CLI::App& app);
 
 // --threads N of every command, applied with apply_threads() before any computation.
 void add_threads_option(CLI::App& command, int& threads);

@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--cells", cells, "cells to compare")
         ->delimiter(',')
-        ->check(CLI::IsMember({"rnn_tanh", "rnn_relu", "lstm", "gru"}))
+        ->check(CLI::IsMember(rw::nn::cell_names()))
         ->capture_default_str();
     examples::add_curve_options(app, curve_options, "the held-out MSE curves");
     examples::add_json_option(app, json);
