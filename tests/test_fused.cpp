@@ -15,19 +15,15 @@
 #include <rewind/nn.hpp>
 #include <rewind/nn/fused/kernels.hpp>
 
+#include "test_helpers.hpp"
+
 using namespace rw;
 using namespace rw::nn;
+using testing::random_tensor;
 
 namespace {
 
 const char* const cells[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
-
-template <class T>
-Tensor<T> random_tensor(const Shape& shape, Generator& generator, double scale = 1.0, bool requires_grad = false) {
-    xt::xarray<T> value = xt::xarray<T>::from_shape(shape);
-    for (auto& v : value) v = static_cast<T>(generator.uniform(-scale, scale));
-    return Tensor<T>(std::move(value), requires_grad);
-}
 
 struct Config {
     std::string cell;

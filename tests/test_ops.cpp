@@ -17,9 +17,14 @@
 
 #include <rewind/autograd.hpp>
 
+#include "test_helpers.hpp"
+
 using namespace rw;
 using Array = xt::xarray<double>;
 using Inputs = std::vector<Tensor<double>>;
+using testing::expect_error;
+namespace tt = boost::test_tools;
+using testing::max_abs_difference;
 
 namespace {
 
@@ -76,27 +81,6 @@ void expect_gradients_match(const CheckedFunction& function, const Inputs& input
 void expect_second_derivatives_match(const CheckedFunction& function, const Inputs& inputs) {
     const GradcheckReport report = gradgradcheck(function, inputs);
     BOOST_CHECK_MESSAGE(report.passed, report.to_string());
-}
-
-// Runs `action` and expects an Error whose message contains every fragment.
-template <class Error, class Action>
-void expect_error(Action action, const std::vector<std::string>& fragments) {
-    try {
-        action();
-        BOOST_ERROR("nothing was thrown");
-    } catch (const Error& error) {
-        const std::string message = error.what();
-        for (const auto& fragment : fragments)
-            BOOST_CHECK_MESSAGE(message.find(fragment) != std::string::npos,
-                                "message \"" << message << "\" does not contain \"" << fragment << "\"");
-    }
-}
-
-double max_difference(const xt::xarray<float>& a, const Array& b) {
-    BOOST_REQUIRE(to_shape(a.shape()) == to_shape(b.shape()));
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(double(a.data()[i]) - b.data()[i]));
-    return worst;
 }
 
 using BinaryOp = Tensor<double> (*)(const Tensor<double>&, const Tensor<double>&);
@@ -353,6 +337,88 @@ BOOST_AUTO_TEST_CASE(cross_entropy_with_mask_gradient_matches_numeric) {
 
 BOOST_AUTO_TEST_CASE(mse_loss_gradient_matches_numeric_for_prediction_and_target) {
     expect_gradients_match([](const Inputs& x) { return mse_loss(x[0], x[1]); }, {input({3, 4}, 1), input({3, 4}, 2)});
+}
+
+BOOST_AUTO_TEST_CASE(cross_entropy_gradient_matches_numeric_for_every_reduction) {
+    const Array mask{1.0, 0.0, 2.0, 0.5};
+    for (const Reduction reduction : {Reduction::mean, Reduction::sum, Reduction::none})
+        BOOST_TEST_CONTEXT("reduction " << int(reduction)) {
+            expect_gradients_match(
+                [&](const Inputs& x) { return weighted_sum({cross_entropy<double>(x[0], {1, 0, 4, 4}, mask, reduction)}); },
+                {input({4, 5}, 1, -2.0, 2.0)});
+        }
+}
+
+BOOST_AUTO_TEST_CASE(cross_entropy_with_probability_targets_gradient_matches_numeric_for_logits_and_targets) {
+    for (const Reduction reduction : {Reduction::mean, Reduction::sum, Reduction::none})
+        BOOST_TEST_CONTEXT("reduction " << int(reduction)) {
+            expect_gradients_match([&](const Inputs& x) { return weighted_sum({cross_entropy(x[0], softmax(x[1], 1), reduction)}); },
+                                   {input({3, 5}, 1, -2.0, 2.0), input({3, 5}, 2)});
+            expect_second_derivatives_match([&](const Inputs& x) { return weighted_sum({cross_entropy(x[0], softmax(x[1], 1), reduction)}); },
+                                            {input({3, 5}, 1, -2.0, 2.0), input({3, 5}, 2)});
+        }
+}
+
+BOOST_AUTO_TEST_CASE(mse_loss_gradient_matches_numeric_for_every_reduction) {
+    for (const Reduction reduction : {Reduction::mean, Reduction::sum, Reduction::none})
+        BOOST_TEST_CONTEXT("reduction " << int(reduction)) {
+            expect_gradients_match([&](const Inputs& x) { return weighted_sum({mse_loss(x[0], x[1], reduction)}); },
+                                   {input({3, 4}, 1), input({3, 4}, 2)});
+        }
+}
+
+BOOST_AUTO_TEST_CASE(cross_entropy_reductions_are_the_sum_and_the_weighted_mean_of_the_per_row_losses) {
+    const Tensor<double> logits = input({4, 5}, 3, -2.0, 2.0);
+    const Array mask{1.0, 0.0, 2.0, 0.5};
+    const std::vector<std::int64_t> targets{1, 0, 4, 4};
+    const Array rows = cross_entropy<double>(logits, targets, mask, Reduction::none).value();
+    BOOST_TEST(to_shape(rows.shape()) == Shape{4});
+    BOOST_TEST(rows(1) == 0.0);  // a masked row
+    const double total = rows(0) + rows(2) + rows(3);
+    BOOST_TEST(cross_entropy<double>(logits, targets, mask, Reduction::sum).item() == total, tt::tolerance(1e-14));
+    BOOST_TEST(cross_entropy<double>(logits, targets, mask).item() == total / 3.5, tt::tolerance(1e-14));
+}
+
+BOOST_AUTO_TEST_CASE(cross_entropy_with_one_hot_probabilities_equals_cross_entropy_with_class_indices) {
+    const Tensor<double> logits = input({3, 4}, 4, -2.0, 2.0);
+    const Array one_hot{{0, 1, 0, 0}, {0, 0, 0, 1}, {1, 0, 0, 0}};
+    BOOST_TEST(cross_entropy(logits, Tensor<double>(one_hot)).item() == cross_entropy(logits, {1, 3, 0}).item(),
+               tt::tolerance(1e-14));
+}
+
+BOOST_AUTO_TEST_CASE(squeeze_and_unsqueeze_gradients_match_numeric_on_every_axis) {
+    for (std::size_t axis = 0; axis < 3; ++axis)
+        BOOST_TEST_CONTEXT("axis " << axis) {
+            Shape shape{2, 3, 4};
+            shape[axis] = 1;
+            expect_gradients_match([axis](const Inputs& x) { return squeeze(x[0], axis); }, {input(shape, 1)});
+            expect_second_derivatives_match(squared([axis](const Inputs& x) { return squeeze(x[0], axis); }), {input(shape, 1)});
+            expect_gradients_match([axis](const Inputs& x) { return unsqueeze(x[0], axis); }, {input({2, 3}, 2)});
+            expect_second_derivatives_match(squared([axis](const Inputs& x) { return unsqueeze(x[0], axis); }),
+                                            {input({2, 3}, 2)});
+        }
+}
+
+BOOST_AUTO_TEST_CASE(squeeze_removes_and_unsqueeze_inserts_one_axis_of_extent_one) {
+    const Tensor<double> x = input({2, 1, 3}, 5);
+    BOOST_TEST(squeeze(x, 1).shape() == (Shape{2, 3}));
+    BOOST_TEST(unsqueeze(x, 3).shape() == (Shape{2, 1, 3, 1}));
+    BOOST_TEST(unsqueeze(x, 0).shape() == (Shape{1, 2, 1, 3}));
+    BOOST_TEST(squeeze(x, 1).grad_fn()->name == "squeeze");
+}
+
+BOOST_AUTO_TEST_CASE(squeeze_of_an_axis_longer_than_one_and_unsqueeze_past_the_end_name_the_op) {
+    expect_error<ShapeError>([] { squeeze(Tensor<double>::zeros({2, 3}), 1); }, {"squeeze", "axis 1 has extent 3, expected 1"});
+    expect_error<ShapeError>([] { unsqueeze(Tensor<double>::zeros({2, 3}), 3); }, {"unsqueeze", "axis 3 out of range 0..2"});
+}
+
+BOOST_AUTO_TEST_CASE(argmax_picks_the_first_largest_element_along_the_axis_and_removes_it) {
+    const Tensor<double> x(Array{{0.1, 0.9, 0.9}, {2.0, -1.0, 0.5}});
+    BOOST_TEST(argmax(x, 1) == (xt::xarray<std::int64_t>{1, 0}));
+    BOOST_TEST(argmax(x, 0) == (xt::xarray<std::int64_t>{1, 0, 0}));
+    const Tensor<float> three(xt::xarray<float>{{{1, 5}, {7, 2}}, {{0, 9}, {3, 4}}});
+    BOOST_TEST(argmax(three, 2) == (xt::xarray<std::int64_t>{{1, 0}, {1, 1}}));
+    expect_error<ShapeError>([&] { argmax(x, 2); }, {"argmax", "axis 2 out of range"});
 }
 
 BOOST_AUTO_TEST_CASE(dropout_gradient_matches_numeric_in_training_with_a_fixed_seed) {
@@ -884,7 +950,7 @@ BOOST_AUTO_TEST_CASE(cross_entropy_target_out_of_range_names_the_op_the_target_a
 
 BOOST_AUTO_TEST_CASE(cross_entropy_with_a_target_count_other_than_the_rows_names_both_counts) {
     expect_error<ShapeError>([] { cross_entropy(Tensor<double>::zeros({2, 3}), {0, 1, 2}); },
-                             {"cross_entropy", "3 targets for 2 rows", shape_string({2, 3})});
+                             {"cross_entropy", "expected 2 targets (one per row of logits), got 3", shape_string({2, 3})});
 }
 
 BOOST_AUTO_TEST_CASE(cross_entropy_of_logits_that_are_not_2d_names_the_shape) {
@@ -894,7 +960,7 @@ BOOST_AUTO_TEST_CASE(cross_entropy_of_logits_that_are_not_2d_names_the_shape) {
 
 BOOST_AUTO_TEST_CASE(cross_entropy_mask_of_the_wrong_shape_names_both_shapes) {
     expect_error<ShapeError>([] { cross_entropy<double>(Tensor<double>::zeros({2, 3}), {0, 1}, Array{1.0, 1.0, 1.0}); },
-                             {"cross_entropy", shape_string({3}), shape_string({2, 3})});
+                             {"cross_entropy: the mask (one weight per row of logits) has the wrong shape: expected [2], got [3]"});
 }
 
 BOOST_AUTO_TEST_CASE(cross_entropy_mask_summing_to_zero_throws_invalid_argument) {
@@ -933,14 +999,14 @@ BOOST_AUTO_TEST_CASE(float_forward_values_match_double_within_1e_5) {
     const Array x = random_array({3, 4}, 1, -2.0, 2.0), w = random_array({4, 5}, 2, -1.0, 1.0);
     const Tensor<double> xd(x), wd(w);
     const Tensor<float> xf(xt::xarray<float>(xt::cast<float>(x))), wf(xt::xarray<float>(xt::cast<float>(w)));
-    BOOST_TEST(max_difference(softmax(xf, 1).value(), softmax(xd, 1).value()) < 1e-5);
-    BOOST_TEST(max_difference(log_softmax(xf, 0).value(), log_softmax(xd, 0).value()) < 1e-5);
-    BOOST_TEST(max_difference(tanh(xf).value(), tanh(xd).value()) < 1e-5);
-    BOOST_TEST(max_difference(sigmoid(xf).value(), sigmoid(xd).value()) < 1e-5);
-    BOOST_TEST(max_difference(matmul(xf, wf).value(), matmul(xd, wd).value()) < 1e-5);
-    BOOST_TEST(max_difference(concat<float>({slice(xf, 1, 0, 1), xf}, 1).value(),
+    BOOST_TEST(max_abs_difference(softmax(xf, 1).value(), softmax(xd, 1).value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(log_softmax(xf, 0).value(), log_softmax(xd, 0).value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(tanh(xf).value(), tanh(xd).value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(sigmoid(xf).value(), sigmoid(xd).value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(matmul(xf, wf).value(), matmul(xd, wd).value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(concat<float>({slice(xf, 1, 0, 1), xf}, 1).value(),
                               concat<double>({slice(xd, 1, 0, 1), xd}, 1).value()) < 1e-5);
-    BOOST_TEST(max_difference(cross_entropy(xf, {0, 3, 1}).value(), cross_entropy(xd, {0, 3, 1}).value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(cross_entropy(xf, {0, 3, 1}).value(), cross_entropy(xd, {0, 3, 1}).value()) < 1e-5);
 }
 
 BOOST_AUTO_TEST_CASE(float_gradients_match_double_within_1e_5) {
@@ -949,8 +1015,8 @@ BOOST_AUTO_TEST_CASE(float_gradients_match_double_within_1e_5) {
     Tensor<float> xf(xt::xarray<float>(xt::cast<float>(x)), true), wf(xt::xarray<float>(xt::cast<float>(w)), true);
     cross_entropy(tanh(matmul(xd, wd)), {0, 4, 2}).backward();
     cross_entropy(tanh(matmul(xf, wf)), {0, 4, 2}).backward();
-    BOOST_TEST(max_difference(xf.grad().value(), xd.grad().value()) < 1e-5);
-    BOOST_TEST(max_difference(wf.grad().value(), wd.grad().value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(xf.grad().value(), xd.grad().value()) < 1e-5);
+    BOOST_TEST(max_abs_difference(wf.grad().value(), wd.grad().value()) < 1e-5);
 }
 
 BOOST_AUTO_TEST_CASE(float_softmax_of_1000_and_1001_is_finite_and_correct) {

@@ -27,28 +27,21 @@
 #include <rewind/nn/io/state_dict.hpp>
 #include <rewind/nn/train/tbptt.hpp>
 
+#include "test_helpers.hpp"
+
 using namespace rw;
 using namespace rw::nn;
 using Array = xt::xarray<double>;
 namespace fs = std::filesystem;
 namespace tt = boost::test_tools;
+using testing::max_abs_difference;
+using testing::random_tensor;
 
 namespace {
 
 const fs::path fixtures = fs::path(REWIND_TESTS_DIR) / "fixtures" / "optim";
 
 Tensor<double> leaf(Array value) { return Tensor<double>(std::move(value), true); }
-
-Tensor<double> random_tensor(const Shape& shape, Generator& generator, bool requires_grad = false) {
-    Array value = Array::from_shape(shape);
-    for (auto& v : value) v = generator.uniform(-1, 1);
-    return Tensor<double>(std::move(value), requires_grad);
-}
-
-double max_abs_difference(const Array& a, const Array& b) {
-    BOOST_REQUIRE(a.shape() == b.shape());
-    return a.size() == 0 ? 0.0 : double(xt::amax(xt::abs(a - b))());
-}
 
 // A file in the temp directory, removed however the test ends.
 struct TempFile {
@@ -608,7 +601,7 @@ BOOST_AUTO_TEST_CASE(variational_dropout_lstm_passes_gradcheck_with_the_mask_fix
     auto layer = make_variational_recurrent<double>("lstm", {.input_size = 3, .hidden_size = 4, .num_layers = 2, .seed = 8},
                                                     {.input = 0.3, .hidden = 0.3});
     Generator generator(4);
-    std::vector<Tensor<double>> inputs{random_tensor({4, 2, 3}, generator, true)};
+    std::vector<Tensor<double>> inputs{random_tensor({4, 2, 3}, generator, 1.0, true)};
     for (auto& parameter : layer->parameters()) inputs.push_back(parameter);
     const std::string masks = layer->generator().state();
     auto function = [&](const std::vector<Tensor<double>>& xs) {

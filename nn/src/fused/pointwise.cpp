@@ -5,9 +5,6 @@
 #include <cstring>
 #include <type_traits>
 
-// gcc 12 reports -Wmaybe-uninitialized inside its own AVX-512 intrinsics (the undefined-vector
-// idiom of _mm512_undefined_*) when xsimd inlines them; a known false positive.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <xsimd/xsimd.hpp>
 
 #include "rewind/nn/fused/kernels.hpp"
