@@ -267,9 +267,9 @@ BOOST_AUTO_TEST_CASE(records_one_op_per_layer_and_direction) {
     auto x = random_tensor<double>({5, 2, 3}, g, 1.0, true);
     auto result = lstm->forward(x);
     BOOST_REQUIRE(result.output.grad_fn());
-    BOOST_TEST(result.output.grad_fn()->name == "fused_lstm");
-    BOOST_TEST(result.output.grad_fn()->inputs.size() == 7u);  // x, 4 parameters, h0, c0
-    BOOST_TEST(result.output.grad_fn()->outputs.size() == 3u);
+    BOOST_TEST(result.output.grad_fn()->name() == "fused_lstm");
+    BOOST_TEST(result.output.grad_fn()->inputs().size() == 7u);  // x, 4 parameters, h0, c0
+    BOOST_TEST(result.output.grad_fn()->num_outputs() == 3u);
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
