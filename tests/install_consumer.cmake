@@ -1,6 +1,8 @@
 # Installs a built rewind into a fresh prefix, then configures, builds and runs a separate
 # project (tests/consumer) against that prefix alone, the way a user of the package would.
 #
+# Then it builds the examples the package ships (share/rewind/examples) the same way.
+#
 #   cmake -DREWIND_BUILD_DIR=<build> -DCONSUMER_SOURCE_DIR=<tests/consumer> -DWORK_DIR=<scratch>
 #         [-DCXX_COMPILER=<c++>] [-DBUILD_TYPE=Release] -P tests/install_consumer.cmake
 
@@ -34,27 +36,38 @@ if(NOT EXISTS ${prefix}/lib/cmake/rewind/rewindConfig.cmake AND NOT EXISTS ${pre
   endif()
 endif()
 
-set(configure_args -S ${CONSUMER_SOURCE_DIR} -B ${consumer_build}
-  -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
-  -DCMAKE_PREFIX_PATH=${prefix}
-  # Only the fresh prefix may provide rewind: not a user or system package registry.
-  -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
-  -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
-if(CXX_COMPILER)
-  list(APPEND configure_args -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
-endif()
-run(configure ${CMAKE_COMMAND} ${configure_args})
+# Configures and builds `source` in `build` against the prefix alone, and checks that it found
+# the installed package, not the build tree.
+function(build_against_prefix name source build)
+  set(configure_args -S ${source} -B ${build}
+    -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+    -DCMAKE_PREFIX_PATH=${prefix}
+    # Only the fresh prefix may provide rewind: not a user or system package registry.
+    -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
+    -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
+  if(CXX_COMPILER)
+    list(APPEND configure_args -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
+  endif()
+  run("configure ${name}" ${CMAKE_COMMAND} ${configure_args})
+  file(STRINGS ${build}/CMakeCache.txt rewind_dir REGEX "^rewind_DIR:")
+  string(REGEX REPLACE "^rewind_DIR:[A-Z]+=" "" rewind_dir "${rewind_dir}")
+  file(REAL_PATH "${rewind_dir}" rewind_dir)
+  file(REAL_PATH "${prefix}" real_prefix)
+  string(FIND "${rewind_dir}" "${real_prefix}/" at)
+  if(NOT at EQUAL 0)
+    message(FATAL_ERROR "install_consumer: ${name} found rewind in ${rewind_dir}, not under ${real_prefix}")
+  endif()
+  run("build ${name}" ${CMAKE_COMMAND} --build ${build} --parallel 2)
+  set(rewind_dir ${rewind_dir} PARENT_SCOPE)
+endfunction()
 
-# The consumer must have found the installed package, not the build tree.
-file(STRINGS ${consumer_build}/CMakeCache.txt rewind_dir REGEX "^rewind_DIR:")
-string(REGEX REPLACE "^rewind_DIR:[A-Z]+=" "" rewind_dir "${rewind_dir}")
-file(REAL_PATH "${rewind_dir}" rewind_dir)
-file(REAL_PATH "${prefix}" real_prefix)
-string(FIND "${rewind_dir}" "${real_prefix}/" at)
-if(NOT at EQUAL 0)
-  message(FATAL_ERROR "install_consumer: rewind was found in ${rewind_dir}, not under ${real_prefix}")
-endif()
-
-run(build ${CMAKE_COMMAND} --build ${consumer_build})
+build_against_prefix(consumer ${CONSUMER_SOURCE_DIR} ${consumer_build})
 run(run ${consumer_build}/consumer)
-message(STATUS "install_consumer: passed (rewind from ${rewind_dir})")
+
+if(NOT EXISTS ${prefix}/share/rewind/examples/CMakeLists.txt)
+  message(FATAL_ERROR "install_consumer: no examples under ${prefix}/share/rewind/examples")
+endif()
+build_against_prefix(examples ${prefix}/share/rewind/examples ${WORK_DIR}/examples-build)
+# The shipped examples run: the demo's gradient check passes.
+run("run rewind-demo" ${WORK_DIR}/examples-build/rewind-demo)
+message(STATUS "install_consumer: passed (rewind from ${rewind_dir}; consumer and examples built)")

@@ -42,6 +42,11 @@ else H. Such an LSTM also has ``weight_hr_l0`` [P, H] etc. in its state, and a
     (for the reverse direction: after running back to step 0), which is what
     PyTorch returns.
 
+It also writes ``tests/fixtures/losses.safetensors``: the loss reductions
+(mean, sum, none) and probability targets of ``torch.nn.functional``'s
+cross_entropy and mse_loss, and the sequence losses, with every gradient
+(see ``loss_fixture`` below; read by ``tests/test_losses.cpp``).
+
 Everything is computed in the case's dtype (the module is converted with
 ``.double()`` for F64 cases) on the CPU with one thread, from fixed seeds, so
 running the script twice gives byte-identical files.
@@ -367,6 +372,78 @@ def case_entry(c):
     }
 
 
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def loss_fixture():
+    """The losses' reductions against torch.nn.functional, in float64: {name: tensor}.
+
+    For every loss and reduction r it holds ``<loss>.<r>.loss`` and the gradient of
+    ``sum(loss * <loss>.<r>.seed)`` (seed 1 for mean and sum, a random [N] or
+    [T, B] (, F) for none) for each differentiable input, ``<loss>.<r>.grad.<input>``.
+      ce           logits [6, 5], integer targets [6]
+      ce_ignore    the same with targets of rows 1 and 4 ignored (ignore_index, -100 in
+                   ``ce_ignore.targets``; the C++ test passes a 0/1 mask instead)
+      soft         logits [6, 5], probability targets ``soft.probabilities`` [6, 5]
+                   (both get gradients)
+      mse          prediction [4, 3], target [4, 3] (both get gradients)
+      seq_ce       logits [4, 3, 5] time-major, targets [4, 3], ``seq.lengths`` [3]: the
+                   positions past a sequence's length are ignored (flattened, ignore_index)
+      seq_mse      prediction and target [4, 3, 2] with the same lengths: squared error
+                   at the positions within the lengths; mean over them times F
+    """
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(1234)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+    out = {}
+
+    def record(name, reduction, loss, inputs):
+        seed = torch.ones(()) if reduction != "none" else randn(*loss.shape)
+        seed = seed.to(torch.float64)
+        grads = torch.autograd.grad((loss * seed).sum(), [t for t in inputs.values()])
+        out[f"{name}.{reduction}.loss"] = loss.detach()
+        out[f"{name}.{reduction}.seed"] = seed
+        for (key, _), grad in zip(inputs.items(), grads):
+            out[f"{name}.{reduction}.grad.{key}"] = grad
+
+    logits, targets = randn(6, 5), torch.tensor([1, 0, 4, 4, 2, 3])
+    ignored = targets.clone()
+    ignored[[1, 4]] = -100
+    probabilities = torch.softmax(randn(6, 5), dim=1)
+    prediction, target = randn(4, 3), randn(4, 3)
+    lengths = torch.tensor([4, 2, 3])
+    steps, batch = 4, 3
+    within = torch.arange(steps)[:, None] < lengths[None, :]  # [T, B]
+    seq_logits, seq_targets = randn(steps, batch, 5), torch.randint(0, 5, (steps, batch), generator=g)
+    seq_prediction, seq_target = randn(steps, batch, 2), randn(steps, batch, 2)
+    out.update({"ce.logits": logits, "ce.targets": targets, "ce_ignore.targets": ignored,
+                "soft.logits": logits, "soft.probabilities": probabilities,
+                "mse.prediction": prediction, "mse.target": target,
+                "seq.lengths": lengths, "seq_ce.logits": seq_logits, "seq_ce.targets": seq_targets,
+                "seq_mse.prediction": seq_prediction, "seq_mse.target": seq_target})
+    for r in REDUCTIONS:
+        z = logits.clone().requires_grad_()
+        record("ce", r, F.cross_entropy(z, targets, reduction=r), {"logits": z})
+        z = logits.clone().requires_grad_()
+        record("ce_ignore", r, F.cross_entropy(z, ignored, ignore_index=-100, reduction=r), {"logits": z})
+        z, p = logits.clone().requires_grad_(), probabilities.clone().requires_grad_()
+        record("soft", r, F.cross_entropy(z, p, reduction=r), {"logits": z, "probabilities": p})
+        a, b = prediction.clone().requires_grad_(), target.clone().requires_grad_()
+        record("mse", r, F.mse_loss(a, b, reduction=r), {"prediction": a, "target": b})
+        z = seq_logits.clone().requires_grad_()
+        flat_targets = torch.where(within, seq_targets, torch.full_like(seq_targets, -100)).reshape(-1)
+        loss = F.cross_entropy(z.reshape(-1, 5), flat_targets, ignore_index=-100, reduction=r)
+        record("seq_ce", r, loss.reshape(steps, batch) if r == "none" else loss, {"logits": z})
+        a = seq_prediction.clone().requires_grad_()
+        terms = F.mse_loss(a, seq_target, reduction="none") * within[:, :, None].to(torch.float64)
+        loss = {"mean": terms.sum() / (within.sum() * 2), "sum": terms.sum(), "none": terms}[r]
+        record("seq_mse", r, loss, {"prediction": a})
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: tests/fixtures)")
@@ -391,6 +468,10 @@ def main(argv=None):
             path = os.path.join(d, fname)
             write_safetensors(path, tensors)
             written[path] = tensors
+
+    losses_path = os.path.join(args.out, "losses.safetensors")
+    written[losses_path] = loss_fixture()
+    write_safetensors(losses_path, written[losses_path])
 
     cases_json = json.dumps([case_entry(c) for c in cases], indent=2) + "\n"
     with open(os.path.join(args.out, "cases.json"), "w", encoding="utf-8") as f:

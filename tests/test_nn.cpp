@@ -6,17 +6,14 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
+#include "test_helpers.hpp"
+
 using namespace rw;
 using namespace rw::nn;
 using Array = xt::xarray<double>;
+using testing::random_tensor;
 
 namespace {
-
-Tensor<double> random_tensor(const Shape& shape, Generator& generator, double scale = 1.0) {
-    Array value = Array::from_shape(shape);
-    for (auto& v : value) v = generator.uniform(-scale, scale);
-    return Tensor<double>(std::move(value), true);
-}
 
 struct LayerCase {
     std::string cell;
@@ -41,12 +38,12 @@ GradcheckReport check_layer(const LayerCase& c, std::shared_ptr<Recurrent<double
         layer = make_recurrent<double>(c.cell, options);
     }
     Generator generator(11);
-    const Tensor<double> x = random_tensor({steps, batch, input_size}, generator);
+    const Tensor<double> x = random_tensor({steps, batch, input_size}, generator, 1.0, true);
     std::vector<Tensor<double>> initial;
     if (c.given_initial_state)
         for (std::size_t s = 0; s < layer->state_names().size(); ++s)
             initial.push_back(
-                random_tensor({c.layers * (c.bidirectional ? 2 : 1), batch, layer->state_size(s)}, generator, 0.5));
+                random_tensor({c.layers * (c.bidirectional ? 2 : 1), batch, layer->state_size(s)}, generator, 0.5, true));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!c.lengths.empty()) lengths = c.lengths;
     return gradcheck_layer(*layer, x, initial, lengths);
@@ -179,7 +176,7 @@ BOOST_AUTO_TEST_CASE(learned_initial_state_is_trained_and_gradchecked) {
 BOOST_AUTO_TEST_CASE(outputs_past_a_sequence_end_are_zero_and_h_n_is_taken_at_its_end) {
     auto gru = make_gru<double>({.input_size = 2, .hidden_size = 3, .bidirectional = true, .path = ExecutionPath::generic});
     Generator generator(3);
-    auto x = random_tensor({5, 2, 2}, generator);
+    auto x = random_tensor({5, 2, 2}, generator, 1.0, true);
     auto result = gru->forward(x, {}, std::vector<std::int64_t>{5, 2});
     for (std::size_t t = 2; t < 5; ++t)
         for (std::size_t j = 0; j < 6; ++j) BOOST_TEST(result.output.value()(t, 1, j) == 0.0);
@@ -194,7 +191,7 @@ BOOST_AUTO_TEST_CASE(batch_first_matches_time_major) {
     auto lstm = make_lstm<double>({.input_size = 2, .hidden_size = 3, .seed = 4});
     auto lstm_bf = make_lstm<double>({.input_size = 2, .hidden_size = 3, .batch_first = true, .seed = 4});
     Generator generator(5);
-    auto x = random_tensor({4, 3, 2}, generator);
+    auto x = random_tensor({4, 3, 2}, generator, 1.0, true);
     auto a = lstm->forward(x);
     auto b = lstm_bf->forward(permute(x, {1, 0, 2}));
     BOOST_TEST(xt::allclose(permute(b.output, {1, 0, 2}).value(), a.output.value(), 0.0, 1e-15));

@@ -18,12 +18,17 @@ void check_backward_anomaly(const Node<T>& node, const Gradients<T>& gradients);
 
 namespace {
 
-// Pass ids mark the nodes a pass has collected (Node::visited_by), so collecting needs no set.
+// Pass ids mark the nodes a pass has collected (Node::visited_by_), so collecting needs no set.
 std::atomic<std::uint64_t> next_pass_id{1};
+
+}  // namespace
+
+namespace detail {
 
 // One run of the tape in reverse. Gradients of intermediate tensors are summed in their
 // TensorImpl::pending slot; nodes run in decreasing sequence number, which is a reverse
 // topological order because an op is always recorded after its inputs.
+// The one class that changes the tape's bookkeeping (a friend of Node, TensorImpl and Tensor).
 template <class T>
 class BackwardPass {
 public:
@@ -71,8 +76,8 @@ private:
         const std::uint64_t pass = next_pass_id.fetch_add(1, std::memory_order_relaxed);
         std::vector<std::shared_ptr<Node<T>>> stack;
         auto visit = [&](const std::shared_ptr<Node<T>>& node) {
-            if (node && node->visited_by != pass) {
-                node->visited_by = pass;
+            if (node && node->visited_by_ != pass) {
+                node->visited_by_ = pass;
                 stack.push_back(node);
             }
         };
@@ -80,13 +85,13 @@ private:
         while (!stack.empty()) {
             std::shared_ptr<Node<T>> node = stack.back();
             stack.pop_back();
-            if (node->released)
+            if (node->released_)
                 throw GraphError(fmt::format(
                     "backward through a graph that was already freed (op '{}'); pass retain_graph=true to the "
                     "first backward to run it again",
-                    node->name));
+                    node->name_));
             nodes_.push_back(node);
-            for (const auto& input : node->inputs)
+            for (const auto& input : node->inputs_)
                 if (input.requires_grad()) {
                     visit(input.grad_fn());
                     if (is_hooked_leaf(input)) ++leaf_uses_[input.impl().get()];
@@ -94,7 +99,7 @@ private:
         }
         touched_.reserve(touched_.size() + nodes_.size() + 8);
         // A chain (the common case) is collected already in order; sort only when it is not.
-        auto later = [](const auto& a, const auto& b) { return a->sequence > b->sequence; };
+        auto later = [](const auto& a, const auto& b) { return a->sequence_ > b->sequence_; };
         if (!std::is_sorted(nodes_.begin(), nodes_.end(), later)) std::sort(nodes_.begin(), nodes_.end(), later);
     }
 
@@ -152,10 +157,10 @@ private:
     void run_node(Node<T>& node) {
         // One vector reused by every node: it is emptied again below.
         std::vector<Tensor<T>>& grad_outputs = grad_outputs_;
-        grad_outputs.assign(node.outputs.size(), Tensor<T>());
+        grad_outputs.assign(node.outputs_.size(), Tensor<T>());
         bool any = false;
-        for (std::size_t i = 0; i < node.outputs.size(); ++i) {
-            auto impl = node.outputs[i].lock();
+        for (std::size_t i = 0; i < node.outputs_.size(); ++i) {
+            auto impl = node.outputs_[i].lock();
             if (!impl || !impl->pending.defined()) continue;
             grad_outputs[i] = std::move(impl->pending);
             impl->pending = Tensor<T>();
@@ -164,20 +169,20 @@ private:
         }
         if (any) {
             BackwardContext<T> context(node, grad_outputs, options_.create_graph);
-            Gradients<T> gradients = node.backward(context);
+            Gradients<T> gradients = node.backward_(context);
             check_gradients(node, gradients);
             if (anomaly_mode_enabled()) check_backward_anomaly(node, gradients);
             for (std::size_t i = 0; i < gradients.size(); ++i) {
-                const auto& input = node.inputs[i];
+                const auto& input = node.inputs_[i];
                 if (gradients[i].defined() && input.requires_grad()) accumulate(input.impl(), std::move(gradients[i]));
             }
         }
         if (!leaf_uses_.empty()) deliver_complete_leaves(node);
         grad_outputs.clear();
         if (!options_.retain_graph) {
-            node.backward = nullptr;
-            node.inputs.clear();
-            node.released = true;
+            node.backward_ = nullptr;
+            node.inputs_.clear();
+            node.released_ = true;
         }
     }
 
@@ -190,7 +195,7 @@ private:
     }
 
     void deliver_complete_leaves(const Node<T>& node) {
-        for (const auto& input : node.inputs) {
+        for (const auto& input : node.inputs_) {
             if (!input.requires_grad() || !is_hooked_leaf(input)) continue;
             auto uses = leaf_uses_.find(input.impl().get());
             if (uses == leaf_uses_.end() || --uses->second > 0) continue;
@@ -204,14 +209,14 @@ private:
     }
 
     static void check_gradients(const Node<T>& node, const Gradients<T>& gradients) {
-        if (gradients.size() != node.inputs.size())
-            throw GraphError(fmt::format("backward of op '{}' returned {} gradients for {} inputs", node.name,
-                                         gradients.size(), node.inputs.size()));
+        if (gradients.size() != node.inputs_.size())
+            throw GraphError(fmt::format("backward of op '{}' returned {} gradients for {} inputs", node.name_,
+                                         gradients.size(), node.inputs_.size()));
         for (std::size_t i = 0; i < gradients.size(); ++i)
-            if (gradients[i].defined() && gradients[i].value().shape() != node.inputs[i].value().shape())
+            if (gradients[i].defined() && gradients[i].value().shape() != node.inputs_[i].value().shape())
                 throw GraphError(fmt::format("backward of op '{}' returned a gradient of shape {} for input {} of shape {}",
-                                             node.name, shape_string(gradients[i].shape()), i,
-                                             shape_string(node.inputs[i].shape())));
+                                             node.name_, shape_string(gradients[i].shape()), i,
+                                             shape_string(node.inputs_[i].shape())));
     }
 
     std::vector<Tensor<T>> finish_leaves() {
@@ -235,11 +240,11 @@ private:
     std::unordered_map<const TensorImpl<T>*, std::size_t> leaf_uses_;  // Note [early leaves]
 };
 
-}  // namespace
+}  // namespace detail
 
 template <class T>
 void backward(const std::vector<Tensor<T>>& roots, const std::vector<Tensor<T>>& seeds, BackwardOptions options) {
-    BackwardPass<T>(options, nullptr).run(roots, seeds);
+    detail::BackwardPass<T>(options, nullptr).run(roots, seeds);
 }
 
 template <class T>
@@ -248,7 +253,7 @@ std::vector<Tensor<T>> grad(const std::vector<Tensor<T>>& outputs, const std::ve
     for (const auto& input : inputs)
         if (!input.requires_grad()) throw GraphError("grad: an input does not require a gradient");
     std::vector<Tensor<T>> all_seeds = seeds.empty() ? std::vector<Tensor<T>>(outputs.size()) : seeds;
-    return BackwardPass<T>(options, &inputs).run(outputs, all_seeds);
+    return detail::BackwardPass<T>(options, &inputs).run(outputs, all_seeds);
 }
 
 template void backward(const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&, BackwardOptions);

@@ -254,41 +254,26 @@ Tensor<T> clamp(const Tensor<T>& x, Scalar<T> low, Scalar<T> high) {
 
 // ---- instantiations ----
 
-template Tensor<float> add(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> add(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> sub(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> sub(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> mul(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> mul(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> div(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> div(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> mul_mask(const Tensor<float>&, const xt::xarray<float>&);
-template Tensor<double> mul_mask(const Tensor<double>&, const xt::xarray<double>&);
-template Tensor<float> neg(const Tensor<float>&);
-template Tensor<double> neg(const Tensor<double>&);
-template Tensor<float> add_scalar(const Tensor<float>&, float);
-template Tensor<double> add_scalar(const Tensor<double>&, double);
-template Tensor<float> mul_scalar(const Tensor<float>&, float);
-template Tensor<double> mul_scalar(const Tensor<double>&, double);
-template Tensor<float> tanh(const Tensor<float>&);
-template Tensor<double> tanh(const Tensor<double>&);
-template Tensor<float> tanh_backward(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> tanh_backward(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> sigmoid(const Tensor<float>&);
-template Tensor<double> sigmoid(const Tensor<double>&);
-template Tensor<float> sigmoid_backward(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> sigmoid_backward(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> relu(const Tensor<float>&);
-template Tensor<double> relu(const Tensor<double>&);
-template Tensor<float> exp(const Tensor<float>&);
-template Tensor<double> exp(const Tensor<double>&);
-template Tensor<float> log(const Tensor<float>&);
-template Tensor<double> log(const Tensor<double>&);
-template Tensor<float> sqrt(const Tensor<float>&);
-template Tensor<double> sqrt(const Tensor<double>&);
-template Tensor<float> pow(const Tensor<float>&, float);
-template Tensor<double> pow(const Tensor<double>&, double);
-template Tensor<float> clamp(const Tensor<float>&, float, float);
-template Tensor<double> clamp(const Tensor<double>&, double, double);
+#define REWIND_ELEMENTWISE_OPS(T)                                                        \
+    template Tensor<T> add(const Tensor<T>&, const Tensor<T>&);                          \
+    template Tensor<T> sub(const Tensor<T>&, const Tensor<T>&);                          \
+    template Tensor<T> mul(const Tensor<T>&, const Tensor<T>&);                          \
+    template Tensor<T> div(const Tensor<T>&, const Tensor<T>&);                          \
+    template Tensor<T> mul_mask(const Tensor<T>&, const xt::xarray<T>&);                 \
+    template Tensor<T> neg(const Tensor<T>&);                                            \
+    template Tensor<T> add_scalar(const Tensor<T>&, T);                                  \
+    template Tensor<T> mul_scalar(const Tensor<T>&, T);                                  \
+    template Tensor<T> tanh(const Tensor<T>&);                                           \
+    template Tensor<T> tanh_backward(const Tensor<T>&, const Tensor<T>&);                \
+    template Tensor<T> sigmoid(const Tensor<T>&);                                        \
+    template Tensor<T> sigmoid_backward(const Tensor<T>&, const Tensor<T>&);             \
+    template Tensor<T> relu(const Tensor<T>&);                                           \
+    template Tensor<T> exp(const Tensor<T>&);                                            \
+    template Tensor<T> log(const Tensor<T>&);                                            \
+    template Tensor<T> sqrt(const Tensor<T>&);                                           \
+    template Tensor<T> pow(const Tensor<T>&, T);                                         \
+    template Tensor<T> clamp(const Tensor<T>&, T, T);
+REWIND_ELEMENTWISE_OPS(float)
+REWIND_ELEMENTWISE_OPS(double)
 
 }  // namespace rw

@@ -11,14 +11,32 @@
 
 namespace rw {
 
+namespace {
+
+template <class T>
+Tensor<T> reduce(const Tensor<T>& terms, Reduction reduction) {
+    switch (reduction) {
+        case Reduction::mean: return mean(terms);
+        case Reduction::sum: return sum(terms);
+        case Reduction::none: break;
+    }
+    return terms;
+}
+
+void check_logits(const Shape& logits) {
+    if (logits.size() != 2) throw_wrong_shape("cross_entropy", "logits", "[N, C] (2-D)", logits);
+    if (logits[0] == 0) throw_shape_error("cross_entropy", "needs at least one row of logits", logits);
+}
+
+}  // namespace
+
 template <class T>
 Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>& targets,
-                        const std::optional<xt::xarray<Scalar<T>>>& mask) {
-    if (logits.dim() != 2) throw_shape_error("cross_entropy", "logits must be 2-D [N, C]", logits.shape());
+                        const std::optional<xt::xarray<Scalar<T>>>& mask, Reduction reduction) {
+    check_logits(logits.shape());
     const std::size_t rows = logits.size(0), classes = logits.size(1);
-    if (rows == 0) throw_shape_error("cross_entropy", "needs at least one row of logits", logits.shape());
     if (targets.size() != rows)
-        throw_shape_error("cross_entropy", fmt::format("{} targets for {} rows of logits", targets.size(), rows),
+        throw_shape_error("cross_entropy", fmt::format("expected {} targets (one per row of logits), got {}", rows, targets.size()),
                           logits.shape());
     for (std::size_t r = 0; r < rows; ++r)
         if (targets[r] < 0 || static_cast<std::size_t>(targets[r]) >= classes)
@@ -30,8 +48,8 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>
     double count = static_cast<double>(rows);
     if (mask) {
         if (mask->dimension() != 1 || mask->shape()[0] != rows)
-            throw_shape_error("cross_entropy", "the mask needs one weight per row of logits", to_shape(mask->shape()),
-                              logits.shape());
+            throw_wrong_shape("cross_entropy", "the mask (one weight per row of logits)", Shape{rows},
+                              to_shape(mask->shape()));
         count = 0;
         for (std::size_t r = 0; r < rows; ++r) {
             const T weight = (*mask)(r);
@@ -41,33 +59,50 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>
             weights[r] = weight;
             count += weight;
         }
-        if (count == 0) throw std::invalid_argument("cross_entropy: the mask selects no rows (its weights sum to 0)");
+        if (count == 0 && reduction == Reduction::mean)
+            throw std::invalid_argument("cross_entropy: the mask selects no rows (its weights sum to 0)");
     }
+    if (reduction != Reduction::mean) count = 1;
 
     const Tensor<T> log_probabilities = log_softmax(logits, 1);
-    // The loss is <log_probabilities, picker>: -weight / count at each row's target, 0 elsewhere.
-    // Masked rows are skipped rather than multiplied by 0, so padding logits that overflowed to
-    // -inf cannot turn the loss into NaN.
+    // The loss is <log_probabilities, picker> (row by row for Reduction::none): -weight / count
+    // at each row's target, 0 elsewhere. Masked rows are skipped rather than multiplied by 0, so
+    // padding logits that overflowed to -inf cannot turn the loss into NaN.
     xt::xarray<T> picker = xt::zeros<T>({rows, classes});
+    xt::xarray<T> row_losses = xt::zeros<T>({rows});
     double loss = 0;
     for (std::size_t r = 0; r < rows; ++r) {
         if (weights[r] == T(0)) continue;
         const auto target = static_cast<std::size_t>(targets[r]);
         picker(r, target) = static_cast<T>(-weights[r] / count);
-        loss += static_cast<double>(picker(r, target)) * static_cast<double>(log_probabilities.value()(r, target));
+        const double term = static_cast<double>(picker(r, target)) * static_cast<double>(log_probabilities.value()(r, target));
+        row_losses(r) = static_cast<T>(term);
+        loss += term;
     }
-    return record_op<T>("cross_entropy", {log_probabilities}, xt::xarray<T>(static_cast<T>(loss)),
-                        [picker = std::move(picker)](const BackwardContext<T>& ctx) -> Gradients<T> {
-                            return {mul_mask(broadcast_to(ctx.grad_output(0), ctx.input(0).shape()), picker)};
+    const bool per_row = reduction == Reduction::none;
+    return record_op<T>("cross_entropy", {log_probabilities}, per_row ? std::move(row_losses) : xt::xarray<T>(static_cast<T>(loss)),
+                        [picker = std::move(picker), per_row, rows](const BackwardContext<T>& ctx) -> Gradients<T> {
+                            const Tensor<T> g = per_row ? reshape(ctx.grad_output(0), {rows, 1}) : ctx.grad_output(0);
+                            return {mul_mask(broadcast_to(g, ctx.input(0).shape()), picker)};
                         });
 }
 
+template <class T, std::same_as<Tensor<T>> Probabilities>
+Tensor<T> cross_entropy(const Tensor<T>& logits, const Probabilities& target_probabilities, Reduction reduction) {
+    check_logits(logits.shape());
+    if (target_probabilities.shape() != logits.shape())
+        throw_wrong_shape("cross_entropy", "the target probabilities (one row per row of logits)", logits.shape(),
+                          target_probabilities.shape());
+    // The mean is over rows, as torch's: each row's loss is already a sum over the classes.
+    return reduce(neg(sum(mul(target_probabilities, log_softmax(logits, 1)), {1})), reduction);
+}
+
 template <class T>
-Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target) {
+Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target, Reduction reduction) {
     if (prediction.shape() != target.shape())
-        throw_shape_error("mse_loss", "prediction and target shapes differ", prediction.shape(), target.shape());
+        throw_wrong_shape("mse_loss", "the target (the prediction's shape)", prediction.shape(), target.shape());
     const Tensor<T> difference = sub(prediction, target);
-    return mean(mul(difference, difference));
+    return reduce(mul(difference, difference), reduction);
 }
 
 template <class T>
@@ -82,13 +117,13 @@ Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& genera
     return mul_mask(x, mask);
 }
 
-template Tensor<float> cross_entropy(const Tensor<float>&, const std::vector<std::int64_t>&,
-                                     const std::optional<xt::xarray<float>>&);
-template Tensor<double> cross_entropy(const Tensor<double>&, const std::vector<std::int64_t>&,
-                                      const std::optional<xt::xarray<double>>&);
-template Tensor<float> mse_loss(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> mse_loss(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> dropout(const Tensor<float>&, double, bool, Generator&);
-template Tensor<double> dropout(const Tensor<double>&, double, bool, Generator&);
+#define REWIND_LOSS_OPS(T)                                                                                      \
+    template Tensor<T> cross_entropy(const Tensor<T>&, const std::vector<std::int64_t>&,                        \
+                                     const std::optional<xt::xarray<T>>&, Reduction);                           \
+    template Tensor<T> cross_entropy<T, Tensor<T>>(const Tensor<T>&, const Tensor<T>&, Reduction);              \
+    template Tensor<T> mse_loss(const Tensor<T>&, const Tensor<T>&, Reduction);                                 \
+    template Tensor<T> dropout(const Tensor<T>&, double, bool, Generator&);
+REWIND_LOSS_OPS(float)
+REWIND_LOSS_OPS(double)
 
 }  // namespace rw

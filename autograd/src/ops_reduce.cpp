@@ -170,17 +170,41 @@ Tensor<T> log_softmax(const Tensor<T>& x, std::size_t axis) {
     });
 }
 
-template Tensor<float> sum(const Tensor<float>&);
-template Tensor<double> sum(const Tensor<double>&);
-template Tensor<float> sum(const Tensor<float>&, const std::vector<std::size_t>&, bool);
-template Tensor<double> sum(const Tensor<double>&, const std::vector<std::size_t>&, bool);
-template Tensor<float> mean(const Tensor<float>&);
-template Tensor<double> mean(const Tensor<double>&);
-template Tensor<float> mean(const Tensor<float>&, const std::vector<std::size_t>&, bool);
-template Tensor<double> mean(const Tensor<double>&, const std::vector<std::size_t>&, bool);
-template Tensor<float> softmax(const Tensor<float>&, std::size_t);
-template Tensor<double> softmax(const Tensor<double>&, std::size_t);
-template Tensor<float> log_softmax(const Tensor<float>&, std::size_t);
-template Tensor<double> log_softmax(const Tensor<double>&, std::size_t);
+template <class T>
+xt::xarray<std::int64_t> argmax(const Tensor<T>& x, std::size_t axis) {
+    const Shape shape = x.shape();
+    check_axes("argmax", shape, {axis});
+    if (shape[axis] == 0) throw_shape_error("argmax", fmt::format("axis {} is empty", axis), shape);
+    std::size_t outer = 1, inner = 1;
+    for (std::size_t i = 0; i < axis; ++i) outer *= shape[i];
+    for (std::size_t i = axis + 1; i < shape.size(); ++i) inner *= shape[i];
+    const std::size_t extent = shape[axis];
+    Shape reduced = shape;
+    reduced.erase(reduced.begin() + std::ptrdiff_t(axis));
+    xt::xarray<std::int64_t> indices = xt::xarray<std::int64_t>::from_shape(reduced);
+    const T* in = x.value().data();
+    std::int64_t* out = indices.data();
+    for (std::size_t o = 0; o < outer; ++o)
+        for (std::size_t e = 0; e < inner; ++e) {
+            const T* run = in + o * extent * inner + e;
+            std::size_t best = 0;
+            // NaN wins, as in torch.argmax: a NaN logit is then visible rather than skipped.
+            for (std::size_t k = 1; k < extent; ++k)
+                if (!(run[k * inner] <= run[best * inner]) && !std::isnan(run[best * inner])) best = k;
+            out[o * inner + e] = std::int64_t(best);
+        }
+    return indices;
+}
+
+#define REWIND_REDUCE_OPS(T)                                                                     \
+    template Tensor<T> sum(const Tensor<T>&);                                                    \
+    template Tensor<T> sum(const Tensor<T>&, const std::vector<std::size_t>&, bool);             \
+    template Tensor<T> mean(const Tensor<T>&);                                                   \
+    template Tensor<T> mean(const Tensor<T>&, const std::vector<std::size_t>&, bool);            \
+    template Tensor<T> softmax(const Tensor<T>&, std::size_t);                                   \
+    template Tensor<T> log_softmax(const Tensor<T>&, std::size_t);                               \
+    template xt::xarray<std::int64_t> argmax(const Tensor<T>&, std::size_t);
+REWIND_REDUCE_OPS(float)
+REWIND_REDUCE_OPS(double)
 
 }  // namespace rw

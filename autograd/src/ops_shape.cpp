@@ -128,15 +128,17 @@ Matrix as_matrix(const Shape& shape) {
     return matrix;
 }
 
-}  // namespace
-
+// gemm and matmul share this body; `op` names the node and the errors after the op the user called.
 template <class T>
-Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool transpose_b) {
-    if (a.dim() < 2 || b.dim() < 2) throw_shape_error("matmul", "needs operands of at least 2 axes", a.shape(), b.shape());
+Tensor<T> matrix_product(const char* op, const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool transpose_b) {
+    if (a.dim() < 2 || b.dim() < 2) throw_shape_error(op, "needs operands of at least 2 axes", a.shape(), b.shape());
     const Matrix ma = as_matrix(a.shape()), mb = as_matrix(b.shape());
     const std::size_t m = transpose_a ? ma.columns : ma.rows, k = transpose_a ? ma.rows : ma.columns;
     const std::size_t k_b = transpose_b ? mb.columns : mb.rows, n = transpose_b ? mb.rows : mb.columns;
-    if (k != k_b) throw_shape_error("matmul", "inner dimensions differ", a.shape(), b.shape());
+    if (k != k_b)
+        throw_shape_error(op, fmt::format("inner dimensions differ ({} of a{} against {} of b{})", k,
+                                              transpose_a ? "^T" : "", k_b, transpose_b ? "^T" : ""),
+                          a.shape(), b.shape());
     // An untransposed `a` keeps its leading axes (like torch.nn.functional.linear).
     Shape shape{m, n};
     if (!transpose_a) {
@@ -148,7 +150,7 @@ Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool tr
     else
         blas::gemm(transpose_a, transpose_b, m, n, k, T(1), a.value().data(), ma.columns, b.value().data(),
                    mb.columns, T(0), c.data(), n);
-    return record_op<T>("matmul", {a, b}, std::move(c),
+    return record_op<T>(op, {a, b}, std::move(c),
                         [transpose_a, transpose_b](const BackwardContext<T>& ctx) -> Gradients<T> {
                             // C = op(A) op(B): dop(A) = dC op(B)^T and dop(B) = op(A)^T dC, written
                             // so that no transpose is materialised; the reshapes only restore the
@@ -165,13 +167,19 @@ Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool tr
                         });
 }
 
+}  // namespace
+
+template <class T>
+Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool transpose_a, bool transpose_b) {
+    return matrix_product("gemm", a, b, transpose_a, transpose_b);
+}
+
 template <class T>
 Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
-    if (a.dim() == 2 && b.dim() == 2) return gemm(a, b, false, false);
-    if (a.dim() == 3 && b.dim() == 2) {
-        // [B, M, K] x [K, N]: one GEMM over the B*M rows.
-        if (a.size(2) != b.size(0)) throw_shape_error("matmul", "inner dimensions differ", a.shape(), b.shape());
-        return gemm(a, b, false, false);
+    // [M, K] x [K, N], or [B, M, K] x [K, N] as one GEMM over the B*M rows.
+    if ((a.dim() == 2 || a.dim() == 3) && b.dim() == 2) {
+        if (a.shape().back() != b.size(0)) throw_shape_error("matmul", "inner dimensions differ", a.shape(), b.shape());
+        return matrix_product("matmul", a, b, false, false);
     }
     throw_shape_error("matmul", "supports 2-D x 2-D and 3-D x 2-D", a.shape(), b.shape());
 }
@@ -186,6 +194,33 @@ Tensor<T> reshape(const Tensor<T>& x, const Shape& shape) {
     value.reshape(shape);
     return record_op<T>("reshape", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {reshape(ctx.grad_output(0), ctx.input(0).shape())};
+    });
+}
+
+template <class T>
+Tensor<T> squeeze(const Tensor<T>& x, std::size_t axis) {
+    Shape shape = x.shape();
+    check_axis("squeeze", shape, axis);
+    if (shape[axis] != 1)
+        throw_shape_error("squeeze", fmt::format("axis {} has extent {}, expected 1", axis, shape[axis]), shape);
+    shape.erase(shape.begin() + std::ptrdiff_t(axis));
+    xt::xarray<T> value = x.value();
+    value.reshape(shape);
+    return record_op<T>("squeeze", {x}, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {unsqueeze(ctx.grad_output(0), axis)};
+    });
+}
+
+template <class T>
+Tensor<T> unsqueeze(const Tensor<T>& x, std::size_t axis) {
+    Shape shape = x.shape();
+    if (axis > shape.size())
+        throw_shape_error("unsqueeze", fmt::format("axis {} out of range 0..{}", axis, shape.size()), shape);
+    shape.insert(shape.begin() + std::ptrdiff_t(axis), 1);
+    xt::xarray<T> value = x.value();
+    value.reshape(shape);
+    return record_op<T>("unsqueeze", {x}, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {squeeze(ctx.grad_output(0), axis)};
     });
 }
 
@@ -426,33 +461,24 @@ Tensor<T> index_add(const Tensor<T>& source, std::size_t axis, const std::vector
 
 }  // namespace
 
-template Tensor<float> broadcast_to(const Tensor<float>&, const Shape&);
-template Tensor<double> broadcast_to(const Tensor<double>&, const Shape&);
-template Tensor<float> sum_to(const Tensor<float>&, const Shape&);
-template Tensor<double> sum_to(const Tensor<double>&, const Shape&);
-template Tensor<float> gemm(const Tensor<float>&, const Tensor<float>&, bool, bool);
-template Tensor<double> gemm(const Tensor<double>&, const Tensor<double>&, bool, bool);
-template Tensor<float> matmul(const Tensor<float>&, const Tensor<float>&);
-template Tensor<double> matmul(const Tensor<double>&, const Tensor<double>&);
-template Tensor<float> reshape(const Tensor<float>&, const Shape&);
-template Tensor<double> reshape(const Tensor<double>&, const Shape&);
-template Tensor<float> transpose(const Tensor<float>&);
-template Tensor<double> transpose(const Tensor<double>&);
-template Tensor<float> permute(const Tensor<float>&, const std::vector<std::size_t>&);
-template Tensor<double> permute(const Tensor<double>&, const std::vector<std::size_t>&);
-template Tensor<float> slice(const Tensor<float>&, std::size_t, std::size_t, std::size_t);
-template Tensor<double> slice(const Tensor<double>&, std::size_t, std::size_t, std::size_t);
-template Tensor<float> concat(const std::vector<Tensor<float>>&, std::size_t);
-template Tensor<double> concat(const std::vector<Tensor<double>>&, std::size_t);
-template Tensor<float> stack(const std::vector<Tensor<float>>&, std::size_t);
-template Tensor<double> stack(const std::vector<Tensor<double>>&, std::size_t);
-template std::vector<Tensor<float>> unstack(const Tensor<float>&, std::size_t);
-template std::vector<Tensor<double>> unstack(const Tensor<double>&, std::size_t);
-template std::vector<Tensor<float>> split(const Tensor<float>&, const std::vector<std::size_t>&, std::size_t);
-template std::vector<Tensor<double>> split(const Tensor<double>&, const std::vector<std::size_t>&, std::size_t);
-template std::vector<Tensor<float>> chunk(const Tensor<float>&, std::size_t, std::size_t);
-template std::vector<Tensor<double>> chunk(const Tensor<double>&, std::size_t, std::size_t);
-template Tensor<float> index_select(const Tensor<float>&, std::size_t, const std::vector<std::int64_t>&);
-template Tensor<double> index_select(const Tensor<double>&, std::size_t, const std::vector<std::int64_t>&);
+#define REWIND_SHAPE_OPS(T)                                                                          \
+    template Tensor<T> broadcast_to(const Tensor<T>&, const Shape&);                                 \
+    template Tensor<T> sum_to(const Tensor<T>&, const Shape&);                                       \
+    template Tensor<T> gemm(const Tensor<T>&, const Tensor<T>&, bool, bool);                         \
+    template Tensor<T> matmul(const Tensor<T>&, const Tensor<T>&);                                   \
+    template Tensor<T> reshape(const Tensor<T>&, const Shape&);                                      \
+    template Tensor<T> squeeze(const Tensor<T>&, std::size_t);                                       \
+    template Tensor<T> unsqueeze(const Tensor<T>&, std::size_t);                                     \
+    template Tensor<T> transpose(const Tensor<T>&);                                                  \
+    template Tensor<T> permute(const Tensor<T>&, const std::vector<std::size_t>&);                   \
+    template Tensor<T> slice(const Tensor<T>&, std::size_t, std::size_t, std::size_t);               \
+    template Tensor<T> concat(const std::vector<Tensor<T>>&, std::size_t);                           \
+    template Tensor<T> stack(const std::vector<Tensor<T>>&, std::size_t);                            \
+    template std::vector<Tensor<T>> unstack(const Tensor<T>&, std::size_t);                          \
+    template std::vector<Tensor<T>> split(const Tensor<T>&, const std::vector<std::size_t>&, std::size_t); \
+    template std::vector<Tensor<T>> chunk(const Tensor<T>&, std::size_t, std::size_t);               \
+    template Tensor<T> index_select(const Tensor<T>&, std::size_t, const std::vector<std::int64_t>&);
+REWIND_SHAPE_OPS(float)
+REWIND_SHAPE_OPS(double)
 
 }  // namespace rw

@@ -24,6 +24,14 @@ void throw_shape_error(std::string_view op, std::string_view problem, const Shap
     throw ShapeError(fmt::format("{}: {} (shape {})", op, problem, shape_string(a)));
 }
 
+void throw_wrong_shape(std::string_view op, std::string_view what, std::string_view expected, const Shape& got) {
+    throw ShapeError(fmt::format("{}: {} has the wrong shape: expected {}, got {}", op, what, expected, shape_string(got)));
+}
+
+void throw_wrong_shape(std::string_view op, std::string_view what, const Shape& expected, const Shape& got) {
+    throw_wrong_shape(op, what, shape_string(expected), got);
+}
+
 // ---- modes ----
 
 namespace {
@@ -196,7 +204,7 @@ void check_finite(const xt::xarray<T>& value, const std::string& op, const char*
 template <class T>
 void check_backward_anomaly(const Node<T>& node, const Gradients<T>& gradients) {
     for (std::size_t i = 0; i < gradients.size(); ++i)
-        if (gradients[i].defined()) check_finite(gradients[i].value(), node.name, "backward", i, "gradient for input");
+        if (gradients[i].defined()) check_finite(gradients[i].value(), node.name(), "backward", i, "gradient for input");
 }
 
 template void check_backward_anomaly(const Node<float>&, const Gradients<float>&);
@@ -219,35 +227,42 @@ Tensor<T> plain_tensor(xt::xarray<T>&& value) {
     return Tensor<T>(std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value)));
 }
 
-template <class T>
-std::shared_ptr<Node<T>> make_node(std::string&& name, std::vector<Tensor<T>>&& inputs, BackwardRule<T>&& backward,
-                                   std::size_t num_outputs) {
-    auto node = std::allocate_shared<Node<T>>(detail::PoolAllocator<Node<T>>());
-    node->name = std::move(name);
-    node->sequence = next_sequence.fetch_add(1, std::memory_order_relaxed);
-    node->inputs = std::move(inputs);
-    node->backward = std::move(backward);
-    node->outputs.reserve(num_outputs);
-    node->output_shapes.reserve(num_outputs);
-    return node;
-}
+}  // namespace
 
 template <class T>
-Tensor<T> attach_output(const std::shared_ptr<Node<T>>& node, xt::xarray<T>&& value) {
-    node->output_shapes.push_back(value.shape());
-    auto impl = std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), true);
-    impl->grad_fn = node;
-    impl->output_index = node->outputs.size();
-    node->outputs.push_back(impl);
-    return Tensor<T>(std::move(impl));
-}
+struct detail::NodeFactory {
+    static std::shared_ptr<Node<T>> make_node(std::string&& name, std::vector<Tensor<T>>&& inputs,
+                                              BackwardRule<T>&& backward, std::size_t num_outputs) {
+        auto node = std::allocate_shared<Node<T>>(detail::PoolAllocator<Node<T>>());
+        node->name_ = std::move(name);
+        node->sequence_ = next_sequence.fetch_add(1, std::memory_order_relaxed);
+        node->inputs_ = std::move(inputs);
+        node->backward_ = std::move(backward);
+        node->outputs_.reserve(num_outputs);
+        node->output_shapes_.reserve(num_outputs);
+        return node;
+    }
+
+    static Tensor<T> attach_output(const std::shared_ptr<Node<T>>& node, xt::xarray<T>&& value) {
+        node->output_shapes_.push_back(value.shape());
+        auto impl = std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), true);
+        impl->grad_fn = node;
+        impl->output_index = node->outputs_.size();
+        node->outputs_.push_back(impl);
+        return Tensor<T>(std::move(impl));
+    }
+};
+
+namespace {
 
 template <class T>
 Tensor<T> record_single(std::string&& name, std::vector<Tensor<T>>&& inputs, bool record, xt::xarray<T>&& value,
                         BackwardRule<T>&& backward) {
     if (anomaly_mode_enabled()) check_finite(value, name, "forward", 0, "output");
     if (!record) return plain_tensor(std::move(value));
-    return attach_output(make_node(std::move(name), std::move(inputs), std::move(backward), 1), std::move(value));
+    using Factory = detail::NodeFactory<T>;
+    return Factory::attach_output(Factory::make_node(std::move(name), std::move(inputs), std::move(backward), 1),
+                                  std::move(value));
 }
 
 }  // namespace
@@ -265,8 +280,9 @@ std::vector<Tensor<T>> record_op(std::string name, std::vector<Tensor<T>> inputs
         for (auto& value : output_values) outputs.push_back(plain_tensor(std::move(value)));
         return outputs;
     }
-    auto node = make_node(std::move(name), std::move(inputs), std::move(backward), output_values.size());
-    for (auto& value : output_values) outputs.push_back(attach_output(node, std::move(value)));
+    using Factory = detail::NodeFactory<T>;
+    auto node = Factory::make_node(std::move(name), std::move(inputs), std::move(backward), output_values.size());
+    for (auto& value : output_values) outputs.push_back(Factory::attach_output(node, std::move(value)));
     return outputs;
 }
 
@@ -317,13 +333,13 @@ template Tensor<double> record_op(std::string, std::initializer_list<Tensor<doub
 template <class T>
 Tensor<T> BackwardContext<T>::grad_output_or_zeros(std::size_t index) const {
     const auto& gradient = grad_outputs_.at(index);
-    return gradient.defined() ? gradient : Tensor<T>::zeros(to_shape(node_.output_shapes.at(index)));
+    return gradient.defined() ? gradient : Tensor<T>::zeros(to_shape(node_.output_shapes_.at(index)));
 }
 
 template <class T>
 Tensor<T> BackwardContext<T>::output(std::size_t index) const {
-    auto impl = node_.outputs.at(index).lock();
-    if (!impl) throw GraphError(fmt::format("backward of op '{}': output {} no longer exists", node_.name, index));
+    auto impl = node_.outputs_.at(index).lock();
+    if (!impl) throw GraphError(fmt::format("backward of op '{}': output {} no longer exists", node_.name_, index));
     return Tensor<T>(std::move(impl));
 }
 

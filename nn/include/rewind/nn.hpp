@@ -2,6 +2,9 @@
 // Everything of rewind's neural-network layer, and the autodiff core it is written with.
 
 #include <rewind/autograd.hpp>
+// The README's examples slice arrays with xt::view; a user of this header should not need to know
+// which xtensor header that is.
+#include <xtensor/xview.hpp>
 
 #include "nn/analysis/curves.hpp"
 #include "nn/analysis/gradient_flow.hpp"

@@ -493,4 +493,17 @@ std::vector<std::size_t> shape_of(const StoredArray& array) {
                       array);
 }
 
+template <class T>
+const xt::xarray<T>& get_array(const TensorMap& tensors, const std::string& name) {
+    const auto found = tensors.find(name);
+    if (found == tensors.end()) throw SafetensorsError(fmt::format("tensor '{}' is missing", name));
+    if (const auto* array = std::get_if<xt::xarray<T>>(&found->second)) return *array;
+    const std::string expected = std::is_same_v<T, float> ? "F32" : std::is_same_v<T, double> ? "F64" : "I64";
+    throw SafetensorsError(fmt::format("tensor '{}' is {}, expected {}", name, dtype_name(found->second), expected));
+}
+
+template const xt::xarray<float>& get_array(const TensorMap&, const std::string&);
+template const xt::xarray<double>& get_array(const TensorMap&, const std::string&);
+template const xt::xarray<std::int64_t>& get_array(const TensorMap&, const std::string&);
+
 }  // namespace rw::nn

@@ -59,6 +59,11 @@ Tensor<T> Embedding<T>::forward(const xt::xarray<std::int64_t>& indices) const {
 }
 
 template <class T>
+Tensor<T> Embedding<T>::forward(const std::vector<std::int64_t>& indices) const {
+    return index_select(weight_, 0, indices);
+}
+
+template <class T>
 Dropout<T>::Dropout(double p, std::uint64_t seed) : p_(p), generator_(seed) {
     if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument(fmt::format("Dropout: p must be in [0, 1), got {}", p));
 }
@@ -83,14 +88,14 @@ xt::xarray<T> length_mask(std::size_t steps, const std::vector<std::int64_t>& le
 
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
-                                 const std::optional<xt::xarray<std::type_identity_t<T>>>& mask) {
-    if (logits.dim() != 3) throw_shape_error("sequence_cross_entropy", "logits must be [T, B, C]", logits.shape());
+                                 const std::optional<xt::xarray<std::type_identity_t<T>>>& mask, Reduction reduction) {
+    if (logits.dim() != 3) throw_wrong_shape("sequence_cross_entropy", "logits", "[T, B, C]", logits.shape());
     const std::size_t steps = logits.size(0), batch = logits.size(1), classes = logits.size(2);
     const Shape positions{steps, batch};
     if (to_shape(targets.shape()) != positions)
-        throw_shape_error("sequence_cross_entropy", "targets must be [T, B]", to_shape(targets.shape()), logits.shape());
+        throw_wrong_shape("sequence_cross_entropy", "targets", positions, to_shape(targets.shape()));
     if (mask && to_shape(mask->shape()) != positions)
-        throw_shape_error("sequence_cross_entropy", "the mask must be [T, B]", to_shape(mask->shape()), logits.shape());
+        throw_wrong_shape("sequence_cross_entropy", "the mask", positions, to_shape(mask->shape()));
     std::vector<std::int64_t> flat(targets.begin(), targets.end());
     std::optional<xt::xarray<T>> weights;
     if (mask) {
@@ -99,28 +104,38 @@ Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::
         for (std::size_t r = 0; r < flat.size(); ++r)
             if ((*weights)(r) == T(0)) flat[r] = 0;
     }
-    return cross_entropy(reshape(logits, {steps * batch, classes}), flat, weights);
+    const Tensor<T> loss = cross_entropy(reshape(logits, {steps * batch, classes}), flat, weights, reduction);
+    return reduction == Reduction::none ? reshape(loss, positions) : loss;
 }
 
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
-                                 const std::vector<std::int64_t>& lengths) {
-    if (logits.dim() != 3) throw_shape_error("sequence_cross_entropy", "logits must be [T, B, C]", logits.shape());
-    return sequence_cross_entropy(logits, targets, std::optional<xt::xarray<T>>(length_mask<T>(logits.size(0), lengths)));
+                                 const std::vector<std::int64_t>& lengths, Reduction reduction) {
+    if (logits.dim() != 3) throw_wrong_shape("sequence_cross_entropy", "logits", "[T, B, C]", logits.shape());
+    return sequence_cross_entropy(logits, targets, std::optional<xt::xarray<T>>(length_mask<T>(logits.size(0), lengths)),
+                                  reduction);
 }
 
 template <class T>
-Tensor<T> sequence_mse(const Tensor<T>& prediction, const Tensor<T>& target, const xt::xarray<T>& mask) {
-    if (prediction.dim() != 3 || prediction.shape() != target.shape())
-        throw_shape_error("sequence_mse", "prediction and target must both be [T, B, F]", prediction.shape(), target.shape());
+Tensor<T> sequence_mse(const Tensor<T>& prediction, const Tensor<T>& target, const xt::xarray<T>& mask,
+                       Reduction reduction) {
+    if (prediction.dim() != 3) throw_wrong_shape("sequence_mse", "the prediction", "[T, B, F]", prediction.shape());
+    if (target.shape() != prediction.shape())
+        throw_wrong_shape("sequence_mse", "the target (the prediction's shape)", prediction.shape(), target.shape());
     const std::size_t steps = prediction.size(0), batch = prediction.size(1), features = prediction.size(2);
     if (to_shape(mask.shape()) != Shape{steps, batch})
-        throw_shape_error("sequence_mse", "the mask must be [T, B]", to_shape(mask.shape()), prediction.shape());
+        throw_wrong_shape("sequence_mse", "the mask", Shape{steps, batch}, to_shape(mask.shape()));
     const double count = double(xt::sum(mask)()) * double(features);
-    if (!(count > 0)) throw std::invalid_argument("sequence_mse: the mask selects nothing");
+    if (reduction == Reduction::mean && !(count > 0)) throw std::invalid_argument("sequence_mse: the mask selects nothing");
     const xt::xarray<T> full = xt::broadcast(xt::view(mask, xt::all(), xt::all(), xt::newaxis()), prediction.shape());
     const Tensor<T> difference = sub(prediction, target);
-    return mul_scalar(sum(mul_mask(mul(difference, difference), full)), T(1.0 / count));
+    const Tensor<T> terms = mul_mask(mul(difference, difference), full);
+    switch (reduction) {
+        case Reduction::mean: return mul_scalar(sum(terms), T(1.0 / count));
+        case Reduction::sum: return sum(terms);
+        case Reduction::none: break;
+    }
+    return terms;
 }
 
 // ---- variational dropout ----
@@ -204,10 +219,10 @@ std::shared_ptr<Recurrent<T>> make_variational_recurrent(const std::string& cell
     template class VariationalDropoutCell<T>;                                                                         \
     template xt::xarray<T> length_mask<T>(std::size_t, const std::vector<std::int64_t>&);                             \
     template Tensor<T> sequence_cross_entropy(const Tensor<T>&, const xt::xarray<std::int64_t>&,                     \
-                                              const std::optional<xt::xarray<T>>&);                                   \
+                                              const std::optional<xt::xarray<T>>&, Reduction);                        \
     template Tensor<T> sequence_cross_entropy(const Tensor<T>&, const xt::xarray<std::int64_t>&,                     \
-                                              const std::vector<std::int64_t>&);                                      \
-    template Tensor<T> sequence_mse(const Tensor<T>&, const Tensor<T>&, const xt::xarray<T>&);                       \
+                                              const std::vector<std::int64_t>&, Reduction);                           \
+    template Tensor<T> sequence_mse(const Tensor<T>&, const Tensor<T>&, const xt::xarray<T>&, Reduction);            \
     template std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>&, const RecurrentOptions&, \
                                                                       const VariationalDropout&);                     \
     template std::shared_ptr<Recurrent<T>> make_variational_recurrent<T>(const std::string&, const RecurrentOptions&, \

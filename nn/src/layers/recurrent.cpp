@@ -1,6 +1,7 @@
 #include "rewind/nn/layers/recurrent.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
@@ -95,6 +96,61 @@ State<T> Recurrent<T>::initial_state_for(std::size_t layer, std::size_t directio
 }
 
 template <class T>
+void Recurrent<T>::check_given_state(const std::vector<Tensor<T>>& given, std::size_t batch) const {
+    if (given.empty()) return;
+    if (given.size() != state_names().size())
+        throw std::invalid_argument(fmt::format("recurrent layer: {} initial state tensors given, expected {} ({})",
+                                                given.size(), state_names().size(), fmt::join(state_names(), ", ")));
+    for (std::size_t s = 0; s < given.size(); ++s) {
+        const Shape state_shape{options_.num_layers * num_directions(), batch, state_size(s)};
+        if (given[s].shape() != state_shape)
+            throw_wrong_shape("recurrent layer", fmt::format("initial state '{}'", state_names()[s]), state_shape,
+                              given[s].shape());
+    }
+}
+
+template <class T>
+Tensor<T> Recurrent<T>::state_of(const Tensor<T>& stacked, std::size_t layer, std::size_t direction) const {
+    const std::size_t count = options_.num_layers * num_directions();
+    if (layer >= options_.num_layers || direction >= num_directions())
+        throw std::out_of_range(fmt::format("recurrent layer: state_of(layer {}, direction {}) outside {} layer(s) and {} direction(s)",
+                                            layer, direction, options_.num_layers, num_directions()));
+    // h and c differ in width for an LSTM with proj_size: either state's width is accepted.
+    bool known_width = false;
+    for (std::size_t s = 0; s < state_names().size(); ++s) known_width = known_width || (stacked.dim() == 3 && stacked.size(2) == state_size(s));
+    if (stacked.dim() != 3 || stacked.size(0) != count || !known_width)
+        throw_wrong_shape("recurrent layer state_of", "the stacked state",
+                          fmt::format("[{}, B, {}] (L*D, B, H)", count, state_size(0)), stacked.shape());
+    const std::size_t index = layer * num_directions() + direction;
+    return reshape(slice(stacked, 0, index, index + 1), {stacked.size(1), stacked.size(2)});
+}
+
+template <class T>
+RecurrentResult<T> Recurrent<T>::step(const Tensor<T>& x, const std::vector<Tensor<T>>& state) {
+    if (options_.bidirectional)
+        throw std::logic_error("recurrent layer: step() needs a unidirectional layer (a reverse direction reads the "
+                               "whole sequence); step one cell with cell(layer, direction).forward_step()");
+    if (x.dim() != 2 || x.size(1) != options_.input_size)
+        throw_wrong_shape("recurrent layer step", "input x", fmt::format("[B, {}] (input_size)", options_.input_size),
+                          x.shape());
+    const std::size_t batch = x.size(0);
+    check_given_state(state, batch);
+    std::vector<std::vector<Tensor<T>>> finals(state_names().size());
+    Tensor<T> layer_input = x;
+    for (std::size_t layer = 0; layer < options_.num_layers; ++layer) {
+        const State<T> next = cells_[layer]->forward_step(layer_input, initial_state_for(layer, 0, state, batch));
+        for (std::size_t s = 0; s < finals.size(); ++s) finals[s].push_back(next[s]);
+        layer_input = next[0];
+        if (layer + 1 < options_.num_layers && options_.dropout > 0)
+            layer_input = dropout(layer_input, options_.dropout, this->is_training(), generator_);
+    }
+    RecurrentResult<T> result;
+    result.output = layer_input;
+    for (auto& per_layer : finals) result.state.push_back(stack(per_layer, 0));
+    return result;
+}
+
+template <class T>
 SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
                                               const Sequence& sequence, std::size_t layer, std::size_t direction) {
     if (options_.path == ExecutionPath::fused) {
@@ -149,17 +205,7 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
         throw_shape_error("recurrent layer", "needs at least one step and one sequence", input.shape());
 
     const std::size_t directions = num_directions();
-    if (!initial_state.empty()) {
-        if (initial_state.size() != state_names().size())
-            throw std::invalid_argument(fmt::format("recurrent layer: {} initial state tensors given, expected {}",
-                                                    initial_state.size(), state_names().size()));
-        for (std::size_t s = 0; s < initial_state.size(); ++s) {
-            const Shape state_shape{options_.num_layers * directions, sequence.batch, state_size(s)};
-            if (initial_state[s].shape() != state_shape)
-                throw_shape_error("recurrent layer", fmt::format("initial state '{}' has the wrong shape", state_names()[s]),
-                                  initial_state[s].shape(), state_shape);
-        }
-    }
+    check_given_state(initial_state, sequence.batch);
     if (lengths) {
         if (lengths->size() != sequence.batch)
             throw std::invalid_argument(fmt::format("recurrent layer: {} lengths given for a batch of {}", lengths->size(),

@@ -27,5 +27,9 @@ struct GraphError : std::logic_error {
 // "op: shapes [2, 3] and [4] do not broadcast" style messages.
 [[noreturn]] void throw_shape_error(std::string_view op, std::string_view problem, const Shape& a, const Shape& b);
 [[noreturn]] void throw_shape_error(std::string_view op, std::string_view problem, const Shape& a);
+// "op: what has the wrong shape: expected [1, 3, 6], got [3, 6]". `expected` as text where part
+// of it is free, e.g. "[B, 4]".
+[[noreturn]] void throw_wrong_shape(std::string_view op, std::string_view what, const Shape& expected, const Shape& got);
+[[noreturn]] void throw_wrong_shape(std::string_view op, std::string_view what, std::string_view expected, const Shape& got);
 
 }  // namespace rw

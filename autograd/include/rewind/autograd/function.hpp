@@ -21,23 +21,46 @@ namespace rw {
 template <class T>
 class BackwardContext;
 
+namespace detail {
+template <class T> class BackwardPass;  // the engine (engine.cpp)
+template <class T> struct NodeFactory;  // record_op's node construction (tensor.cpp)
+}  // namespace detail
+
 template <class T>
 using Gradients = std::vector<Tensor<T>>;
 
 template <class T>
 using BackwardRule = std::function<Gradients<T>(const BackwardContext<T>&)>;
 
+// One recorded op on the tape (Tensor::grad_fn()). Users look at it through the read-only
+// accessors; only record_op and the engine change it (as PyTorch's function.h keeps a Node's
+// bookkeeping behind accessors).
 template <class T>
-struct Node {
-    std::string name;
-    std::uint64_t sequence = 0;  // position on the tape: inputs always precede their consumers
-    std::vector<Tensor<T>> inputs;
-    std::vector<std::weak_ptr<TensorImpl<T>>> outputs;
+class Node {
+public:
+    const std::string& name() const { return name_; }
+    // Position on the tape: inputs always precede their consumers.
+    std::uint64_t sequence() const { return sequence_; }
+    // The op's inputs; empty once a backward without retain_graph released the node.
+    const std::vector<Tensor<T>>& inputs() const { return inputs_; }
+    std::size_t num_outputs() const { return outputs_.size(); }
+    // Saved state dropped after a backward without retain_graph.
+    bool released() const { return released_; }
+
+private:
+    friend class detail::BackwardPass<T>;
+    friend struct detail::NodeFactory<T>;
+    friend class BackwardContext<T>;
+
+    std::string name_;
+    std::uint64_t sequence_ = 0;
+    std::vector<Tensor<T>> inputs_;
+    std::vector<std::weak_ptr<TensorImpl<T>>> outputs_;
     // Needed when an output died before the backward; xtensor's small inline shape, no allocation.
-    std::vector<typename xt::xarray<T>::shape_type> output_shapes;
-    BackwardRule<T> backward;
-    bool released = false;  // saved state dropped after a backward without retain_graph
-    std::uint64_t visited_by = 0;  // the last backward pass that collected this node
+    std::vector<typename xt::xarray<T>::shape_type> output_shapes_;
+    BackwardRule<T> backward_;
+    bool released_ = false;
+    std::uint64_t visited_by_ = 0;  // the last backward pass that collected this node
 };
 
 template <class T>
@@ -46,19 +69,19 @@ public:
     BackwardContext(const Node<T>& node, const std::vector<Tensor<T>>& grad_outputs, bool create_graph)
         : node_(node), grad_outputs_(grad_outputs), create_graph_(create_graph) {}
 
-    std::size_t num_inputs() const { return node_.inputs.size(); }
-    std::size_t num_outputs() const { return node_.outputs.size(); }
+    std::size_t num_inputs() const { return node_.inputs_.size(); }
+    std::size_t num_outputs() const { return node_.outputs_.size(); }
     // Undefined when no gradient reached that output.
     const Tensor<T>& grad_output(std::size_t index) const { return grad_outputs_.at(index); }
     bool has_grad_output(std::size_t index) const { return grad_outputs_.at(index).defined(); }
     // The gradient of an output, or zeros of its shape when none reached it.
     Tensor<T> grad_output_or_zeros(std::size_t index) const;
-    const Tensor<T>& input(std::size_t index) const { return node_.inputs.at(index); }
+    const Tensor<T>& input(std::size_t index) const { return node_.inputs_.at(index); }
     // An output as a tensor still attached to this node, so a rule that uses it stays differentiable.
     Tensor<T> output(std::size_t index) const;
-    bool needs_input_grad(std::size_t index) const { return node_.inputs.at(index).requires_grad(); }
+    bool needs_input_grad(std::size_t index) const { return node_.inputs_.at(index).requires_grad(); }
     bool create_graph() const { return create_graph_; }
-    const std::string& op_name() const { return node_.name; }
+    const std::string& op_name() const { return node_.name_; }
 
 private:
     const Node<T>& node_;

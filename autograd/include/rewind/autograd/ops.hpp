@@ -3,6 +3,7 @@
 // src/ops_*.cpp and instantiated there for float and double. docs/derivatives.md lists every
 // backward formula in one table.
 
+#include <concepts>
 #include <cstdint>
 #include <optional>
 #include <type_traits>
@@ -64,6 +65,10 @@ template <class T> Tensor<T> gemm(const Tensor<T>& a, const Tensor<T>& b, bool t
 template <class T> Tensor<T> transpose(const Tensor<T>& x);  // 2-D
 template <class T> Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& axes);
 template <class T> Tensor<T> reshape(const Tensor<T>& x, const Shape& shape);
+// Removes axis `axis`, which must have extent 1 (torch.squeeze(x, dim)); unsqueeze inserts one
+// at position `axis` in 0..dim (torch.unsqueeze).
+template <class T> Tensor<T> squeeze(const Tensor<T>& x, std::size_t axis);
+template <class T> Tensor<T> unsqueeze(const Tensor<T>& x, std::size_t axis);
 // Elements [begin, end) along axis.
 template <class T> Tensor<T> slice(const Tensor<T>& x, std::size_t axis, std::size_t begin, std::size_t end);
 template <class T> Tensor<T> concat(const std::vector<Tensor<T>>& parts, std::size_t axis);
@@ -88,14 +93,33 @@ template <class T> Tensor<T> mean(const Tensor<T>& x, const std::vector<std::siz
 // Stable for large logits: the maximum is subtracted first.
 template <class T> Tensor<T> softmax(const Tensor<T>& x, std::size_t axis);
 template <class T> Tensor<T> log_softmax(const Tensor<T>& x, std::size_t axis);
+// The index of the largest element along `axis` (the first on ties), that axis removed: logits
+// [B, C] -> [B] tokens. Not differentiable, so it returns indices rather than a tensor.
+template <class T> xt::xarray<std::int64_t> argmax(const Tensor<T>& x, std::size_t axis);
 
 // ---- losses and dropout (ops_loss.cpp) ----
-// Mean over the unmasked rows of -log softmax(logits)[target]; logits [N, C], targets [N] in [0, C).
-// mask [N] of 0/1 weights; when given the mean is over its sum.
+// How a loss reduces its per-element terms, as PyTorch's `reduction`: their mean (weighted by
+// the mask where there is one), their sum, or none (the terms themselves).
+enum class Reduction { mean, sum, none };
+
+// -log softmax(logits)[target] per row; logits [N, C], targets [N] in [0, C). mask [N] of
+// non-negative weights: row r counts weight_r times, the mean is over the weights' sum, and
+// rows of weight 0 are skipped (their targets still range-checked). none: [N], row r's loss
+// times its weight.
 template <class T>
 Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>& targets,
-                        const std::optional<xt::xarray<Scalar<T>>>& mask = std::nullopt);
-template <class T> Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target);
+                        const std::optional<xt::xarray<Scalar<T>>>& mask = std::nullopt,
+                        Reduction reduction = Reduction::mean);
+// Probability (soft) targets [N, C], torch.nn.functional.cross_entropy with a float target:
+// -sum_c p_rc log softmax(logits)_rc per row; the mean is over the N rows. Differentiable in
+// both arguments. (Probabilities is deduced, never converted to, so that a braced list of class
+// indices, cross_entropy(logits, {2, 0}), still means the overload above.)
+template <class T, std::same_as<Tensor<T>> Probabilities>
+Tensor<T> cross_entropy(const Tensor<T>& logits, const Probabilities& target_probabilities,
+                        Reduction reduction = Reduction::mean);
+// (prediction - target)^2 per element; none keeps the shape.
+template <class T>
+Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target, Reduction reduction = Reduction::mean);
 // Inverted dropout: zeroes with probability p and scales survivors by 1/(1-p); identity when !training.
 template <class T> Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& generator);
 

@@ -16,7 +16,10 @@ namespace rw {
 using Shape = std::vector<std::size_t>;
 
 template <class T> class Tensor;
-template <class T> struct Node;
+template <class T> class Node;
+namespace detail {
+template <class T> class BackwardPass;  // the engine (engine.cpp): the only user of the private parts
+}  // namespace detail
 
 template <class T>
 using GradientHook = std::function<void(const Tensor<T>& gradient)>;
@@ -30,9 +33,6 @@ struct TensorImpl {
     bool requires_grad = false;
     bool retains_grad = false;
     std::vector<GradientHook<T>> hooks;
-    // Scratch space of one backward pass: the gradient summed so far over this tensor's uses
-    // (undefined outside a pass). Held inline: one allocation fewer per tensor and pass.
-    Tensor<T> pending;
 
     TensorImpl() = default;
     // Moves the value in: a default-constructed xarray is a 0-d array that allocates its element.
@@ -40,6 +40,12 @@ struct TensorImpl {
         : value(std::move(initial)), requires_grad(needs_grad) {}
     // Hands a small value's storage back for reuse by later ops (see src/pool.hpp).
     ~TensorImpl();
+
+private:
+    friend class detail::BackwardPass<T>;
+    // Scratch space of one backward pass: the gradient summed so far over this tensor's uses
+    // (undefined outside a pass). Held inline: one allocation fewer per tensor and pass.
+    Tensor<T> pending;
 };
 
 template <class T>
@@ -89,10 +95,14 @@ public:
     // The hook sees this tensor's total gradient of each backward pass.
     void register_hook(GradientHook<T> hook);
 
-    const std::shared_ptr<TensorImpl<T>>& impl() const { return impl_; }
     bool same(const Tensor& other) const { return impl_ == other.impl_; }
+    // How many handles share this tensor, the tape's included: 1 once no graph refers to it.
+    long use_count() const { return impl_.use_count(); }
 
 private:
+    friend class detail::BackwardPass<T>;
+    const std::shared_ptr<TensorImpl<T>>& impl() const { return impl_; }
+
     const TensorImpl<T>& checked() const;
     TensorImpl<T>& checked();
     std::shared_ptr<TensorImpl<T>> impl_;

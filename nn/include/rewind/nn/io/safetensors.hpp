@@ -47,4 +47,14 @@ std::string dtype_name(const StoredArray& array);
 
 std::vector<std::size_t> shape_of(const StoredArray& array);
 
+// The array stored under `name` with element type T (float: F32, double: F64, std::int64_t:
+// I64), instead of a raw std::get on the variant: a missing name or another dtype throws
+// SafetensorsError naming the tensor ("tensor 'x' is F32, expected F64").
+template <class T>
+const xt::xarray<T>& get_array(const TensorMap& tensors, const std::string& name);
+
+extern template const xt::xarray<float>& get_array(const TensorMap&, const std::string&);
+extern template const xt::xarray<double>& get_array(const TensorMap&, const std::string&);
+extern template const xt::xarray<std::int64_t>& get_array(const TensorMap&, const std::string&);
+
 }  // namespace rw::nn

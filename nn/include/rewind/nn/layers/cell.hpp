@@ -13,10 +13,13 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <typeinfo>
 #include <string>
 #include <vector>
 
+#include <rewind/autograd/errors.hpp>
+#include <rewind/autograd/ops.hpp>
 #include <rewind/autograd/random.hpp>
 #include <rewind/autograd/tensor.hpp>
 
@@ -56,7 +59,13 @@ public:
     virtual Tensor<T> prepare_input(const Tensor<T>& input) const { return input; }
 
     // One time step: x_t is row t of prepare_input()'s result, [B, *]; returns the next state.
+    // For a step on raw input (x [B, input_size]) use forward_step().
     virtual State<T> step(const Tensor<T>& x_t, const State<T>& state) const = 0;
+
+    // One step on raw input, as torch.nn.LSTMCell(x, (h, c)): x [B, input_size] and one
+    // [B, hidden_size] tensor per state name in; the next state out. It runs prepare_input() on
+    // this single step, then step(): what a decoder feeding back its own output calls per token.
+    State<T> forward_step(const Tensor<T>& x, const State<T>& state) const;
 
     // The cell's hand-written fused rules (fused/cell_rules.hpp), or null: the layer's fused path
     // runs them through the library's sequence driver, one tape op per layer and direction.
@@ -87,6 +96,24 @@ private:
     std::size_t input_size_;
     std::size_t hidden_size_;
 };
+
+template <class T>
+State<T> RecurrentCell<T>::forward_step(const Tensor<T>& x, const State<T>& state) const {
+    const std::string op = (kind().empty() ? std::string("recurrent cell") : kind()) + " forward_step";
+    if (x.dim() != 2 || x.size(1) != input_size_)
+        throw_wrong_shape(op, "input x", "[B, " + std::to_string(input_size_) + "] (input_size " +
+                                             std::to_string(input_size_) + ")", x.shape());
+    const std::size_t batch = x.size(0);
+    const std::vector<std::string> names = state_names();
+    if (state.size() != names.size())
+        throw std::invalid_argument(op + ": " + std::to_string(state.size()) + " state tensors given, expected " +
+                                    std::to_string(names.size()));
+    for (std::size_t s = 0; s < names.size(); ++s)
+        if (state[s].shape() != Shape{batch, hidden_size_})
+            throw_wrong_shape(op, "state '" + names[s] + "'", Shape{batch, hidden_size_}, state[s].shape());
+    const Tensor<T> prepared = prepare_input(reshape(x, {1, batch, input_size_}));
+    return step(reshape(prepared, {batch, prepared.size() / batch}), state);
+}
 
 // Creates the cell of one layer and direction; the layer calls it with that layer's input size.
 template <class T>

@@ -11,6 +11,7 @@
 
 #include <xtensor/xarray.hpp>
 
+#include <rewind/autograd/ops.hpp>
 #include <rewind/autograd/random.hpp>
 #include <rewind/autograd/tensor.hpp>
 
@@ -42,6 +43,8 @@ public:
     Embedding(std::size_t num_embeddings, std::size_t dim, Generator& generator);
     // indices of any shape S -> [S..., dim]; each must be in [0, num_embeddings).
     Tensor<T> forward(const xt::xarray<std::int64_t>& indices) const;
+    // One index per sequence, [B] -> [B, dim]: a decoder's next input from its tokens.
+    Tensor<T> forward(const std::vector<std::int64_t>& indices) const;
     const Tensor<T>& weight() const { return weight_; }
 
 private:
@@ -68,20 +71,25 @@ private:
 template <class T>
 xt::xarray<T> length_mask(std::size_t steps, const std::vector<std::int64_t>& lengths);
 
-// Mean cross-entropy over the positions the mask selects: logits [T, B, C], targets [T, B]
-// (masked-out targets may hold anything, e.g. -1 padding), mask [T, B] of non-negative weights
-// (an xt::xarray<T> converts to the optional).
+// Cross-entropy at every position of logits [T, B, C] with targets [T, B] (masked-out targets
+// may hold anything, e.g. -1 padding), weighted by mask [T, B] of non-negative weights (an
+// xt::xarray<T> converts to the optional; lengths make one). Reduction::mean: the weighted mean
+// over the selected positions (the default); sum: the sum over time and batch, as the tutorials
+// define a sequence's loss; none: [T, B], each position's loss times its weight.
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
-                                 const std::optional<xt::xarray<std::type_identity_t<T>>>& mask = std::nullopt);
+                                 const std::optional<xt::xarray<std::type_identity_t<T>>>& mask = std::nullopt,
+                                 Reduction reduction = Reduction::mean);
 template <class T>
 Tensor<T> sequence_cross_entropy(const Tensor<T>& logits, const xt::xarray<std::int64_t>& targets,
-                                 const std::vector<std::int64_t>& lengths);
+                                 const std::vector<std::int64_t>& lengths, Reduction reduction = Reduction::mean);
 
-// Mean squared error over the masked positions: prediction and target [T, B, F], mask [T, B];
-// the mean is over selected positions times F. Unmasked, it is rw::mse_loss.
+// Squared error at the masked positions: prediction and target [T, B, F], mask [T, B].
+// Reduction::mean: over the selected positions times F (unmasked, it is rw::mse_loss); sum: the
+// total; none: [T, B, F], zero where masked out.
 template <class T>
-Tensor<T> sequence_mse(const Tensor<T>& prediction, const Tensor<T>& target, const xt::xarray<T>& mask);
+Tensor<T> sequence_mse(const Tensor<T>& prediction, const Tensor<T>& target, const xt::xarray<T>& mask,
+                       Reduction reduction = Reduction::mean);
 
 // ---- recurrent (variational) dropout ----
 

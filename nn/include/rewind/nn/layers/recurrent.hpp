@@ -53,9 +53,12 @@ struct RecurrentOptions {
     CellOptions cell_options() const { return {.bias = bias, .proj_size = proj_size}; }
 };
 
+// The final states are stacked as PyTorch's h_n and c_n: [L*D, B, H], layer-major, then
+// direction (index 2*l + d of a bidirectional layer, d = 1 the reverse direction); take one layer
+// and direction with Recurrent::state_of().
 template <class T>
 struct RecurrentResult {
-    Tensor<T> output;               // [T, B, D*H] (or [B, T, D*H] when batch_first); H is proj_size if set
+    Tensor<T> output;               // [T, B, D*H] (or [B, T, D*H] when batch_first); [B, H] from step(); H is proj_size if set
     std::vector<Tensor<T>> state;   // per state tensor (h, then c for LSTM): [L*D, B, H] (h: proj_size if set)
     const Tensor<T>& h_n() const { return state.at(0); }
     const Tensor<T>& c_n() const { return state.at(1); }
@@ -85,6 +88,16 @@ public:
     RecurrentResult<T> forward(const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state = {},
                                const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt);
 
+    // One time step of every layer on raw input x [B, input_size] (a decoder generating one token
+    // at a time): state as forward()'s initial_state ([L, B, H] per state tensor, or empty for
+    // the zeros or learned initial state); returns output [B, H] (the last layer's h) and the
+    // next state [L, B, H]. Unidirectional layers only: a reverse direction needs the whole
+    // sequence (step one cell with cell(layer, direction).forward_step instead).
+    RecurrentResult<T> step(const Tensor<T>& x, const std::vector<Tensor<T>>& state = {});
+
+    // One layer and direction of a stacked state [L*D, B, H] (h_n, c_n or an initial state): [B, H].
+    Tensor<T> state_of(const Tensor<T>& stacked, std::size_t layer, std::size_t direction = 0) const;
+
     const RecurrentOptions& options() const { return options_; }
     std::size_t num_directions() const { return options_.bidirectional ? 2 : 1; }
     const RecurrentCell<T>& cell(std::size_t layer, std::size_t direction) const;
@@ -110,6 +123,7 @@ private:
                                          const Sequence& sequence, std::size_t layer, std::size_t direction);
     State<T> initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
                                std::size_t batch) const;
+    void check_given_state(const std::vector<Tensor<T>>& given, std::size_t batch) const;
 
     RecurrentOptions options_;
     Generator generator_;

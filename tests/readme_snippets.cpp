@@ -1,0 +1,111 @@
+// The README's code snippets, verbatim between the "README snippet" markers: each compiles and
+// runs here, and a test checks that README.md still holds exactly this text, so neither can
+// drift from the other.
+
+#include <boost/test/unit_test.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <rewind/nn.hpp>
+
+using namespace rw;
+
+namespace {
+
+// The lines between "// README snippet: <name>" and "// end of snippet" in this file, without
+// the four spaces of indentation that the enclosing function adds.
+std::string snippet(const std::string& name) {
+    std::ifstream file(std::filesystem::path(REWIND_TESTS_DIR) / "readme_snippets.cpp");
+    std::string line, text;
+    bool inside = false;
+    while (std::getline(file, line)) {
+        if (line == "    // README snippet: " + name) inside = true;
+        else if (inside && line == "    // end of snippet") return text;
+        else if (inside) text += (line.starts_with("    ") ? line.substr(4) : line) + "\n";
+    }
+    BOOST_FAIL("no snippet named " << name);
+    return {};
+}
+
+std::string readme() {
+    std::ifstream file(std::filesystem::path(REWIND_TESTS_DIR) / ".." / "README.md");
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(readme_snippets)
+
+BOOST_AUTO_TEST_CASE(every_snippet_here_is_in_the_readme_verbatim) {
+    const std::string text = readme();
+    BOOST_REQUIRE(!text.empty());
+    for (const char* name : {"lstm", "greedy decoding", "projections"})
+        BOOST_TEST(text.find(snippet(name) + "```\n") != std::string::npos, "README snippet '" << name << "'");
+}
+
+BOOST_AUTO_TEST_CASE(the_lstm_snippet_runs_on_real_data) {
+    // README snippet: lstm
+    auto lstm = nn::make_lstm<double>({.input_size = 8, .hidden_size = 16, .num_layers = 2,
+                                       .bidirectional = true, .dropout = 0.1, .seed = 42});
+    Generator data(7);
+    Tensor<double> x(nn::init::uniform<double>({12, 4, 8}, -1.0, 1.0, data), true);   // [T, B, I]
+    std::vector<std::int64_t> lengths{12, 7, 9, 3};                                    // packed-sequence semantics
+    auto result = lstm->forward(x, /*initial_state=*/{}, lengths);
+    result.output;   // [T, B, 2*16]: zeros past each sequence's end
+    result.h_n();    // [L*D, B, H]: each sequence's state at its own last step
+    result.c_n();
+    lstm->state_of(result.h_n(), 1, 1);   // [B, H]: layer 1, reverse direction (index 2*1 + 1)
+    sum(result.output).backward();    // BPTT: gradients in lstm->parameter("weight_hh_l1_reverse").grad()
+    // end of snippet
+    BOOST_TEST(result.output.shape() == (Shape{12, 4, 32}));
+    BOOST_TEST(std::isfinite(double(xt::sum(xt::abs(lstm->parameter("weight_hh_l1_reverse").grad().value()))())));
+    BOOST_TEST(xt::all(xt::isfinite(x.value())));
+}
+
+BOOST_AUTO_TEST_CASE(the_projections_snippet_has_the_shapes_it_states) {
+    // README snippet: projections
+    auto projected = nn::make_lstm<double>({.input_size = 8, .hidden_size = 16, .num_layers = 2,
+                                            .bias = false, .proj_size = 4});  // h_n [2, B, 4], c_n [2, B, 16]
+    // end of snippet
+    const auto result = projected->forward(Tensor<double>::ones({5, 3, 8}));
+    BOOST_TEST(result.h_n().shape() == (Shape{2, 3, 4}));
+    BOOST_TEST(result.c_n().shape() == (Shape{2, 3, 16}));
+    BOOST_TEST(!projected->named_parameters().empty());
+    for (const auto& [name, parameter] : projected->named_parameters()) BOOST_TEST(name.rfind("bias", 0) != 0, name);
+}
+
+BOOST_AUTO_TEST_CASE(the_greedy_decoding_snippet_decodes_max_length_tokens_per_sequence) {
+    const std::size_t vocab = 7, batch = 3, max_length = 5;
+    const std::int64_t start_token = 0;
+    Generator init(11);
+    nn::Embedding<float> embedding(vocab, 4, init);
+    auto encoder = nn::make_gru<float>({.input_size = 4, .hidden_size = 6, .seed = 1});
+    auto decoder = nn::make_gru<float>({.input_size = 4, .hidden_size = 6, .seed = 2});
+    nn::Linear<float> head(6, vocab, init);
+    const xt::xarray<std::int64_t> source{{1, 2, 3}, {4, 5, 6}};  // [T, B]
+
+    // README snippet: greedy decoding
+    NoGradGuard no_grad;
+    auto state = encoder->forward(embedding.forward(source)).state;   // source [T, B] -> h_n [1, B, H]
+    std::vector<std::int64_t> tokens(batch, start_token);              // [B]
+    std::vector<std::vector<std::int64_t>> decoded;
+    for (std::size_t t = 0; t < max_length; ++t) {
+        auto step = decoder->step(embedding.forward(tokens), state);   // [B, E] -> output [B, H]
+        auto next = argmax(head.forward(step.output), 1);               // logits [B, vocab] -> [B]
+        tokens.assign(next.begin(), next.end());
+        decoded.push_back(tokens);
+        state = step.state;
+    }
+    // end of snippet
+    BOOST_TEST(decoded.size() == max_length);
+    for (const auto& row : decoded) {
+        BOOST_TEST(row.size() == batch);
+        for (auto token : row) BOOST_TEST((token >= 0 && token < std::int64_t(vocab)));
+    }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
