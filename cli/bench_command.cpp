@@ -1,12 +1,12 @@
 // rewind bench: one training step of a recurrent layer (forward, loss = sum of the output, full
-// backward to the input and every weight), float32, on the fused path, on the generic per-step
-// tape, optionally on oneDNN's own RNN primitives, and rw::blas::gemm on a comparable size as the
-// machine's practical peak. Everything is interleaved in one process, each round running every
-// contender once, so load from other processes hits them alike; medians are reported.
+// backward to the input and every weight), float32, fused vs generic through the library's
+// nn::bench_paths (path_bench.hpp), with optionally oneDNN's own RNN primitives and
+// rw::blas::gemm on a comparable size as the machine's practical peak timed in the same rounds,
+// so load from other processes hits them alike; medians are reported.
 //
-// FLOPs of a step: 3 * 2 * T * B * G * H * (I + H) per layer and direction (the forward GEMMs,
-// twice that for backward), G = 4 LSTM, 3 GRU, 1 RNN. The sgemm reference is
-// [T*B, I+H] x [I+H, G*H], the shape of all the forward GEMMs of a step as one product.
+// FLOPs of a step: 3x the forward GEMMs the cells' fused rules state (2 * T * B * G * H * (I + H)
+// per layer and direction for the built-in cells, G = 4 LSTM, 3 GRU, 1 RNN). The sgemm reference
+// is [T*B, I+H] x [I+H, G*H], the shape of all the forward GEMMs of a step as one product.
 
 #include <algorithm>
 #include <chrono>
@@ -22,7 +22,8 @@
 #include <rewind/autograd/gemm.hpp>
 #include <rewind/autograd/ops.hpp>
 #include <rewind/autograd/random.hpp>
-#include <rewind/nn/fused/kernels.hpp>
+#include <rewind/nn/analysis/path_bench.hpp>
+#include <rewind/nn/layers/cell_table.hpp>
 
 #include "commands.hpp"
 #include "onednn_peer.hpp"
@@ -35,13 +36,6 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> values) {
-    if (values.empty()) return NAN;
-    std::sort(values.begin(), values.end());
-    const std::size_t n = values.size();
-    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
 struct BenchRequest {
@@ -70,16 +64,6 @@ public:
         xt::xarray<float> x = checked_array<float>("bench input", {r.steps, r.batch, r.layer.input_size});
         for (auto& v : x) v = static_cast<float>(generator.uniform(-1, 1));
         x_ = Tensor<float>(std::move(x), true);
-    }
-
-    // One training step; the returned loss keeps the work from being optimised away.
-    float run(nn::ExecutionPath path) {
-        choose_path(*layer_, path);
-        layer_->zero_grad();
-        x_.zero_grad();
-        Tensor<float> loss = sum(layer_->forward(x_).output);
-        loss.backward();
-        return loss.item() + x_.grad().value()(0);
     }
 
     nn::Recurrent<float>& layer() { return *layer_; }
@@ -133,14 +117,8 @@ std::pair<double, double> compare_with_peer(RewindStep& rewind, OnednnRnnStep& p
 nlohmann::json run_case(const BenchRequest& r) {
     apply_threads(r.threads);
     const LayerConfig& config = r.layer;
-    nn::fused::CellType type;
-    nn::fused::parse_cell_type(config.cell, type);
-    const std::size_t G = nn::fused::gate_count(type), D = config.directions(), H = config.hidden_size;
-    double flops = 0;
-    for (std::size_t l = 0; l < config.layers; ++l) {
-        const std::size_t in = l == 0 ? config.input_size : D * H;
-        flops += double(D) * 3.0 * 2.0 * double(r.steps * r.batch * G * H) * double(in + H);
-    }
+    const nn::CellInfo& cell = nn::cell_info(config.cell);
+    const std::size_t G = cell.gates, D = config.directions(), H = config.hidden_size;
 
     RewindStep rewind(r);
     SgemmStep sgemm(r.steps * r.batch, G * H, config.input_size + H);
@@ -158,29 +136,20 @@ nlohmann::json run_case(const BenchRequest& r) {
         }
     }
 
-    std::vector<double> fused_ms, generic_ms, sgemm_ms, onednn_ms, onednn_primitive_ms;
-    float checksum = 0;
-    for (int round = 0; round < r.warmup + r.repeats; ++round) {
-        const bool record = round >= r.warmup;
-        auto start = Clock::now();
-        checksum += rewind.run(nn::ExecutionPath::fused);
-        if (record) fused_ms.push_back(ms_since(start));
-        if (!r.skip_generic) {
-            start = Clock::now();
-            checksum += rewind.run(nn::ExecutionPath::generic);
-            if (record) generic_ms.push_back(ms_since(start));
-        }
+    std::vector<double> sgemm_ms, onednn_ms, onednn_primitive_ms;
+    nn::PathBenchOptions options{.repeats = r.repeats, .warmup = r.warmup, .generic = !r.skip_generic};
+    options.each_round = [&](bool timed) {
         const double s = sgemm.run();
-        if (record) sgemm_ms.push_back(s);
+        if (timed) sgemm_ms.push_back(s);
         if (peer) {
             const auto [total, primitives] = peer->run();
-            if (record) {
+            if (timed) {
                 onednn_ms.push_back(total);
                 onednn_primitive_ms.push_back(primitives);
             }
         }
-    }
-    checksum += sgemm.checksum();
+    };
+    const nn::PathBenchResult timing = nn::bench_paths(rewind.layer(), rewind.x(), options);
 
     j["cell"] = config.cell;
     j["seq_len"] = r.steps;
@@ -192,24 +161,27 @@ nlohmann::json run_case(const BenchRequest& r) {
     j["threads"] = r.threads;
     j["repeats"] = r.repeats;
     j["gemm_backend"] = blas::float_backend();
-    j["checksum"] = checksum;
-    const double fused = median(fused_ms);
-    const double sgemm_gflops = sgemm.flops() / (median(sgemm_ms) * 1e6);
+    j["checksum"] = timing.checksum + sgemm.checksum();
+    j["fused_ran"] = timing.fused_ran;
+    if (!timing.fused_ran) j["path_note"] = timing.path_note;
+    const double fused = timing.fused_median_ms;
+    const double flops = timing.flops;
+    const double sgemm_gflops = sgemm.flops() / (nn::median_of(sgemm_ms) * 1e6);
     j["fused_ms"] = fused;
     if (!r.skip_generic) {
-        j["generic_ms"] = median(generic_ms);
-        j["generic_over_fused"] = median(generic_ms) / fused;
-        j["generic_gflops"] = flops / (median(generic_ms) * 1e6);
+        j["generic_ms"] = timing.generic_median_ms;
+        j["generic_over_fused"] = timing.generic_over_fused;
+        j["generic_gflops"] = timing.generic_gflops;
     }
-    j["fused_gflops"] = flops / (fused * 1e6);
+    j["fused_gflops"] = timing.fused_gflops;
     j["sgemm_gflops"] = sgemm_gflops;
-    j["fraction_of_sgemm_peak"] = flops / (fused * 1e6) / sgemm_gflops;
-    j["saved_bytes_per_step"] = nn::fused::saved_bytes_per_step(type, r.batch, H, sizeof(float)) * D * config.layers;
+    j["fraction_of_sgemm_peak"] = timing.fused_gflops / sgemm_gflops;
+    j["saved_bytes_per_step"] = nn::fused::saved_bytes_per_step(cell.layout, r.batch, H, sizeof(float)) * D * config.layers;
     if (peer) {
-        j["onednn_ms"] = median(onednn_ms);
-        j["onednn_primitives_ms"] = median(onednn_primitive_ms);
-        j["onednn_over_fused"] = median(onednn_ms) / fused;
-        j["onednn_gflops"] = flops / (median(onednn_ms) * 1e6);
+        j["onednn_ms"] = nn::median_of(onednn_ms);
+        j["onednn_primitives_ms"] = nn::median_of(onednn_primitive_ms);
+        j["onednn_over_fused"] = nn::median_of(onednn_ms) / fused;
+        j["onednn_gflops"] = flops / (nn::median_of(onednn_ms) * 1e6);
     }
     return j;
 }
@@ -233,6 +205,7 @@ void print_text(const nlohmann::json& j) {
                    j["onednn_primitives_ms"].get<double>(), j["onednn_output_max_abs_diff"].get<double>(),
                    j["onednn_dx_max_abs_diff"].get<double>());
     if (j.contains("peer_note")) fmt::print("  note: {}\n", j["peer_note"].get<std::string>());
+    if (j.contains("path_note")) fmt::print("  note: the fused rounds ran step(): {}\n", j["path_note"].get<std::string>());
     fmt::print("  saved for backward: {} bytes per time step\n", j["saved_bytes_per_step"].get<std::size_t>());
 }
 
@@ -282,9 +255,7 @@ Command add_bench_command(CLI::App& app) {
     CLI::App* command = app.add_subcommand(
         "bench", "time one training step: fused vs generic path (vs oneDNN's RNN primitives), float32");
     LayerConfig& layer = request->layer;
-    command->add_option("--cell", layer.cell, "cell type")
-        ->capture_default_str()
-        ->check(CLI::IsMember({"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    add_cell_option(*command, layer.cell)->capture_default_str();
     command->add_option("--seq-len", request->steps, "time steps (T)")->capture_default_str()->check(integer_in(1, max_size));
     command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(integer_in(1, max_size));
     command->add_option("--input-size", layer.input_size, "features per step (I)")

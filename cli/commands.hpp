@@ -13,6 +13,7 @@
 #include <CLI/CLI.hpp>
 
 #include <rewind/autograd/checked_size.hpp>
+#include <rewind/nn/layers/cell_table.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
 
 namespace rw::cli {
@@ -71,8 +72,11 @@ struct LayerConfig {
     bool bidirectional = false;
 
     std::size_t directions() const { return bidirectional ? 2 : 1; }
-    bool is_lstm() const { return cell == "lstm"; }
+    // A second state tensor c besides h (LSTM), from the table of cells.
+    bool has_cell_state() const { return nn::cell_info(cell).state_names.size() > 1; }
 };
 void add_layer_options(CLI::App& command, LayerConfig& config);
+// --cell, checked against the table of cells.
+CLI::Option* add_cell_option(CLI::App& command, std::string& cell);
 
 }  // namespace rw::cli

@@ -41,7 +41,7 @@ public:
         rw::backward(roots, seeds);
 
         nn::TensorMap out{{"output", result.output.value()}, {"h_n", result.h_n().value()}};
-        if (config.is_lstm()) out.emplace("c_n", result.c_n().value());
+        if (config.has_cell_state()) out.emplace("c_n", result.c_n().value());
         out.emplace("grad.x", gradient(x));
         if (h0.defined()) out.emplace("grad.h0", gradient(h0));
         if (c0.defined()) out.emplace("grad.c0", gradient(c0));
@@ -62,7 +62,7 @@ private:
         if (!h0.defined() && !c0.defined()) return {};
         const Shape shape = nn::shape_of(data_.inputs.at(h0.defined() ? "h0" : "c0"));
         std::vector<Tensor<T>> state{h0.defined() ? h0 : Tensor<T>::zeros(shape)};
-        if (request_.layer.is_lstm()) state.push_back(c0.defined() ? c0 : Tensor<T>::zeros(shape));
+        if (request_.layer.has_cell_state()) state.push_back(c0.defined() ? c0 : Tensor<T>::zeros(shape));
         return state;
     }
 

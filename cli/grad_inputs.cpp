@@ -31,7 +31,7 @@ public:
         for (const auto& [name, array] : inputs_) {
             if (!known_inputs.contains(name))
                 fail(name, fmt::format("unknown input (expected some of: {})", fmt::join(known_inputs, ", ")));
-            if (lstm_only.contains(name) && !config_.is_lstm())
+            if (lstm_only.contains(name) && !config_.has_cell_state())
                 fail(name, fmt::format("only an LSTM has a cell state, and --cell is {}", config_.cell));
         }
         for (const std::string required : {"x", "grad_output"})

@@ -46,8 +46,14 @@ std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& reques
     return layer;
 }
 
-// The layer's check on random data: x, and random initial states unless --zero-initial-state.
-nn::LayerCheck checked_function(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+// The random data of a check: x, and random initial states unless --zero-initial-state.
+struct CheckData {
+    Tensor<double> x;
+    std::vector<Tensor<double>> initial;
+    std::optional<std::vector<std::int64_t>> lengths;
+};
+
+CheckData check_data(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
     Generator generator(request.seed ^ data_stream);
     auto random = [&](const Shape& shape, double scale) {
         xt::xarray<double> value = checked_array<double>("gradcheck input", shape);
@@ -62,14 +68,29 @@ nn::LayerCheck checked_function(const GradcheckRequest& request, nn::Recurrent<d
             initial.push_back(random({config.layers * config.directions(), request.batch, config.hidden_size}, 0.5));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!request.lengths.empty()) lengths = request.lengths;
-    return nn::layer_check(layer, x, initial, lengths);
+    return {x, std::move(initial), std::move(lengths)};
+}
+
+nn::LayerCheck checked_function(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    const CheckData data = check_data(request, layer);
+    return nn::layer_check(layer, data.x, data.initial, data.lengths);
+}
+
+GradcheckOptions check_options(const GradcheckRequest& request) {
+    GradcheckOptions options = request.tolerance;
+    options.seed = request.seed;
+    return options;
 }
 
 GradcheckReport check_layer(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
     nn::LayerCheck checked = checked_function(request, layer);
-    GradcheckOptions options = request.tolerance;
-    options.seed = request.seed;
-    return gradcheck(checked.function, std::move(checked.inputs), options, std::move(checked.names));
+    return gradcheck(checked.function, std::move(checked.inputs), check_options(request), std::move(checked.names));
+}
+
+// --per-step: dL/dx_t and dL/dh_t step by step, on the same data.
+nn::PerStepReport check_steps(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    const CheckData data = check_data(request, layer);
+    return nn::gradcheck_layer_per_step(layer, data.x, data.initial, data.lengths, check_options(request));
 }
 
 // The analytic gradients of one random projection of the checked function.
@@ -112,7 +133,10 @@ int run_gradcheck(const GradcheckRequest& request) {
     for (const auto path : paths_of(request.path)) layers.emplace_back(path, make_layer(request, path));
 
     std::vector<PathReport> reports;
-    for (const auto& [path, layer] : layers) reports.push_back({path, check_layer(request, *layer)});
+    for (const auto& [path, layer] : layers) {
+        reports.push_back({path, check_layer(request, *layer), std::nullopt});
+        if (request.per_step) reports.back().per_step = check_steps(request, *layer);
+    }
     std::optional<PathAgreement> agreement;
     if (layers.size() == 2) agreement = compare_paths(request, *layers[0].second, *layers[1].second);
     if (request.json)
@@ -140,6 +164,9 @@ Command add_gradcheck_command(CLI::App& app) {
         ->capture_default_str()
         ->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
     command->add_flag("--json", request->json, "print one JSON object instead of the table");
+    command->add_flag("--per-step", request->per_step,
+                      "also check dL/dx_t and dL/dh_t for every time step and name the first step, walking back "
+                      "from T, where analytic and numeric disagree");
     command->add_flag("!--zero-initial-state", request->initial_state,
                       "start from zeros instead of random initial states h0 (and c0), which are then not checked");
     command->add_option("--eps", request->tolerance.step, "central-difference step")

@@ -24,6 +24,36 @@ std::string location(const GradcheckRequest& request, const InputCheck& check) {
     return {};
 }
 
+json input_check_json(const InputCheck& check) {
+    return {{"name", check.name},
+            {"shape", check.shape},
+            {"max_abs_error", check.max_abs_error},
+            {"max_rel_error", check.max_rel_error},
+            {"worst_index", check.worst_index},
+            {"worst_analytic", check.worst_analytic},
+            {"worst_numeric", check.worst_numeric},
+            {"failed_elements", check.failed_elements},
+            {"passed", check.passed}};
+}
+
+json per_step_json(nn::ExecutionPath path, const nn::PerStepReport& report) {
+    json steps = json::array();
+    for (const nn::StepCheck& step : report.steps) {
+        json hidden = json::array();
+        for (const InputCheck& h : step.hidden) hidden.push_back(input_check_json(h));
+        steps.push_back({{"step", step.step}, {"passed", step.passed()}, {"x", input_check_json(step.x)}, {"hidden", hidden}});
+    }
+    json first = nullptr;
+    if (report.first_disagreeing_step) first = *report.first_disagreeing_step;
+    return {{"path", path_name(path)},
+            {"passed", report.passed},
+            {"hidden_checked", !report.steps.empty() && !report.steps.front().hidden.empty()},
+            {"first_disagreeing_step", first},
+            {"max_abs_error", report.max_abs_error},
+            {"max_rel_error", report.max_rel_error},
+            {"steps", steps}};
+}
+
 std::string describe(const GradcheckRequest& request) {
     const LayerConfig& config = request.layer;
     std::string text = fmt::format("{} ({} layer{}{}, input {}, hidden {}), T={}, B={}", config.cell, config.layers,
@@ -39,7 +69,7 @@ std::string report_text(const GradcheckRequest& request, const std::vector<PathR
                         const std::optional<PathAgreement>& agreement) {
     const GradcheckOptions& tolerance = request.tolerance;
     std::string text;
-    for (const auto& [path, report] : reports) {
+    for (const auto& [path, report, per_step] : reports) {
         text += fmt::format("gradcheck of {}, {} path\n", describe(request), path_name(path));
         text += fmt::format("  {:<20} {:<12} {:>11} {:>11}  {}\n", "tensor", "shape", "max abs err", "max rel err",
                             "worst element");
@@ -55,6 +85,12 @@ std::string report_text(const GradcheckRequest& request, const std::vector<PathR
             "{:g} |numeric|)\n",
             report.passed ? "passed" : "FAILED", report.max_abs_error, report.max_rel_error,
             tolerance.absolute_tolerance, tolerance.relative_tolerance);
+        if (!per_step) continue;
+        text += fmt::format("per step, {} path: dL/dx_t and dL/dh_t (the gradient with respect to step t's hidden state) "
+                            "against central differences, walking back from T\n", path_name(path));
+        if (per_step->steps.empty() || per_step->steps.front().hidden.empty())
+            text += "  (dL/dh_t not checked: the fused kernel runs the whole sequence as one op; --path generic checks it)\n";
+        text += per_step->to_string();
     }
     if (agreement)
         text += fmt::format("fused vs generic analytic gradients: max relative difference {:.3e} (in {})\n",
@@ -75,24 +111,17 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
                         {"batch", request.batch},
                         {"lengths", request.lengths},
                         {"seed", request.seed}};
-    for (const auto& [path, report] : reports) {
-        result["passed"] = result["passed"].get<bool>() && report.passed;
+    for (const auto& [path, report, per_step] : reports) {
+        result["passed"] = result["passed"].get<bool>() && report.passed && (!per_step || per_step->passed);
         result["max_abs_error"] = std::max(result["max_abs_error"].get<double>(), report.max_abs_error);
         result["max_rel_error"] = std::max(result["max_rel_error"].get<double>(), report.max_rel_error);
         for (const InputCheck& check : report.inputs) {
-            json entry{{"name", check.name},
-                       {"path", path_name(path)},
-                       {"shape", check.shape},
-                       {"max_abs_error", check.max_abs_error},
-                       {"max_rel_error", check.max_rel_error},
-                       {"worst_index", check.worst_index},
-                       {"worst_analytic", check.worst_analytic},
-                       {"worst_numeric", check.worst_numeric},
-                       {"failed_elements", check.failed_elements},
-                       {"passed", check.passed}};
+            json entry = input_check_json(check);
+            entry["path"] = path_name(path);
             if (check.name == "x" && !check.worst_index.empty()) entry["time_step"] = check.worst_index.front();
             result["tensors"].push_back(std::move(entry));
         }
+        if (per_step) result["per_step"].push_back(per_step_json(path, *per_step));
     }
     if (agreement)
         result["paths_agreement"] = {{"max_rel_difference", agreement->max_rel_difference},
@@ -102,10 +131,12 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
 
 std::string failure_summary(const std::vector<PathReport>& reports) {
     std::vector<std::string> failures;
-    for (const auto& [path, report] : reports) {
+    for (const auto& [path, report, per_step] : reports) {
         std::vector<std::string> names;
         for (const InputCheck& check : report.inputs)
             if (!check.passed) names.push_back(check.name);
+        if (per_step && per_step->first_disagreeing_step)
+            names.push_back(fmt::format("the per-step gradients from step {} back", *per_step->first_disagreeing_step));
         if (!names.empty()) failures.push_back(fmt::format("{} ({} path)", fmt::join(names, ", "), path_name(path)));
     }
     if (failures.empty()) return {};

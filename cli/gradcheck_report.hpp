@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <rewind/autograd/gradcheck.hpp>
+#include <rewind/nn/layers/layer_check.hpp>
 
 #include "commands.hpp"
 
@@ -24,12 +25,14 @@ struct GradcheckRequest {
     bool json = false;
     bool initial_state = true;  // random h0 (and c0) checked too
     GradcheckOptions tolerance;  // step and tolerances; the seed is set from `seed`
+    bool per_step = false;       // also dL/dx_t and dL/dh_t step by step (nn::gradcheck_layer_per_step)
     int threads = 1;
 };
 
 struct PathReport {
     nn::ExecutionPath path;
     GradcheckReport report;
+    std::optional<nn::PerStepReport> per_step;  // with --per-step
 };
 
 // With --path both: how closely the two paths' analytic gradients agree.

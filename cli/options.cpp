@@ -68,10 +68,13 @@ std::vector<nn::ExecutionPath> paths_of(const std::string& path) {
 
 std::string path_name(nn::ExecutionPath path) { return path == nn::ExecutionPath::fused ? "fused" : "generic"; }
 
+CLI::Option* add_cell_option(CLI::App& command, std::string& cell) {
+    return command.add_option("--cell", cell, "cell type (the table of cells: rewind cells)")
+        ->check(CLI::IsMember(nn::cell_names()));
+}
+
 void add_layer_options(CLI::App& command, LayerConfig& config) {
-    command.add_option("--cell", config.cell, "cell type")
-        ->required()
-        ->check(CLI::IsMember({"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    add_cell_option(command, config.cell)->required();
     command.add_option("--input-size", config.input_size, "features per step (I)")
         ->required()
         ->check(integer_in(1, max_size));

@@ -110,3 +110,47 @@ BOOST_AUTO_TEST_CASE(refuses_options_that_do_not_apply) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(rewind_gradcheck_per_step)
+
+BOOST_AUTO_TEST_CASE(reports_every_step_as_text_and_json) {
+    TempDir dir;
+    const std::vector<std::string> args{"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "4",
+                                        "--seq-len", "5", "--batch", "2", "--layers", "2", "--bidirectional",
+                                        "--lengths", "5,3", "--per-step"};
+    const Run text = run_cli(dir, args);
+    BOOST_TEST_REQUIRE(text.exit_code == 0, text.err);
+    BOOST_TEST(text.out.find("per step, generic path: dL/dx_t and dL/dh_t") != std::string::npos, text.out);
+    BOOST_TEST(text.out.find("every step agrees") != std::string::npos);
+
+    std::vector<std::string> json_args = args;
+    json_args.push_back("--json");
+    const Run run = run_cli(dir, json_args);
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json report = json::parse(run.out);
+    const json& per_step = report["per_step"][0];
+    BOOST_TEST(per_step["path"].get<std::string>() == "generic");
+    BOOST_TEST(per_step["first_disagreeing_step"].is_null());
+    BOOST_TEST_REQUIRE(per_step["steps"].size() == 5u);
+    BOOST_TEST(per_step["steps"][4]["step"].get<int>() == 4);
+    BOOST_TEST(per_step["steps"][4]["hidden"].size() == 4u);  // 2 layers x 2 directions
+    BOOST_TEST(per_step["steps"][4]["hidden"][1]["name"].get<std::string>() == "h_l0_reverse");
+    BOOST_TEST(per_step["steps"][0]["x"]["max_abs_error"].get<double>() < 1e-7);
+}
+
+BOOST_AUTO_TEST_CASE(on_the_fused_path_checks_x_t_only_and_says_so) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "3", "--hidden-size", "4", "--seq-len",
+                                  "4", "--batch", "2", "--path", "both", "--per-step", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST_REQUIRE(report["per_step"].size() == 2u);
+    BOOST_TEST(report["per_step"][0]["hidden_checked"].get<bool>());
+    BOOST_TEST(report["per_step"][1]["path"].get<std::string>() == "fused");
+    BOOST_TEST(!report["per_step"][1]["hidden_checked"].get<bool>());
+    const Run text = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "3", "--hidden-size", "4", "--seq-len",
+                                   "4", "--batch", "2", "--path", "fused", "--per-step"});
+    BOOST_TEST(text.out.find("dL/dh_t not checked: the fused kernel") != std::string::npos, text.out);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,6 +1,7 @@
-// The fused whole-sequence kernels against the generic per-step tape: outputs, final states and
-// every gradient, over randomized configurations, in float64 and float32; gradcheck on the fused
-// path; dropout between layers; the double-backward error.
+// The built-in cells' fused rules (run by the one sequence driver) against the generic per-step
+// tape: outputs, final states and every gradient, over randomized configurations, in float64 and
+// float32, asserting that the fused path really ran; gradcheck on the fused path; dropout between
+// layers; the double-backward error; which path a layer reports.
 
 #include <boost/test/unit_test.hpp>
 
@@ -13,14 +14,14 @@
 
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
-#include <rewind/nn/fused/kernels.hpp>
 
 using namespace rw;
 using namespace rw::nn;
 
 namespace {
 
-const char* const cells[] = {"rnn_tanh", "rnn_relu", "lstm", "gru"};
+// Every cell of the table of cells.
+const std::vector<std::string> cells = cell_names();
 
 template <class T>
 Tensor<T> random_tensor(const Shape& shape, Generator& generator, double scale = 1.0, bool requires_grad = false) {
@@ -57,7 +58,7 @@ Config random_config(Generator& g, std::size_t max_steps = 50) {
         return low + static_cast<std::size_t>(g.uniform(0, 1) * double(high - low + 1)) % (high - low + 1);
     };
     Config c;
-    c.cell = cells[pick(0, 3)];
+    c.cell = cells[pick(0, cells.size() - 1)];
     c.layers = pick(1, 3);
     c.bidirectional = pick(0, 1) == 1;
     c.steps = pick(1, max_steps);
@@ -168,8 +169,10 @@ template <class T>
 double compare_paths(const Config& c, std::uint64_t seed, double tolerance) {
     auto layer = make_layer<T>(c, ExecutionPath::fused, seed);
     RunResult<T> fused = run<T>(*layer, c, seed + 1);
+    BOOST_TEST_REQUIRE(layer->uses_fused(), c.to_string() << ": " << layer->path_note());
     layer->set_path(ExecutionPath::generic);
     RunResult<T> generic = run<T>(*layer, c, seed + 1);
+    BOOST_TEST_REQUIRE(!layer->uses_fused());
     double worst = 0;
     BOOST_REQUIRE_EQUAL(fused.values.size(), generic.values.size());
     for (std::size_t i = 0; i < fused.values.size(); ++i) {
@@ -197,7 +200,7 @@ void property_test(std::size_t cases, std::uint64_t seed, double tolerance) {
 // The cases that the random draw might miss, run explicitly in both precisions.
 std::vector<Config> corner_cases() {
     std::vector<Config> list;
-    for (const char* cell : cells) {
+    for (const auto& cell : cells) {
         Config c;
         c.cell = cell;
         c.steps = 1;
@@ -234,6 +237,7 @@ BOOST_AUTO_TEST_SUITE(fused_kernels)
 BOOST_AUTO_TEST_CASE(corner_cases_match_generic_in_float64_and_float32) {
     std::uint64_t seed = 500;
     for (const auto& c : corner_cases()) {
+        BOOST_TEST_CHECKPOINT(c.to_string());
         compare_paths<double>(c, seed, 1e-12);
         compare_paths<float>(c, seed, 1e-5);
         ++seed;
@@ -256,6 +260,7 @@ BOOST_AUTO_TEST_CASE(inference_without_a_tape_matches) {
         if (!c.lengths.empty()) lengths = c.lengths;
         NoGradGuard no_grad;
         auto fused = layer->forward(x, {}, lengths);
+        BOOST_TEST_REQUIRE(layer->uses_fused());
         BOOST_TEST(!fused.output.requires_grad());
         layer->set_path(ExecutionPath::generic);
         auto generic = layer->forward(x, {}, lengths);
@@ -304,6 +309,7 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         if (!k.lengths.empty()) lengths = k.lengths;
         BOOST_REQUIRE(layer->options().path == ExecutionPath::fused);
         GradcheckReport report = gradcheck_layer(*layer, x, initial, lengths);
+        BOOST_TEST(layer->uses_fused());
         BOOST_TEST(report.passed, k.cell << " L=" << k.layers << (k.bidirectional ? " bi" : "") << ":\n"
                                          << report.to_string());
     }
@@ -311,7 +317,7 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
 
 BOOST_AUTO_TEST_CASE(truncated_bptt_matches_generic_chunk_by_chunk) {
     // TBPTT(3, 5) over 13 steps: overlapping windows, detached carried states, several chunks.
-    for (const char* cell : cells) {
+    for (const auto& cell : cells) {
         BOOST_TEST_CONTEXT(cell) {
             std::vector<std::vector<xt::xarray<double>>> grads_per_path;
             std::vector<std::vector<double>> losses_per_path;
@@ -344,7 +350,7 @@ BOOST_AUTO_TEST_CASE(truncated_bptt_matches_generic_chunk_by_chunk) {
 }
 
 BOOST_AUTO_TEST_CASE(dropout_between_layers_matches_generic_with_the_same_seed) {
-    for (const char* cell : cells) {
+    for (const auto& cell : cells) {
         Config c;
         c.cell = cell;
         c.layers = 3;
@@ -357,6 +363,7 @@ BOOST_AUTO_TEST_CASE(dropout_between_layers_matches_generic_with_the_same_seed) 
         auto fused = make_layer<double>(c, ExecutionPath::fused, 21, 0.4);
         auto generic = make_layer<double>(c, ExecutionPath::generic, 21, 0.4);
         RunResult<double> a = run<double>(*fused, c, 5);
+        BOOST_TEST_REQUIRE(fused->uses_fused());
         RunResult<double> b = run<double>(*generic, c, 5);
         for (std::size_t i = 0; i < a.values.size(); ++i)
             BOOST_TEST(relative_error(a.values[i].second, b.values[i].second) <= 1e-12,
@@ -393,27 +400,119 @@ BOOST_AUTO_TEST_CASE(double_backward_is_refused_with_a_pointer_to_the_generic_pa
 }
 
 BOOST_AUTO_TEST_CASE(saved_bytes_per_step_counts_what_backward_keeps) {
-    using fused::CellType;
-    BOOST_TEST(fused::saved_bytes_per_step(CellType::lstm, 2, 10, 4) == 2u * (40 + 10 + 10) * 4);
-    BOOST_TEST(fused::saved_bytes_per_step(CellType::gru, 2, 10, 8) == 2u * (30 + 10 + 10) * 8);
-    BOOST_TEST(fused::saved_bytes_per_step(CellType::rnn_tanh, 1, 10, 4) == (10u + 10) * 4);
+    BOOST_TEST(fused::saved_bytes_per_step(cell_info("lstm").layout, 2, 10, 4) == 2u * (40 + 10 + 10) * 4);
+    BOOST_TEST(fused::saved_bytes_per_step(cell_info("gru").layout, 2, 10, 8) == 2u * (30 + 10 + 10) * 8);
+    BOOST_TEST(fused::saved_bytes_per_step(cell_info("rnn_tanh").layout, 1, 10, 4) == (10u + 10) * 4);
 }
+
+// An LSTM's rules under a layout that does not fit its weights.
+struct MislaidRules : fused::CellRules<float> {
+    explicit MislaidRules(const LSTMCell<float>& cell) : cell(cell) {}
+    const std::type_info& rules_cell_type() const override { return typeid(LSTMCell<float>); }
+    fused::CellLayout layout() const override { return {.gates = 3, .states = 1, .recurrent = 3}; }
+    fused::CellWeights<float> weights() const override { return cell.weights(); }
+    void forward(const fused::ForwardRow<float>&) const override {}
+    void backward(const fused::BackwardRow<float>&) const override {}
+    const LSTMCell<float>& cell;
+};
 
 BOOST_AUTO_TEST_CASE(direct_calls_check_their_arguments) {
     Generator g(4);
     auto x = random_tensor<float>({3, 2, 5}, g);
-    auto w_ih = random_tensor<float>({16, 5}, g), w_hh = random_tensor<float>({16, 4}, g);
-    auto b = random_tensor<float>({16}, g);
+    const LSTMCell<float> lstm(5, 4, g);
+    const auto& rules = *lstm.usable_fused_rules();
     auto h0 = Tensor<float>::zeros({2, 4});
-    BOOST_CHECK_THROW(fused::run_sequence<float>(fused::CellType::lstm, x, {h0}, w_ih, w_hh, b, b, {}, false),
+    BOOST_CHECK_THROW(fused::run_sequence<float>(rules, x, {h0}, {}, false, "lstm"),
                       std::invalid_argument);  // LSTM needs c0
-    BOOST_CHECK_THROW(fused::run_sequence<float>(fused::CellType::gru, x, {h0}, w_ih, w_hh, b, b, {}, false),
-                      ShapeError);  // 16 rows are not 3 * H
-    BOOST_CHECK_THROW(fused::run_sequence<float>(fused::CellType::lstm, x, {h0, h0}, w_ih, w_hh, b, b, {4, 1}, false),
+    BOOST_CHECK_THROW(fused::run_sequence<float>(MislaidRules(lstm), x, {h0}, {}, false, "mislaid"),
+                      std::invalid_argument);  // 16 rows are not 3 * H
+    BOOST_CHECK_THROW(fused::run_sequence<float>(rules, random_tensor<float>({3, 2, 6}, g), {h0, h0}, {}, false, "lstm"),
+                      ShapeError);  // the input size is not weight_ih's
+    BOOST_CHECK_THROW(fused::run_sequence<float>(rules, x, {h0, h0}, {4, 1}, false, "lstm"),
                       std::invalid_argument);  // a length beyond T
-    auto result = fused::run_sequence<float>(fused::CellType::lstm, x, {h0, h0}, w_ih, w_hh, b, b, {3, 1}, true);
+    auto result = fused::run_sequence<float>(rules, x, {h0, h0}, {3, 1}, true, "lstm");
     BOOST_TEST(result.output.shape() == (Shape{3, 2, 4}));
     BOOST_TEST(result.final_state.size() == 2u);
+}
+
+// A subclass that changes step() of a built-in cell: the LSTM with its cell state clipped.
+template <class T>
+class ClippedLSTMCell : public LSTMCell<T> {
+public:
+    using LSTMCell<T>::LSTMCell;
+    State<T> step(const Tensor<T>& x_t, const State<T>& state) const override {
+        State<T> next = LSTMCell<T>::step(x_t, state);
+        next[1] = mul(next[1], Tensor<T>::full(next[1].shape(), T(0.5)));
+        return next;
+    }
+};
+
+BOOST_AUTO_TEST_CASE(a_subclass_that_overrides_step_does_not_inherit_the_fused_rules) {
+    RecurrentOptions options{.input_size = 3, .hidden_size = 4, .path = ExecutionPath::fused, .seed = 3};
+    auto clipped = std::make_shared<Recurrent<double>>(
+        [](std::size_t in, std::size_t hidden, Generator& g) { return std::make_shared<ClippedLSTMCell<double>>(in, hidden, g); },
+        options);
+    auto plain = make_lstm<double>(options);
+    Generator g(8);
+    const auto x = random_tensor<double>({5, 2, 3}, g);
+    const auto on_subclass = clipped->forward(x);
+    BOOST_TEST(!clipped->uses_fused());
+    BOOST_TEST(clipped->path_note().find("parent class") != std::string::npos, clipped->path_note());
+    // It ran the subclass's own step(): the result is not the plain LSTM's.
+    const auto on_lstm = plain->forward(x);
+    BOOST_TEST(plain->uses_fused());
+    BOOST_TEST(relative_error(on_subclass.output.value(), on_lstm.output.value()) > 1e-3);
+    clipped->set_path(ExecutionPath::generic);
+    BOOST_TEST(relative_error(clipped->forward(x).output.value(), on_subclass.output.value()) == 0.0);
+}
+
+// A user's cell without fused rules.
+template <class T>
+class PlainCell : public RecurrentCell<T> {
+public:
+    PlainCell(std::size_t in, std::size_t hidden) : RecurrentCell<T>(in, hidden) {}
+    State<T> step(const Tensor<T>& x_t, const State<T>& state) const override {
+        return {tanh(add(sum(x_t, {1}, true), state[0]))};
+    }
+};
+
+BOOST_AUTO_TEST_CASE(fused_on_a_cell_without_rules_runs_step_and_says_so) {
+    Recurrent<double> layer([](std::size_t in, std::size_t hidden, Generator&) { return std::make_shared<PlainCell<double>>(in, hidden); },
+                            {.input_size = 2, .hidden_size = 3, .num_layers = 2, .path = ExecutionPath::fused});
+    Generator g(1);
+    layer.forward(random_tensor<double>({4, 2, 2}, g));
+    BOOST_TEST(!layer.uses_fused());
+    BOOST_TEST(layer.path_note() == "layer 0 direction 0: the cell has no fused rules");
+    layer.set_path(ExecutionPath::generic);
+    layer.forward(random_tensor<double>({4, 2, 2}, g));
+    BOOST_TEST(layer.path_note().empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_step_observer_runs_step_and_says_so) {
+    auto gru = make_gru<double>({.input_size = 2, .hidden_size = 3});
+    gru->set_step_observer([](std::size_t, std::size_t, std::size_t, const Tensor<double>&) {});
+    Generator g(1);
+    gru->forward(random_tensor<double>({3, 1, 2}, g));
+    BOOST_TEST(!gru->uses_fused());
+    BOOST_TEST(gru->path_note().find("observer") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(the_table_of_cells_matches_the_cells_it_makes) {
+    BOOST_TEST(cells == (std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    for (const auto& info : cell_table()) {
+        BOOST_TEST_CONTEXT(info.name) {
+            BOOST_TEST(info.fused);
+            BOOST_TEST(info.gate_names.size() == info.gates);
+            Generator g(0);
+            const auto cell = cell_factory<float>(info.name)(3, 5, g);
+            BOOST_TEST(cell->kind() == info.name);
+            BOOST_TEST(cell->state_names() == info.state_names);
+            BOOST_TEST(cell->named_parameters().at(0).second.size(0) == info.gates * 5);
+        }
+    }
+    BOOST_CHECK_EXCEPTION(cell_info("mgu"), std::invalid_argument, [](const std::invalid_argument& e) {
+        return std::string(e.what()).find("rnn_tanh, rnn_relu, lstm, gru") != std::string::npos;
+    });
 }
 
 BOOST_AUTO_TEST_SUITE_END()

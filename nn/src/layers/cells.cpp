@@ -5,10 +5,14 @@
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
 
-#include "rewind/nn/fused/kernels.hpp"
+#include "rewind/nn/fused/lanes.hpp"
 #include "rewind/nn/layers/init.hpp"
 
 namespace rw::nn {
+
+using fused::lanes;
+using fused::load_lane;
+using fused::store_lane;
 
 template <class T>
 GatedCell<T>::GatedCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
@@ -43,15 +47,8 @@ Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& b
     return add(gemm(input, weight_ih_, false, true), bias);
 }
 
-template <class T>
-std::optional<SequenceResult<T>> GatedCell<T>::run_sequence(const Tensor<T>& input, const State<T>& initial_state,
-                                                            const std::vector<std::int64_t>& lengths,
-                                                            bool reverse) const {
-    fused::CellType type;
-    if (!fused::parse_cell_type(this->kind(), type)) return std::nullopt;
-    return fused::run_sequence<T>(type, input, initial_state, weight_ih_, weight_hh_, bias_ih_, bias_hh_, lengths,
-                                  reverse);
-}
+// Each cell below: its generic step() (ordinary ops on the tape) and, beside it, its fused
+// rules for one row of one step (fused/cell_rules.hpp; derivations in docs/derivatives.md).
 
 // ---- RNN ----
 
@@ -69,6 +66,42 @@ template <class T>
 State<T> RNNCell<T>::step(const Tensor<T>& x_t, const State<T>& state) const {
     Tensor<T> pre = add(x_t, gemm(state[0], this->weight_hh_, false, true));
     return {nonlinearity_ == Nonlinearity::tanh ? tanh(pre) : relu(pre)};
+}
+
+template <class T>
+std::string RNNCell<T>::kind() const {
+    return nonlinearity_ == Nonlinearity::tanh ? "rnn_tanh" : "rnn_relu";
+}
+
+// h' = f(a), a = the gate row (x W_ih^T + b_ih + b_hh + h W_hh^T); the row keeps h' for backward.
+template <class T>
+void RNNCell<T>::forward(const fused::ForwardRow<T>& row) const {
+    T* a = row.gates;
+    T* h = row.next_state[0];
+    const bool relu = nonlinearity_ == Nonlinearity::relu;
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V x = load_lane<V>(a + j);
+        const V y = relu ? fused::relu_lane(x) : fused::tanh_lane(x);
+        store_lane(a + j, y);
+        store_lane(h + j, y);
+    });
+}
+
+// da = dh' f'(a): 1 - h'^2 (tanh) or [h' > 0] (relu); no direct path from h to h'.
+template <class T>
+void RNNCell<T>::backward(const fused::BackwardRow<T>& row) const {
+    const T* y = row.gates;
+    T* dh = row.grad_state[0];
+    T* da = row.grad_gates;
+    const bool relu = nonlinearity_ == Nonlinearity::relu;
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V g = load_lane<V>(dh + j);
+        const V yv = load_lane<V>(y + j);
+        store_lane(da + j, relu ? fused::where_positive(yv, g) : g * (V(1) - yv * yv));
+        store_lane(dh + j, V(0));
+    });
 }
 
 // ---- LSTM ----
@@ -103,6 +136,68 @@ State<T> LSTMCell<T>::step(const Tensor<T>& x_t, const State<T>& state) const {
     return {next_h, next_c};
 }
 
+template <class T>
+std::string LSTMCell<T>::kind() const {
+    return "lstm";
+}
+
+// The gate row becomes i, f, g, o (activations) for backward.
+template <class T>
+void LSTMCell<T>::forward(const fused::ForwardRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    T* gi = row.gates;
+    T* gf = gi + H;
+    T* gg = gi + 2 * H;
+    T* go = gi + 3 * H;
+    const T* cp = row.state[1];
+    T* h = row.next_state[0];
+    T* c = row.next_state[1];
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V i = fused::sigmoid_lane(load_lane<V>(gi + j));
+        const V f = fused::sigmoid_lane(load_lane<V>(gf + j));
+        const V g = fused::tanh_lane(load_lane<V>(gg + j));
+        const V o = fused::sigmoid_lane(load_lane<V>(go + j));
+        const V cn = f * load_lane<V>(cp + j) + i * g;
+        store_lane(gi + j, i);
+        store_lane(gf + j, f);
+        store_lane(gg + j, g);
+        store_lane(go + j, o);
+        store_lane(c + j, cn);
+        store_lane(h + j, o * fused::tanh_lane(cn));
+    });
+}
+
+template <class T>
+void LSTMCell<T>::backward(const fused::BackwardRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    const T* gi = row.gates;
+    const T* gf = gi + H;
+    const T* gg = gi + 2 * H;
+    const T* go = gi + 3 * H;
+    const T* cp = row.state[1];
+    const T* cn = row.next_state[1];
+    T* dh = row.grad_state[0];
+    T* dc = row.grad_state[1];
+    T* dgi = row.grad_gates;
+    T* dgf = dgi + H;
+    T* dgg = dgi + 2 * H;
+    T* dgo = dgi + 3 * H;
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V dhv = load_lane<V>(dh + j);
+        const V i = load_lane<V>(gi + j), f = load_lane<V>(gf + j), g = load_lane<V>(gg + j), o = load_lane<V>(go + j);
+        const V tc = fused::tanh_lane(load_lane<V>(cn + j));
+        const V dcv = load_lane<V>(dc + j) + dhv * o * (V(1) - tc * tc);
+        store_lane(dgi + j, dcv * g * i * (V(1) - i));
+        store_lane(dgf + j, dcv * load_lane<V>(cp + j) * f * (V(1) - f));
+        store_lane(dgg + j, dcv * i * (V(1) - g * g));
+        store_lane(dgo + j, dhv * tc * o * (V(1) - o));
+        store_lane(dc + j, dcv * f);
+        store_lane(dh + j, V(0));
+    });
+}
+
 // ---- GRU ----
 
 template <class T>
@@ -125,6 +220,74 @@ State<T> GRUCell<T>::step(const Tensor<T>& x_t, const State<T>& state) const {
     Tensor<T> candidate = tanh(add(input_gates[2], mul(reset, hidden_gates[2])));
     // (1 - z) n + z h, written as n + z (h - n).
     return {add(candidate, mul(update, sub(h, candidate)))};
+}
+
+template <class T>
+std::string GRUCell<T>::kind() const {
+    return "gru";
+}
+
+// The gate row becomes r, z, n; saved[0] keeps W_hn h + b_hn for the reset gate's derivative.
+template <class T>
+void GRUCell<T>::forward(const fused::ForwardRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    T* xr = row.gates;
+    T* xz = xr + H;
+    T* xn = xr + 2 * H;
+    const T* hr = row.recurrent;
+    const T* hz = hr + H;
+    const T* hn = hr + 2 * H;
+    const T* br = row.bias_hh;
+    const T* bz = br + H;
+    const T* bn = br + 2 * H;
+    const T* hp = row.state[0];
+    T* saved_n = row.saved[0];
+    T* h = row.next_state[0];
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V r = fused::sigmoid_lane(load_lane<V>(xr + j) + (load_lane<V>(hr + j) + load_lane<V>(br + j)));
+        const V z = fused::sigmoid_lane(load_lane<V>(xz + j) + (load_lane<V>(hz + j) + load_lane<V>(bz + j)));
+        const V hidden_n = load_lane<V>(hn + j) + load_lane<V>(bn + j);
+        const V n = fused::tanh_lane(load_lane<V>(xn + j) + r * hidden_n);
+        store_lane(xr + j, r);
+        store_lane(xz + j, z);
+        store_lane(xn + j, n);
+        store_lane(saved_n + j, hidden_n);
+        store_lane(h + j, n + z * (load_lane<V>(hp + j) - n));
+    });
+}
+
+// Input and hidden sides agree except in the n block, where the hidden side carries r.
+template <class T>
+void GRUCell<T>::backward(const fused::BackwardRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    const T* gr = row.gates;
+    const T* gz = gr + H;
+    const T* gn = gr + 2 * H;
+    const T* saved_n = row.saved[0];
+    const T* hp = row.state[0];
+    T* dh = row.grad_state[0];
+    T* dxr = row.grad_gates;
+    T* dxz = dxr + H;
+    T* dxn = dxr + 2 * H;
+    T* dhr = row.grad_recurrent;
+    T* dhz = dhr + H;
+    T* dhn = dhr + 2 * H;
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V dhv = load_lane<V>(dh + j);
+        const V r = load_lane<V>(gr + j), z = load_lane<V>(gz + j), n = load_lane<V>(gn + j);
+        const V dpn = dhv * (V(1) - z) * (V(1) - n * n);
+        const V dpr = dpn * load_lane<V>(saved_n + j) * r * (V(1) - r);
+        const V dpz = dhv * (load_lane<V>(hp + j) - n) * z * (V(1) - z);
+        store_lane(dxr + j, dpr);
+        store_lane(dxz + j, dpz);
+        store_lane(dxn + j, dpn);
+        store_lane(dhr + j, dpr);
+        store_lane(dhz + j, dpz);
+        store_lane(dhn + j, dpn * r);
+        store_lane(dh + j, dhv * z);
+    });
 }
 
 template class GatedCell<float>;

@@ -1,8 +1,51 @@
 #include "rewind/nn/layers/layer_check.hpp"
 
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <xtensor/xview.hpp>
+
+#include <rewind/autograd/errors.hpp>
+#include <rewind/autograd/function.hpp>
 #include <rewind/autograd/ops.hpp>
 
 namespace rw::nn {
+
+namespace {
+
+// What gradcheck differentiates: every output and final state, flattened into one vector.
+Tensor<double> flattened(const RecurrentResult<double>& result) {
+    std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
+    for (const auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
+    return concat(parts, 0);
+}
+
+// Whether forward() runs the layer step by step, so that probing h_t checks the same path.
+bool runs_step_by_step(const Recurrent<double>& layer, const Tensor<double>& time_major_x) {
+    if (layer.options().path == ExecutionPath::generic) return true;
+    NoGradGuard no_grad;
+    const auto& cell = layer.cell(0, 0);
+    State<double> zeros;
+    for (std::size_t s = 0; s < cell.state_count(); ++s)
+        zeros.push_back(Tensor<double>::zeros({time_major_x.size(1), cell.hidden_size()}));
+    return !cell.run_sequence(time_major_x, zeros, {}, false).has_value();
+}
+
+// The probe is set for one forward and removed however that forward ends.
+struct ProbeScope {
+    Recurrent<double>& layer;
+    ProbeScope(Recurrent<double>& layer, StepProbe<double> probe) : layer(layer) { layer.set_step_probe(std::move(probe)); }
+    ~ProbeScope() { layer.set_step_probe(nullptr); }
+    ProbeScope(const ProbeScope&) = delete;
+    ProbeScope& operator=(const ProbeScope&) = delete;
+};
+
+std::string hidden_name(std::size_t layer, std::size_t direction) {
+    return fmt::format("h_l{}{}", layer, direction == 1 ? "_reverse" : "");
+}
+
+}  // namespace
 
 LayerCheck layer_check(Recurrent<double>& layer, const Tensor<double>& x, const std::vector<Tensor<double>>& initial_state,
                        const std::optional<std::vector<std::int64_t>>& lengths) {
@@ -23,10 +66,7 @@ LayerCheck layer_check(Recurrent<double>& layer, const Tensor<double>& x, const 
     }
     check.function = [&layer, first_data, lengths](const std::vector<Tensor<double>>& in) {
         const std::vector<Tensor<double>> initial(in.begin() + std::ptrdiff_t(first_data) + 1, in.end());
-        const auto result = layer.forward(in[first_data], initial, lengths);
-        std::vector<Tensor<double>> parts{reshape(result.output, {result.output.size()})};
-        for (const auto& state : result.state) parts.push_back(reshape(state, {state.size()}));
-        return concat(parts, 0);
+        return flattened(layer.forward(in[first_data], initial, lengths));
     };
     return check;
 }
@@ -36,6 +76,113 @@ GradcheckReport gradcheck_layer(Recurrent<double>& layer, const Tensor<double>& 
                                 const std::optional<std::vector<std::int64_t>>& lengths, const GradcheckOptions& options) {
     LayerCheck check = layer_check(layer, x, initial_state, lengths);
     return gradcheck(check.function, std::move(check.inputs), options, std::move(check.names));
+}
+
+// ---- per time step ----
+
+bool StepCheck::passed() const {
+    return x.passed && std::all_of(hidden.begin(), hidden.end(), [](const InputCheck& h) { return h.passed; });
+}
+
+PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<double>& x,
+                                       const std::vector<Tensor<double>>& initial_state,
+                                       const std::optional<std::vector<std::int64_t>>& lengths,
+                                       const GradcheckOptions& options) {
+    if (x.dim() != 3) throw_shape_error("gradcheck_layer_per_step", "expects a 3-D input", x.shape());
+    const std::size_t time_axis = layer.options().batch_first ? 1 : 0;
+    const Tensor<double> time_major = time_axis == 1 ? permute(x, {1, 0, 2}) : x;
+    const std::size_t steps = time_major.size(0), batch = time_major.size(1);
+    const std::size_t streams = layer.options().num_layers * layer.num_directions();
+    const bool probed = runs_step_by_step(layer, time_major);
+
+    // The inputs: x_0 .. x_(T-1), then d_t of each layer and direction (stream-major), all leaves.
+    std::vector<Tensor<double>> inputs;
+    std::vector<std::string> names;
+    for (std::size_t t = 0; t < steps; ++t) {
+        inputs.emplace_back(xt::xarray<double>(xt::view(time_major.value(), t)), /*requires_grad=*/true);
+        names.emplace_back("x");  // the step is the StepCheck's
+    }
+    if (probed)
+        for (std::size_t stream = 0; stream < streams; ++stream)
+            for (std::size_t t = 0; t < steps; ++t) {
+                inputs.push_back(Tensor<double>::zeros({batch, layer.options().hidden_size}, /*requires_grad=*/true));
+                names.push_back(hidden_name(stream / layer.num_directions(), stream % layer.num_directions()));
+            }
+    const std::size_t directions = layer.num_directions();
+    auto function = [&](const std::vector<Tensor<double>>& in) {
+        const Tensor<double> xs = stack(std::vector<Tensor<double>>(in.begin(), in.begin() + std::ptrdiff_t(steps)), time_axis);
+        if (!probed) return flattened(layer.forward(xs, initial_state, lengths));
+        ProbeScope scope(layer, [&](std::size_t l, std::size_t d, std::size_t t, const Tensor<double>& h) {
+            return add(h, in[steps + (l * directions + d) * steps + t]);
+        });
+        return flattened(layer.forward(xs, initial_state, lengths));
+    };
+    const GradcheckReport checked = gradcheck(function, std::move(inputs), options, std::move(names));
+
+    PerStepReport report;
+    report.passed = checked.passed;
+    report.max_abs_error = checked.max_abs_error;
+    report.max_rel_error = checked.max_rel_error;
+    report.options = options;
+    for (std::size_t t = 0; t < steps; ++t) {
+        StepCheck step{.step = t, .x = checked.inputs[t], .hidden = {}};
+        if (probed)
+            for (std::size_t stream = 0; stream < streams; ++stream)
+                step.hidden.push_back(checked.inputs[steps + stream * steps + t]);
+        report.steps.push_back(std::move(step));
+    }
+    for (std::size_t t = steps; t-- > 0;)
+        if (!report.steps[t].passed()) {
+            report.first_disagreeing_step = t;
+            break;
+        }
+    return report;
+}
+
+std::string PerStepReport::to_string() const {
+    const bool has_hidden = !steps.empty() && !steps.front().hidden.empty();
+    std::string text = fmt::format("{:>6}  {:>11} {:>11}", "step", "dL/dx_t abs", "rel");
+    if (has_hidden) text += fmt::format("  {:>11} {:>11} {}", "dL/dh_t abs", "rel", "worst of");
+    text += '\n';
+    for (std::size_t i = steps.size(); i-- > 0;) {
+        const StepCheck& step = steps[i];
+        std::vector<std::string> failed;
+        if (!step.x.passed) failed.push_back(fmt::format("dL/dx_{}", step.step));
+        text += fmt::format("{:>6}  {:>11.3e} {:>11.3e}", step.step, step.x.max_abs_error, step.x.max_rel_error);
+        if (has_hidden) {
+            const auto worst = std::max_element(step.hidden.begin(), step.hidden.end(), [](const auto& a, const auto& b) {
+                return a.max_abs_error < b.max_abs_error;
+            });
+            text += fmt::format("  {:>11.3e} {:>11.3e} {:<14}", worst->max_abs_error, worst->max_rel_error, worst->name);
+            for (const InputCheck& h : step.hidden)
+                if (!h.passed) failed.push_back(fmt::format("dL/dh_{} ({})", step.step, h.name));
+        }
+        if (!failed.empty()) text += fmt::format("  FAILED: {}", fmt::join(failed, ", "));
+        text.erase(text.find_last_not_of(' ') + 1);
+        text += '\n';
+    }
+    if (!first_disagreeing_step) {
+        text += fmt::format("every step agrees (|analytic - numeric| <= {:g} + {:g} |numeric|)\n",
+                            options.absolute_tolerance, options.relative_tolerance);
+        return text;
+    }
+    const std::size_t s = *first_disagreeing_step;
+    const StepCheck& step = steps[s];
+    text += fmt::format("first disagreement walking back from T: step {}", s);
+    if (s + 1 < steps.size()) text += fmt::format(" (steps {}..{} agree)", s + 1, steps.size() - 1);
+    const bool hidden_wrong =
+        std::any_of(step.hidden.begin(), step.hidden.end(), [](const InputCheck& h) { return !h.passed; });
+    if (step.hidden.empty())
+        text += fmt::format(": dL/dx_{} is wrong (dL/dh_t is not checked: the fused kernel keeps it)\n", s);
+    else if (!hidden_wrong)
+        text += fmt::format(": dL/dh_{0} is right but dL/dx_{0} wrong, so the backward of step {0} itself is wrong\n", s);
+    else if (s + 1 < steps.size())
+        text += fmt::format(": dL/dh_{0} is wrong although dL/dh_{1} and dL/dx_{1} are right, so the error enters in the "
+                            "backward of step {1} into its state input h_{0} (or in h_{0}'s own term of L); the earlier "
+                            "steps inherit it\n", s, s + 1);
+    else
+        text += fmt::format(": dL/dh_{}, the gradient with respect to the last hidden state, is wrong\n", s);
+    return text;
 }
 
 }  // namespace rw::nn

@@ -1,5 +1,7 @@
 #include "rewind/nn/layers/layers.hpp"
 
+#include "rewind/nn/layers/cell_table.hpp"
+
 #include <cmath>
 #include <stdexcept>
 
@@ -176,25 +178,6 @@ State<T> VariationalDropoutCell<T>::step(const Tensor<T>& x_t, const State<T>& s
 }
 
 template <class T>
-CellFactory<T> standard_cell_factory(const std::string& cell, const CellInit& init) {
-    if (cell == "rnn_tanh" || cell == "rnn_relu") {
-        const auto nonlinearity = cell == "rnn_tanh" ? Nonlinearity::tanh : Nonlinearity::relu;
-        return [=](std::size_t in, std::size_t hidden, Generator& generator) -> std::shared_ptr<RecurrentCell<T>> {
-            return std::make_shared<RNNCell<T>>(in, hidden, nonlinearity, generator, init);
-        };
-    }
-    if (cell == "lstm")
-        return [=](std::size_t in, std::size_t hidden, Generator& generator) -> std::shared_ptr<RecurrentCell<T>> {
-            return std::make_shared<LSTMCell<T>>(in, hidden, generator, init);
-        };
-    if (cell == "gru")
-        return [=](std::size_t in, std::size_t hidden, Generator& generator) -> std::shared_ptr<RecurrentCell<T>> {
-            return std::make_shared<GRUCell<T>>(in, hidden, generator, init);
-        };
-    throw std::invalid_argument("unknown cell '" + cell + "' (expected rnn_tanh, rnn_relu, lstm or gru)");
-}
-
-template <class T>
 std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>& factory, const RecurrentOptions& options,
                                                          const VariationalDropout& p) {
     auto created = std::make_shared<std::vector<VariationalDropoutCell<T>*>>();
@@ -212,7 +195,7 @@ std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>& f
 template <class T>
 std::shared_ptr<Recurrent<T>> make_variational_recurrent(const std::string& cell, const RecurrentOptions& options,
                                                          const VariationalDropout& p) {
-    return make_variational_recurrent<T>(standard_cell_factory<T>(cell, options.init), options, p);
+    return make_variational_recurrent<T>(cell_factory<T>(cell, options.init), options, p);
 }
 
 #define REWIND_LAYERS(T)                                                                                              \
@@ -226,7 +209,6 @@ std::shared_ptr<Recurrent<T>> make_variational_recurrent(const std::string& cell
     template Tensor<T> sequence_cross_entropy(const Tensor<T>&, const xt::xarray<std::int64_t>&,                     \
                                               const std::vector<std::int64_t>&);                                      \
     template Tensor<T> sequence_mse(const Tensor<T>&, const Tensor<T>&, const xt::xarray<T>&);                       \
-    template CellFactory<T> standard_cell_factory<T>(const std::string&, const CellInit&);                            \
     template std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>&, const RecurrentOptions&, \
                                                                       const VariationalDropout&);                     \
     template std::shared_ptr<Recurrent<T>> make_variational_recurrent<T>(const std::string&, const RecurrentOptions&, \

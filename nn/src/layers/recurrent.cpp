@@ -8,6 +8,8 @@
 #include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/ops.hpp>
 
+#include "rewind/nn/layers/cell_table.hpp"
+
 namespace rw::nn {
 
 namespace {
@@ -101,8 +103,14 @@ State<T> Recurrent<T>::initial_state_for(std::size_t layer, std::size_t directio
 template <class T>
 SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
                                               const Sequence& sequence, std::size_t layer, std::size_t direction) {
-    if (options_.path == ExecutionPath::fused && !observer_)
-        if (auto fused = cell.run_sequence(input, state, sequence.lengths, direction == 1)) return std::move(*fused);
+    if (options_.path == ExecutionPath::fused) {
+        std::string why_not = observer_ ? "a step observer needs every step on the tape"
+                                        : "a step probe needs every step on the tape";
+        const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
+        if (rules) return fused::run_sequence(*rules, input, state, sequence.lengths, direction == 1, cell.kind());
+        if (path_note_.empty()) path_note_ = fmt::format("layer {} direction {}: {}", layer, direction, why_not);
+    }
+    last_fused_ = false;
     // One node for all steps: its backward stacks the step gradients once, where a slice per
     // step would zero-pad each gradient to the whole sequence.
     const std::vector<Tensor<T>> prepared = unstack(cell.prepare_input(input), 0);
@@ -112,6 +120,7 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         State<T> next = cell.step(prepared[t], state);
         if (next.size() != state.size())
             throw std::logic_error(fmt::format("recurrent cell returned {} state tensors, expected {}", next.size(), state.size()));
+        if (probe_) next[0] = probe_(layer, direction, t, next[0]);
         Tensor<T> output = next[0];
         if (!sequence.all_active(t)) {
             // Finished sequences keep their state (so h_n is taken at each one's own last step) and
@@ -169,6 +178,8 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
         sequence.lengths = *lengths;
     }
 
+    last_fused_ = options_.path == ExecutionPath::fused;
+    path_note_.clear();
     std::vector<std::vector<Tensor<T>>> finals(state_names().size());
     for (std::size_t layer = 0; layer < options_.num_layers; ++layer) {
         std::vector<Tensor<T>> direction_outputs;
@@ -223,11 +234,7 @@ std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options) {
 
 template <class T>
 std::shared_ptr<Recurrent<T>> make_recurrent(const std::string& cell, const RecurrentOptions& options) {
-    if (cell == "rnn_tanh") return make_rnn<T>(options, Nonlinearity::tanh);
-    if (cell == "rnn_relu") return make_rnn<T>(options, Nonlinearity::relu);
-    if (cell == "lstm") return make_lstm<T>(options);
-    if (cell == "gru") return make_gru<T>(options);
-    throw std::invalid_argument("unknown cell '" + cell + "' (expected rnn_tanh, rnn_relu, lstm or gru)");
+    return std::make_shared<Recurrent<T>>(cell_factory<T>(cell, options.init), options);
 }
 
 template class Recurrent<float>;

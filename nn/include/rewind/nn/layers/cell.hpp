@@ -13,12 +13,14 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <typeinfo>
 #include <string>
 #include <vector>
 
 #include <rewind/autograd/random.hpp>
 #include <rewind/autograd/tensor.hpp>
 
+#include "rewind/nn/fused/cell_rules.hpp"
 #include "rewind/nn/module.hpp"
 
 namespace rw::nn {
@@ -53,17 +55,27 @@ public:
     // One time step: x_t is row t of prepare_input()'s result, [B, *]; returns the next state.
     virtual State<T> step(const Tensor<T>& x_t, const State<T>& state) const = 0;
 
-    // A whole-sequence kernel (one tape op per layer and direction with its own backward), when
-    // the cell has one; the layer uses it on its fused path and falls back to step() otherwise.
-    // lengths is empty when every sequence runs all steps.
-    virtual std::optional<SequenceResult<T>> run_sequence(const Tensor<T>& input, const State<T>& initial_state,
-                                                          const std::vector<std::int64_t>& lengths, bool reverse) const {
-        (void)input, (void)initial_state, (void)lengths, (void)reverse;
-        return std::nullopt;
+    // The cell's hand-written fused rules (fused/cell_rules.hpp), or null: the layer's fused path
+    // runs them through the library's sequence driver, one tape op per layer and direction.
+    virtual const fused::CellRules<T>* fused_rules() const { return nullptr; }
+
+    // fused_rules() when they were written for exactly this cell's dynamic type, else null with
+    // the reason in *why_not: a subclass that overrides step() never runs its parent's rules.
+    const fused::CellRules<T>* usable_fused_rules(std::string* why_not = nullptr) const {
+        const fused::CellRules<T>* rules = fused_rules();
+        auto say = [&](std::string reason) {
+            if (why_not) *why_not = std::move(reason);
+            return nullptr;
+        };
+        if (!rules) return say("the cell has no fused rules");
+        if (rules->rules_cell_type() != typeid(*this))
+            return say("the cell's fused rules were written for its parent class, not for this subclass");
+        if (why_not) why_not->clear();
+        return rules;
     }
 
-    // The cell's PyTorch cell type for fused kernels and file formats ("rnn_tanh", "lstm", ...),
-    // or empty for a user's cell.
+    // The cell's name in the table of cells (cell_table.hpp: "rnn_tanh", "lstm", ...), or empty
+    // for a user's cell.
     virtual std::string kind() const { return {}; }
 
 private:

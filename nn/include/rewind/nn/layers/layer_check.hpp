@@ -36,4 +36,40 @@ GradcheckReport gradcheck_layer(Recurrent<double>& layer, const Tensor<double>& 
                                 const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
                                 const GradcheckOptions& options = {});
 
+// ---- per time step: where a wrong derivation enters ----
+// L = <the layer's outputs and final states, r> for a fixed random r (as gradcheck_layer), and
+// for every step t, against central differences in float64: dL/dx_t, and dL/dh_t of every layer
+// and direction, the gradient with respect to that step's hidden state (everything after it
+// included). h_t is reached through the layer's step probe (h_t + d_t with a zero leaf d_t), so
+// the layer runs step by step; a layer on the fused path whose cell has a whole-sequence kernel
+// keeps h_t inside that kernel, and then only dL/dx_t is checked (hidden is empty).
+//
+// A mistake in step s's backward makes dL/dx_s and dL/dh_(s-1) wrong, and through the recursion
+// every earlier step as well, while steps after s agree: the latest failing step, found walking
+// back from T, is where the error enters (for a forward direction; a reverse direction's
+// recursion runs the other way).
+struct StepCheck {
+    std::size_t step = 0;
+    InputCheck x;                    // dL/dx_t, [B, I]
+    std::vector<InputCheck> hidden;  // dL/dh_t per layer, then direction: "h_l0", "h_l0_reverse", ...; [B, H]
+    bool passed() const;
+};
+
+struct PerStepReport {
+    std::vector<StepCheck> steps;  // in time order
+    std::optional<std::size_t> first_disagreeing_step;  // walking back from T; none when every step agrees
+    bool passed = true;
+    double max_abs_error = 0;
+    double max_rel_error = 0;
+    GradcheckOptions options;  // the step and tolerances used
+    std::string to_string() const;
+};
+
+// x [T, B, I] ([B, T, I] when the layer is batch_first); initial_state and lengths as above
+// (the initial state is held fixed here).
+PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<double>& x,
+                                       const std::vector<Tensor<double>>& initial_state = {},
+                                       const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
+                                       const GradcheckOptions& options = {});
+
 }  // namespace rw::nn

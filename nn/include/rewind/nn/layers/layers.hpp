@@ -128,15 +128,12 @@ private:
     mutable xt::xarray<T> input_mask_ = xt::xarray<T>::from_shape({0}), hidden_mask_ = xt::xarray<T>::from_shape({0});
 };
 
-// The factory for PyTorch's cells by mode name ("rnn_tanh", "rnn_relu", "lstm", "gru").
-template <class T>
-CellFactory<T> standard_cell_factory(const std::string& cell, const CellInit& init = {});
-
 // A recurrent layer whose every cell is wrapped in VariationalDropoutCell and bound to the layer.
 // Parameter names and initialisation are those of the unwrapped layer with the same seed.
 template <class T>
 std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>& factory, const RecurrentOptions& options,
                                                          const VariationalDropout& p);
+// By the cell's name in the table of cells (cell_table.hpp).
 template <class T>
 std::shared_ptr<Recurrent<T>> make_variational_recurrent(const std::string& cell, const RecurrentOptions& options,
                                                          const VariationalDropout& p);

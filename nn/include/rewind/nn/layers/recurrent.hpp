@@ -22,8 +22,13 @@ namespace rw::nn {
 
 enum class InitialState { zeros, learned };
 
-// fused: a cell's whole-sequence kernel where it has one (the default); generic: the tape
-// records every op of every step. Both give the same numbers.
+// fused (the default): the cell's hand-written fused rules (fused/cell_rules.hpp) run by the
+// library's sequence driver, one tape op per layer and direction; generic: the tape records
+// every op of every step() call. Both give the same numbers.
+// Asking for fused where it cannot run is not an error: the layer runs step() instead, and says
+// so through uses_fused() and path_note(). That happens for a cell without fused rules (a user's
+// cell that has not written them), a subclass of a cell with rules (rules are never inherited),
+// and a layer with a step observer (it needs every step on the tape).
 enum class ExecutionPath { fused, generic };
 
 struct RecurrentOptions {
@@ -55,6 +60,14 @@ template <class T>
 using StepObserver = std::function<void(std::size_t layer, std::size_t direction, std::size_t step,
                                         const Tensor<T>& hidden)>;
 
+// Called with each step's new hidden state h_t as the cell computed it; what it returns is h_t
+// from then on, for the step's output and the next step (rows whose sequence has ended keep
+// their state regardless). E.g. h_t + d_t with a zero leaf d_t: d_t's gradient is dL/dh_t, and
+// perturbing d_t moves h_t, which is how nn::gradcheck_layer_per_step checks dL/dh_t.
+template <class T>
+using StepProbe = std::function<Tensor<T>(std::size_t layer, std::size_t direction, std::size_t step,
+                                          const Tensor<T>& hidden)>;
+
 template <class T>
 class Recurrent : public Module<T> {
 public:
@@ -71,7 +84,15 @@ public:
     std::vector<std::string> state_names() const { return cells_.front()->state_names(); }
     // An observer needs every step's hidden state on the tape, so it implies the generic path.
     void set_step_observer(StepObserver<T> observer) { observer_ = std::move(observer); }
+    // A probe, like an observer, needs every step on the tape: it implies the generic path.
+    void set_step_probe(StepProbe<T> probe) { probe_ = std::move(probe); }
     void set_path(ExecutionPath path) { options_.path = path; }
+    ExecutionPath path() const { return options_.path; }
+    // Whether every layer and direction of the last forward() ran on fused rules.
+    bool uses_fused() const { return last_fused_; }
+    // Why the last forward() on the fused path ran step() instead (empty when it ran fused, or
+    // when the generic path was asked for), e.g. "layer 0 direction 0: the cell has no fused rules".
+    const std::string& path_note() const { return path_note_; }
     Generator& generator() { return generator_; }
 
 private:
@@ -86,6 +107,9 @@ private:
     std::vector<std::shared_ptr<RecurrentCell<T>>> cells_;  // layer-major, then direction
     std::vector<std::vector<Tensor<T>>> learned_initial_;    // same order, one per state tensor
     StepObserver<T> observer_;
+    StepProbe<T> probe_;
+    bool last_fused_ = false;
+    std::string path_note_;
 };
 
 // torch.nn.RNN / LSTM / GRU.
@@ -95,7 +119,7 @@ template <class T>
 std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options);
 template <class T>
 std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options);
-// By PyTorch's mode name: "rnn_tanh", "rnn_relu", "lstm" or "gru".
+// By the cell's name in the table of cells (cell_table.hpp): PyTorch's mode names.
 template <class T>
 std::shared_ptr<Recurrent<T>> make_recurrent(const std::string& cell, const RecurrentOptions& options);
 

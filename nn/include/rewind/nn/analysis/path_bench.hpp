@@ -1,0 +1,49 @@
+#pragma once
+// Fused vs generic timing of any recurrent layer, a user's cell included: one training step
+// (forward, loss = sum of the output, full backward to the input and every weight) on each path,
+// interleaved round by round so load from other processes hits both alike; medians reported.
+// `rewind bench` is this function plus its peers (sgemm, oneDNN) in the same rounds.
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "rewind/nn/layers/recurrent.hpp"
+
+namespace rw::nn {
+
+struct PathBenchOptions {
+    int repeats = 10;  // timed rounds
+    int warmup = 2;    // untimed rounds first
+    bool generic = true;  // false: time the fused path only (the generic tape is slow at large sizes)
+    // Called once per round after the layer's steps (e.g. to time a peer in the same rounds);
+    // `timed` is false during the warm-up.
+    std::function<void(bool timed)> each_round;
+};
+
+struct PathBenchResult {
+    std::vector<double> fused_ms, generic_ms;  // one per timed round
+    double fused_median_ms = 0, generic_median_ms = 0;  // generic: NaN when not timed
+    double generic_over_fused = 0;                      // NaN when not timed
+    // GEMM flops of one training step (3x the forward's), from the cells' fused rules; 0 when a
+    // cell states none (no fused rules), and then the GFLOP/s are NaN.
+    double flops = 0;
+    double fused_gflops = 0, generic_gflops = 0;
+    bool fused_ran = false;  // the "fused" rounds really ran fused (else path_note says why)
+    std::string path_note;
+    double checksum = 0;     // keeps the work from being optimised away
+};
+
+// input [T, B, I] (or [B, T, I] when batch_first). The layer's path is restored afterwards.
+template <class T>
+PathBenchResult bench_paths(Recurrent<T>& layer, const Tensor<T>& input, const PathBenchOptions& options = {});
+
+// GEMM flops of one training step over [steps, batch] from the cells' fused rules; 0 when any
+// cell has none.
+template <class T>
+double training_flops(const Recurrent<T>& layer, std::size_t steps, std::size_t batch);
+
+double median_of(std::vector<double> values);
+
+}  // namespace rw::nn

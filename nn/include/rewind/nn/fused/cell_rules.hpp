@@ -1,0 +1,139 @@
+#pragma once
+// The public fused-cell interface: a cell's hand-written point-wise rules for one time step, run
+// by the library's one sequence driver. The built-in cells (cells.hpp) use it exactly as a
+// user's cell does.
+//
+// A cell describes its layout and hands the driver its weights; the driver owns everything else:
+//   - the input projection of all steps as one GEMM: gates = x W_ih^T + b_ih      [T, B, G*H]
+//   - the stage-1 recurrent product h W_hh^T (+ b_hh), W_hh packed once per sequence [B, R*H];
+//     either added to gate blocks 0..R-1 (LSTM, RNN, MGU's forget gate) or handed to the rule
+//     in its own buffer with b_hh beside it (GRU: r ⊙ (W_hn h + b_hn))
+//   - for two-stage cells a second, dependent product q W_2^T where q is a gated state the
+//     stage-1 rule writes (MGU: q = f ⊙ h), handed to forward_second()
+//   - lengths with packed semantics (finished rows keep their state, output zeros; the rules
+//     only ever see running rows), the reverse direction, the saved buffers, the backward GEMMs
+//     for dx, dW_ih, dW_hh, dW_2 and dh, bias sums, float and double, one tape op per sequence.
+// Stacking, directions, initial states, dropout and truncated BPTT come from the layer as usual.
+//
+// Rules see one row of the batch at a time through raw pointers of length H (or G*H, R*H):
+//   forward(row):  reads the gate pre-activations, states before the step (and the stage-1
+//                  product when separate), writes the next states and anything the backward
+//                  needs: it may overwrite `gates` (e.g. with activations) and fill `saved`.
+//   backward(row): reads what forward kept; grad_state[s] holds dL/d(state s after the step)
+//                  (the output's gradient already added to h) and is replaced by the direct part of
+//                  dL/d(state s before the step); the driver adds dR W_hh (and dR_2 W_2's part
+//                  through q) itself. Writes grad_gates = dL/d(gate pre-activation) for all G
+//                  blocks, grad_recurrent when the product is separate, and adds to grad_units.
+// Two-stage cells: forward() runs after stage 1 and must write gated_state; forward_second()
+// after stage 2. In backward, backward_second() runs first (it must not change grad_state; it
+// writes grad_second = dL/d(stage-2 product) and its gate blocks of grad_gates), the driver
+// computes grad_gated_state = grad_second W_2, then backward() runs.
+//
+// Rules are written with xsimd batches through lanes.hpp, templated on the cell's T.
+// They are used only when the cell's dynamic type is exactly rules_cell_type(): a subclass that
+// changes step() never inherits hand-written rules that no longer match it (the layer then runs
+// step() and says why, see Recurrent::path_note()).
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+#include <rewind/autograd/tensor.hpp>
+
+namespace rw::nn {
+template <class T>
+struct SequenceResult;  // cell.hpp
+}
+
+namespace rw::nn::fused {
+
+struct CellLayout {
+    std::size_t gates = 1;              // G: blocks of width H in the input projection
+    std::size_t states = 1;             // state tensors, h first, each [B, H]
+    std::size_t recurrent = 0;          // R: blocks of h W_hh^T (0: no recurrent GEMM, e.g. IndRNN)
+    bool recurrent_into_gates = true;   // the product adds to gate blocks 0..R-1; else its own buffer
+    std::size_t second = 0;             // R_2: blocks of the second-stage product q W_2^T (0: one stage)
+    std::size_t saved = 0;              // extra [B, H] buffers per step that forward keeps for backward
+    std::size_t units = 0;              // per-unit recurrent vectors [H] (IndRNN's u, peepholes)
+};
+
+// The GEMM flops of one forward step over a batch (backward is about twice that).
+double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden);
+
+// The tensors the driver reads; shapes follow the layout. Undefined tensors are absent.
+template <class T>
+struct CellWeights {
+    Tensor<T> weight_ih;           // [G*H, I]
+    Tensor<T> bias_ih;             // [G*H] or undefined
+    Tensor<T> weight_hh;           // [R*H, H] when R > 0
+    Tensor<T> bias_hh;             // [R*H] or undefined
+    Tensor<T> weight_second;       // [R_2*H, H] when R_2 > 0
+    std::vector<Tensor<T>> units;  // layout.units tensors, each [H]
+};
+
+// One row of the batch at one step, forward. Pointers of length H unless said otherwise.
+template <class T>
+struct ForwardRow {
+    std::size_t hidden = 0;
+    T* gates = nullptr;                   // [G*H]: pre-activations in (stage-1 product added when into gates)
+    const T* recurrent = nullptr;         // [R*H] stage-1 product when separate (without b_hh)
+    const T* bias_hh = nullptr;           // [R*H] when separate and the cell has b_hh
+    const T* const* state = nullptr;      // [states] before the step
+    T* const* next_state = nullptr;       // [states] after the step
+    T* const* saved = nullptr;            // [layout.saved]
+    const T* const* units = nullptr;      // [layout.units]
+    T* gated_state = nullptr;             // two-stage: q, written by forward()
+    const T* second = nullptr;            // two-stage: [R_2*H] q W_2^T, read by forward_second()
+};
+
+template <class T>
+struct BackwardRow {
+    std::size_t hidden = 0;
+    const T* gates = nullptr;             // [G*H] as forward left them
+    const T* const* state = nullptr;      // before the step
+    const T* const* next_state = nullptr; // after the step
+    const T* const* saved = nullptr;
+    const T* const* units = nullptr;
+    const T* gated_state = nullptr;       // two-stage
+    T* const* grad_state = nullptr;       // in: dL/d(after); out: direct part of dL/d(before)
+    T* grad_gates = nullptr;              // [G*H] out
+    T* grad_recurrent = nullptr;          // [R*H] out, when the product is separate
+    T* grad_second = nullptr;             // [R_2*H] out of backward_second()
+    const T* grad_gated_state = nullptr;  // two-stage, in to backward(): grad_second W_2
+    T* const* grad_units = nullptr;       // [layout.units], accumulate (+=)
+};
+
+template <class T>
+class CellRules {
+public:
+    virtual ~CellRules() = default;
+    // The exact cell class these rules were written for (typeid(MyCell<T>)).
+    virtual const std::type_info& rules_cell_type() const = 0;
+    virtual CellLayout layout() const = 0;
+    virtual CellWeights<T> weights() const = 0;
+    virtual void forward(const ForwardRow<T>& row) const = 0;
+    virtual void backward(const BackwardRow<T>& row) const = 0;
+    // Two-stage cells only.
+    virtual void forward_second(const ForwardRow<T>& row) const;
+    virtual void backward_second(const BackwardRow<T>& row) const;
+    // Names of the G gate blocks in weight_ih's order, for reports (default "gate 0", ...).
+    virtual std::vector<std::string> gate_names() const;
+    // GEMM flops of one forward step; the default counts the layout's products.
+    virtual double forward_flops(std::size_t batch, std::size_t input, std::size_t hidden) const {
+        return forward_flops_per_step(layout(), batch, input, hidden);
+    }
+};
+
+// Runs one layer-direction over the whole sequence as one tape op with the cell's rules.
+// input [T, B, I]; initial_state one [B, H] per state; lengths empty or one per row in 1..T.
+template <class T>
+SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
+                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name);
+
+// What the op keeps alive for its backward per time step besides its inputs and outputs.
+std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, std::size_t hidden,
+                                 std::size_t element_size, bool with_lengths = false);
+
+}  // namespace rw::nn::fused

@@ -1,0 +1,87 @@
+#include "rewind/nn/analysis/path_bench.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+
+#include <rewind/autograd/ops.hpp>
+
+namespace rw::nn {
+
+double median_of(std::vector<double> values) {
+    if (values.empty()) return NAN;
+    std::sort(values.begin(), values.end());
+    const std::size_t n = values.size();
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+template <class T>
+double training_flops(const Recurrent<T>& layer, std::size_t steps, std::size_t batch) {
+    const auto& o = layer.options();
+    double flops = 0;
+    for (std::size_t l = 0; l < o.num_layers; ++l)
+        for (std::size_t d = 0; d < layer.num_directions(); ++d) {
+            const auto& cell = layer.cell(l, d);
+            const auto* rules = cell.usable_fused_rules();
+            if (!rules) return 0;
+            // Forward GEMMs, then backward's two per forward product (dx/dh and dW).
+            flops += 3.0 * double(steps) * rules->forward_flops(batch, cell.input_size(), cell.hidden_size());
+        }
+    return flops;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+template <class T>
+double training_step(Recurrent<T>& layer, Tensor<T>& x) {
+    layer.zero_grad();
+    x.zero_grad();
+    Tensor<T> loss = sum(layer.forward(x).output);
+    loss.backward();
+    return double(loss.item()) + double(x.grad().value().data()[0]);
+}
+
+}  // namespace
+
+template <class T>
+PathBenchResult bench_paths(Recurrent<T>& layer, const Tensor<T>& input, const PathBenchOptions& options) {
+    const ExecutionPath before = layer.path();
+    Tensor<T> x(input.value(), true);
+    const bool batch_first = layer.options().batch_first;
+    PathBenchResult result;
+    result.flops = training_flops(layer, input.size(batch_first ? 1 : 0), input.size(batch_first ? 0 : 1));
+    auto timed = [&](ExecutionPath path, std::vector<double>* samples) {
+        layer.set_path(path);
+        const auto start = Clock::now();
+        result.checksum += training_step(layer, x);
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+        if (samples) samples->push_back(ms);
+    };
+    for (int round = 0; round < options.warmup + options.repeats; ++round) {
+        const bool record = round >= options.warmup;
+        timed(ExecutionPath::fused, record ? &result.fused_ms : nullptr);
+        if (round == 0) {
+            result.fused_ran = layer.uses_fused();
+            result.path_note = layer.path_note();
+        }
+        if (options.generic) timed(ExecutionPath::generic, record ? &result.generic_ms : nullptr);
+        if (options.each_round) options.each_round(record);
+    }
+    layer.set_path(before);
+    result.fused_median_ms = median_of(result.fused_ms);
+    result.generic_median_ms = median_of(result.generic_ms);
+    result.generic_over_fused = result.generic_median_ms / result.fused_median_ms;
+    const double gflop = result.flops > 0 ? result.flops / 1e6 : NAN;
+    result.fused_gflops = gflop / result.fused_median_ms;
+    result.generic_gflops = gflop / result.generic_median_ms;
+    return result;
+}
+
+template PathBenchResult bench_paths(Recurrent<float>&, const Tensor<float>&, const PathBenchOptions&);
+template PathBenchResult bench_paths(Recurrent<double>&, const Tensor<double>&, const PathBenchOptions&);
+template double training_flops(const Recurrent<float>&, std::size_t, std::size_t);
+template double training_flops(const Recurrent<double>&, std::size_t, std::size_t);
+
+}  // namespace rw::nn

@@ -1,0 +1,118 @@
+// check_fused_cell: hand-written fused rules against the tape's derivative of the same cell's
+// step(), step by step. Correct rules pass; planted mistakes are caught and named with their
+// time step and tensor.
+
+#include <boost/test/unit_test.hpp>
+
+#include <rewind/nn.hpp>
+
+using namespace rw;
+using namespace rw::nn;
+
+namespace {
+
+// Planted mistakes: each subclass claims the rules as its own (rules_cell_type) and keeps the
+// correct step(), so the tape knows the right answer.
+class ForgetSignFlipped : public LSTMCell<double> {
+public:
+    using LSTMCell<double>::LSTMCell;
+    const std::type_info& rules_cell_type() const override { return typeid(ForgetSignFlipped); }
+    void backward(const fused::BackwardRow<double>& row) const override {
+        LSTMCell<double>::backward(row);
+        for (std::size_t j = 0; j < row.hidden; ++j) row.grad_gates[row.hidden + j] *= -1;  // dL/d(forget)
+    }
+};
+
+class CarryDropped : public GRUCell<double> {
+public:
+    using GRUCell<double>::GRUCell;
+    const std::type_info& rules_cell_type() const override { return typeid(CarryDropped); }
+    void backward(const fused::BackwardRow<double>& row) const override {
+        GRUCell<double>::backward(row);
+        std::fill_n(row.grad_state[0], row.hidden, 0.0);  // the z ⊙ dh' carry to h
+    }
+};
+
+class CellCarryDropped : public LSTMCell<double> {
+public:
+    using LSTMCell<double>::LSTMCell;
+    const std::type_info& rules_cell_type() const override { return typeid(CellCarryDropped); }
+    void forward(const fused::ForwardRow<double>& row) const override {
+        LSTMCell<double>::forward(row);
+        // c' = f ⊙ c + i ⊙ g without the f ⊙ c term.
+        const double* f = row.gates + row.hidden;
+        for (std::size_t j = 0; j < row.hidden; ++j) row.next_state[1][j] -= f[j] * row.state[1][j];
+    }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(fused_check)
+
+BOOST_AUTO_TEST_CASE(every_built_in_cell_agrees_with_its_step) {
+    for (const auto& info : cell_table()) {
+        Generator g(3);
+        const auto cell = cell_factory<double>(info.name)(4, 5, g);
+        const FusedCheckReport report = check_fused_cell(*cell, {.steps = 6, .batch = 4});
+        BOOST_TEST(report.passed, info.name << ":\n" << report.to_string());
+        BOOST_TEST(report.directions.size() == 2u);
+        BOOST_TEST(report.directions[0].steps.size() == 6u);
+        // Every state and gate block is reported at every step.
+        BOOST_TEST(report.directions[0].steps[0].backward.size() == info.gates + info.state_names.size());
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_flipped_sign_in_a_gate_derivative_is_named_at_the_last_step) {
+    Generator g(1);
+    const ForgetSignFlipped cell(3, 4, g);
+    const FusedCheckReport report = check_fused_cell(cell, {.steps = 5, .batch = 3});
+    BOOST_TEST(!report.passed);
+    BOOST_TEST(report.pass == "backward");
+    BOOST_TEST(!report.reverse);
+    BOOST_TEST(report.step == 4u);
+    BOOST_TEST(report.tensor == "gate forget");
+    BOOST_TEST(report.to_string().find("time step 4 in dL/d(gate forget)") != std::string::npos, report.to_string());
+}
+
+BOOST_AUTO_TEST_CASE(a_missing_state_carry_term_is_named_with_its_step) {
+    Generator g(2);
+    const CarryDropped cell(3, 4, g);
+    const FusedCheckReport report = check_fused_cell(cell, {.steps = 5, .batch = 3, .both_directions = false});
+    BOOST_TEST(!report.passed);
+    BOOST_TEST(report.pass == "backward");
+    BOOST_TEST(report.step == 4u);
+    BOOST_TEST(report.tensor == "h");
+    // The gate derivatives of that step were still right: the carry is what is wrong.
+    for (const auto& d : report.directions[0].steps[4].backward)
+        if (d.tensor.rfind("gate", 0) == 0) BOOST_TEST(d.difference <= 1e-12, d.tensor);
+}
+
+BOOST_AUTO_TEST_CASE(a_wrong_forward_rule_is_named_at_the_first_step) {
+    Generator g(3);
+    const CellCarryDropped cell(3, 4, g);
+    const FusedCheckReport report = check_fused_cell(cell, {.steps = 4, .batch = 2, .with_lengths = false});
+    BOOST_TEST(!report.passed);
+    BOOST_TEST(report.pass == "forward");
+    BOOST_TEST(report.step == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(in_the_reverse_direction_the_backward_walk_starts_at_step_zero) {
+    Generator g(1);
+    const ForgetSignFlipped cell(3, 4, g);
+    FusedCheckReport report = check_fused_cell(cell, {.steps = 5, .batch = 3});
+    // The forward direction is reported first; the reverse one is in the per-direction table.
+    BOOST_TEST(report.directions[1].reverse);
+    BOOST_TEST(report.directions[1].steps[0].backward[1].difference > 1e-6);
+}
+
+BOOST_AUTO_TEST_CASE(a_cell_without_rules_is_refused) {
+    Generator g(1);
+    class Plain : public RNNCell<double> {
+    public:
+        using RNNCell<double>::RNNCell;
+    };
+    const Plain cell(2, 3, Nonlinearity::tanh, g);
+    BOOST_CHECK_THROW(check_fused_cell(cell), std::invalid_argument);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
