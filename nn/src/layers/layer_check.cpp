@@ -22,14 +22,8 @@ Tensor<double> flattened(const RecurrentResult<double>& result) {
 }
 
 // Whether forward() runs the layer step by step, so that probing h_t checks the same path.
-bool runs_step_by_step(const Recurrent<double>& layer, const Tensor<double>& time_major_x) {
-    if (layer.options().path == ExecutionPath::generic) return true;
-    NoGradGuard no_grad;
-    const auto& cell = layer.cell(0, 0);
-    State<double> zeros;
-    for (std::size_t s = 0; s < cell.state_count(); ++s)
-        zeros.push_back(Tensor<double>::zeros({time_major_x.size(1), cell.hidden_size()}));
-    return !cell.run_sequence(time_major_x, zeros, {}, false).has_value();
+bool runs_step_by_step(const Recurrent<double>& layer) {
+    return layer.options().path == ExecutionPath::generic || layer.cell(0, 0).usable_fused_rules() == nullptr;
 }
 
 // The probe is set for one forward and removed however that forward ends.
@@ -93,7 +87,7 @@ PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<do
     const Tensor<double> time_major = time_axis == 1 ? permute(x, {1, 0, 2}) : x;
     const std::size_t steps = time_major.size(0), batch = time_major.size(1);
     const std::size_t streams = layer.options().num_layers * layer.num_directions();
-    const bool probed = runs_step_by_step(layer, time_major);
+    const bool probed = runs_step_by_step(layer);
 
     // The inputs: x_0 .. x_(T-1), then d_t of each layer and direction (stream-major), all leaves.
     std::vector<Tensor<double>> inputs;
