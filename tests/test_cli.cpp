@@ -312,6 +312,16 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(cli_hardening)
 
+// A fixture case with its STATE and INPUTS files.
+struct Fixture {
+    json c;
+    fs::path state, inputs;
+};
+
+Fixture fixture(const std::string& name) {
+    return {find_case(name), fixtures / name / "state.safetensors", fixtures / name / "inputs.safetensors"};
+}
+
 // A size option beyond its bound: exit code 2 and one short line naming the option and the bound.
 void expect_option_refused(const std::vector<std::string>& args, const std::string& option, const std::string& says) {
     TempDir dir;
@@ -360,15 +370,14 @@ BOOST_AUTO_TEST_CASE(nan_tolerances_a_negative_seed_and_zero_sizes_are_refused_i
 }
 
 BOOST_AUTO_TEST_CASE(grad_checks_the_layers_against_the_state_file_before_building_them) {
-    const json c = find_case("lstm_l1_f64");
-    const fs::path directory = fixtures / c.at("name").get<std::string>();
+    const Fixture f = fixture("lstm_l1_f64");
     TempDir dir;
     const fs::path out = dir / "out.safetensors";
-    auto args = grad_args(c, directory / "state.safetensors", directory / "inputs.safetensors", out);
+    auto args = grad_args(f.c, f.state, f.inputs, out);
     args[std::find(args.begin(), args.end(), "--layers") - args.begin() + 1] = "1024";
     args.push_back("--bidirectional");
     // Inputs are checked first: make their state shapes fit, so the STATE check is what fails.
-    auto inputs = rw::nn::load_safetensors(directory / "inputs.safetensors");
+    auto inputs = rw::nn::load_safetensors(f.inputs);
     const auto x = rw::nn::shape_of(inputs.at("x"));
     inputs.insert_or_assign("grad_output", xt::xarray<double>(xt::zeros<double>({x[0], x[1], std::size_t(10)})));
     inputs.insert_or_assign("grad_h_n", xt::xarray<double>(xt::zeros<double>({std::size_t(2048), x[1], std::size_t(5)})));
@@ -378,14 +387,13 @@ BOOST_AUTO_TEST_CASE(grad_checks_the_layers_against_the_state_file_before_buildi
 }
 
 BOOST_AUTO_TEST_CASE(grad_names_an_input_holding_nan_and_refuses_it_with_check_finite) {
-    const json c = find_case("lstm_l1_f64");
-    const fs::path directory = fixtures / c.at("name").get<std::string>();
+    const Fixture f = fixture("lstm_l1_f64");
     TempDir dir;
     const fs::path out = dir / "out.safetensors";
-    auto inputs = rw::nn::load_safetensors(directory / "inputs.safetensors");
+    auto inputs = rw::nn::load_safetensors(f.inputs);
     std::get<xt::xarray<double>>(inputs.at("x")).data()[5] = NAN;
     rw::nn::save_safetensors(dir / "inputs.safetensors", inputs);
-    auto args = grad_args(c, directory / "state.safetensors", dir / "inputs.safetensors", out);
+    auto args = grad_args(f.c, f.state, dir / "inputs.safetensors", out);
 
     const Run warned = run_cli(dir, args);
     BOOST_TEST(warned.exit_code == 0, warned.err);
@@ -399,13 +407,12 @@ BOOST_AUTO_TEST_CASE(grad_names_an_input_holding_nan_and_refuses_it_with_check_f
 }
 
 BOOST_AUTO_TEST_CASE(grad_replacing_out_keeps_its_mode) {
-    const json c = find_case("lstm_l1_f64");
-    const fs::path directory = fixtures / c.at("name").get<std::string>();
+    const Fixture f = fixture("lstm_l1_f64");
     TempDir dir;
     const fs::path out = dir / "out.safetensors";
     write_bytes(out, "old");
     fs::permissions(out, fs::perms::owner_read | fs::perms::owner_write);
-    const Run run = run_cli(dir, grad_args(c, directory / "state.safetensors", directory / "inputs.safetensors", out));
+    const Run run = run_cli(dir, grad_args(f.c, f.state, f.inputs, out));
     BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
     BOOST_TEST((fs::status(out).permissions() == (fs::perms::owner_read | fs::perms::owner_write)));
 }
