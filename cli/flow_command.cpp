@@ -2,6 +2,7 @@
 // trained weights from a state dict (nn::gradient_flow): ||dL/dh_t||, sigma_max(dh_T/dh_t), gate
 // saturation and the per-step decay factor, as a table, JSON, CSV and a log-scale plot.
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <memory>
@@ -213,7 +214,9 @@ void save_curves(const FlowRequest& request, const nn::FlowReport& report) {
 int run_flow(FlowRequest& request) {
     apply_threads(request.threads);
     const LayerConfig& config = request.layer;
-    if (request.forget_bias != 0 && config.cell != "lstm") throw CommandError("--forget-bias applies to --cell lstm only");
+    const auto& gates = nn::cell_info(config.cell).gate_names;  // the table of cells says which have one
+    if (request.forget_bias != 0 && std::find(gates.begin(), gates.end(), "forget") == gates.end())
+        throw CommandError("--forget-bias applies to --cell lstm only (the cells with a forget gate)");
     if (request.forget_bias != 0 && !request.state_file.empty())
         throw CommandError("--forget-bias sets the initial weights; with --state the file's weights are analysed");
     auto layer = nn::make_recurrent<double>(config.cell, {.input_size = config.input_size,

@@ -17,6 +17,7 @@
 #include <rewind/nn/layers/layer_check.hpp>
 
 #include "gradcheck_report.hpp"
+#include "planted_error.hpp"
 
 namespace rw::cli {
 
@@ -26,6 +27,9 @@ namespace {
 constexpr std::uint64_t data_stream = 0x9e3779b97f4a7c15ULL;
 
 void check_request(const GradcheckRequest& request) {
+    if (request.plant_error && *request.plant_error >= request.seq_len)
+        throw CommandError(fmt::format("--plant-error: step {} is outside 0..{} (--seq-len)", *request.plant_error,
+                                       request.seq_len - 1));
     if (request.lengths.empty()) return;
     if (request.lengths.size() != request.batch)
         throw CommandError(fmt::format("--lengths gives {} lengths for --batch {}", request.lengths.size(), request.batch));
@@ -37,11 +41,13 @@ void check_request(const GradcheckRequest& request) {
 
 std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& request, nn::ExecutionPath path) {
     const LayerConfig& config = request.layer;
-    auto layer = nn::make_recurrent<double>(config.cell, {.input_size = config.input_size,
-                                                          .hidden_size = config.hidden_size,
-                                                          .num_layers = config.layers,
-                                                          .bidirectional = config.bidirectional,
-                                                          .seed = request.seed});
+    const nn::RecurrentOptions options{.input_size = config.input_size,
+                                       .hidden_size = config.hidden_size,
+                                       .num_layers = config.layers,
+                                       .bidirectional = config.bidirectional,
+                                       .seed = request.seed};
+    auto layer = request.plant_error ? make_layer_with_planted_error(config.cell, options, *request.plant_error)
+                                     : nn::make_recurrent<double>(config.cell, options);
     choose_path(*layer, path);
     return layer;
 }
@@ -167,6 +173,9 @@ Command add_gradcheck_command(CLI::App& app) {
     command->add_flag("--per-step", request->per_step,
                       "also check dL/dx_t and dL/dh_t for every time step and name the first step, walking back "
                       "from T, where analytic and numeric disagree");
+    command->add_option("--plant-error", request->plant_error,
+                        "check the check: make the backward of this step wrong by 1% in layer 0's forward direction "
+                        "(a wrapped cell, run step by step); --per-step should name this step");
     command->add_flag("!--zero-initial-state", request->initial_state,
                       "start from zeros instead of random initial states h0 (and c0), which are then not checked");
     command->add_option("--eps", request->tolerance.step, "central-difference step")

@@ -26,6 +26,7 @@ struct GradcheckRequest {
     bool initial_state = true;  // random h0 (and c0) checked too
     GradcheckOptions tolerance;  // step and tolerances; the seed is set from `seed`
     bool per_step = false;       // also dL/dx_t and dL/dh_t step by step (nn::gradcheck_layer_per_step)
+    std::optional<std::size_t> plant_error;  // --plant-error: the step whose backward is made wrong
     int threads = 1;
 };
 

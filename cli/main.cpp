@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
     const std::vector<rw::cli::Command> commands{rw::cli::add_grad_command(app),
                                                  rw::cli::add_gradcheck_command(app),
                                                  rw::cli::add_bench_command(app),
-                                                 rw::cli::add_flow_command(app)};
+                                                 rw::cli::add_flow_command(app),
+                                                 rw::cli::add_check_fused_command(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help and --version

@@ -20,9 +20,20 @@ double ms_since(Clock::time_point start) {
     return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
 }
 
+// oneDNN's RNN primitives the built-in cells map to, told apart by the cell's type.
+enum class PeerCell { rnn_tanh, rnn_relu, lstm, gru };
+
+PeerCell peer_cell_of(const nn::RecurrentCell<float>& cell) {
+    if (dynamic_cast<const nn::LSTMCell<float>*>(&cell)) return PeerCell::lstm;
+    if (dynamic_cast<const nn::GRUCell<float>*>(&cell)) return PeerCell::gru;
+    if (const auto* rnn = dynamic_cast<const nn::RNNCell<float>*>(&cell))
+        return rnn->nonlinearity() == nn::Nonlinearity::relu ? PeerCell::rnn_relu : PeerCell::rnn_tanh;
+    throw std::invalid_argument("the oneDNN peer runs PyTorch's RNN, LSTM and GRU cells only");
+}
+
 // What the peer needs to know of the layer.
 struct PeerConfig {
-    std::string cell;
+    PeerCell cell;
     std::size_t steps = 0, batch = 0, input = 0, hidden = 0;
     bool bidirectional = false;
 };
@@ -36,8 +47,8 @@ struct OnednnRnnStep::Impl {
         using dims = dnnl::memory::dims;
         const auto T = dnnl::memory::dim(c.steps), B = dnnl::memory::dim(c.batch), I = dnnl::memory::dim(c.input),
                    H = dnnl::memory::dim(c.hidden), D = dnnl::memory::dim(c.bidirectional ? 2 : 1);
-        G_ = dnnl::memory::dim(c.cell == "lstm" ? 4 : c.cell == "gru" ? 3 : 1);
-        bias_gates_ = c.cell == "gru" ? 4 : G_;  // linear-before-reset GRU: b_hn is a fourth bias gate
+        G_ = dnnl::memory::dim(c.cell == PeerCell::lstm ? 4 : c.cell == PeerCell::gru ? 3 : 1);
+        bias_gates_ = c.cell == PeerCell::gru ? 4 : G_;  // linear-before-reset GRU: b_hn is a fourth bias gate
         const auto direction = c.bidirectional ? dnnl::rnn_direction::bidirectional_concat
                                                : dnnl::rnn_direction::unidirectional_left2right;
         auto md = [](const dims& d, tag t) { return dnnl::memory::desc(d, dt::f32, t); };
@@ -49,7 +60,7 @@ struct OnednnRnnStep::Impl {
         const auto weights_iter_any = md({1, D, H, G_, H}, tag::any);
         bias_md_ = md({1, D, bias_gates_, H}, tag::ldgo);
         dst_layer_md_ = md({T, B, D * H}, tag::tnc);
-        const bool lstm = c.cell == "lstm";
+        const bool lstm = c.cell == PeerCell::lstm;
         const dnnl::memory::desc none;
         const auto iter_c_md = lstm ? iter_md_ : none;
         const auto fwd_kind = dnnl::prop_kind::forward_training, bwd_kind = dnnl::prop_kind::backward;
@@ -66,7 +77,7 @@ struct OnednnRnnStep::Impl {
             setup(fpd, bpd);
             forward_ = dnnl::lstm_forward(fpd);
             backward_ = dnnl::lstm_backward(bpd);
-        } else if (c.cell == "gru") {
+        } else if (c.cell == PeerCell::gru) {
             dnnl::lbr_gru_forward::desc fd(fwd_kind, direction, src_layer_md_, iter_md_, weights_layer_any,
                                            weights_iter_any, bias_md_, dst_layer_md_, iter_md_);
             auto fpd = dnnl::lbr_gru_forward::primitive_desc(fd, engine_);
@@ -80,7 +91,7 @@ struct OnednnRnnStep::Impl {
             backward_ = dnnl::lbr_gru_backward(bpd);
         } else {
             const auto activation =
-                c.cell == "rnn_relu" ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_tanh;
+                c.cell == PeerCell::rnn_relu ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_tanh;
             dnnl::vanilla_rnn_forward::desc fd(fwd_kind, activation, direction, src_layer_md_, iter_md_,
                                                weights_layer_any, weights_iter_any, bias_md_, dst_layer_md_, iter_md_);
             auto fpd = dnnl::vanilla_rnn_forward::primitive_desc(fd, engine_);
@@ -212,7 +223,7 @@ private:
     void copy_parameters(nn::Recurrent<float>& layer) {
         const std::size_t G = std::size_t(G_), H = c_.hidden, D = c_.bidirectional ? 2 : 1;
         auto torch_gate = [&](std::size_t g) -> std::size_t {
-            if (c_.cell != "gru") return g;
+            if (c_.cell != PeerCell::gru) return g;
             return g == 0 ? 1 : g == 1 ? 0 : 2;
         };
         float* wl = static_cast<float*>(user_weights_layer_.get_data_handle());
@@ -231,9 +242,9 @@ private:
                     for (std::size_t i = 0; i < I; ++i) wl[((d * I + i) * G + g) * H + h] = w_ih(row, i);
                     for (std::size_t i = 0; i < H; ++i) wi[((d * H + i) * G + g) * H + h] = w_hh(row, i);
                     float* b = bias + (d * bias_gates_ + g) * H + h;
-                    *b = (c_.cell == "gru" && g == 2) ? b_ih(row) : b_ih(row) + b_hh(row);
+                    *b = (c_.cell == PeerCell::gru && g == 2) ? b_ih(row) : b_ih(row) + b_hh(row);
                 }
-            if (c_.cell == "gru")
+            if (c_.cell == PeerCell::gru)
                 for (std::size_t h = 0; h < H; ++h) bias[(d * bias_gates_ + 3) * H + h] = b_hh(2 * H + h);
         }
     }
@@ -257,7 +268,7 @@ OnednnRnnStep::OnednnRnnStep(nn::Recurrent<float>& layer, std::size_t steps, std
     const auto& options = layer.options();
     if (options.num_layers != 1)
         throw std::invalid_argument("the oneDNN peer runs one layer (its stacked layers need input_size == hidden_size)");
-    const PeerConfig config{layer.cell(0, 0).kind(), steps, batch, options.input_size, options.hidden_size,
+    const PeerConfig config{peer_cell_of(layer.cell(0, 0)), steps, batch, options.input_size, options.hidden_size,
                             options.bidirectional};
     impl_ = std::make_unique<Impl>(config, layer);
 }

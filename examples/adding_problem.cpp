@@ -32,25 +32,15 @@ struct Settings {
     std::uint64_t seed = 1;
 };
 
-// A recurrent layer, then a linear read-out of its final hidden state.
-struct Model : Module<float> {
-    Model(const std::string& cell, const Settings& s) {
-        Generator init(s.seed);
-        rnn = register_module("rnn", make_recurrent<float>(cell, {.input_size = 2, .hidden_size = s.hidden, .seed = s.seed,
-                                                                          .init = {.forget_bias = s.forget_bias}}));
-        head = register_module("head", std::make_shared<Linear<float>>(s.hidden, 1, init));
-    }
-    Tensor<float> predict(const adding::Batch& a) const {
-        const Tensor<float> h_n = rnn->forward(a.x).h_n();  // [1, B, H]
-        return head->forward(reshape(h_n, {h_n.size(1), h_n.size(2)}));
-    }
-    std::shared_ptr<Recurrent<float>> rnn;
-    std::shared_ptr<Linear<float>> head;
-};
+adding::Model make_model(const std::string& cell, const Settings& s) {
+    return adding::Model(make_recurrent<float>(cell, {.input_size = 2, .hidden_size = s.hidden, .seed = s.seed,
+                                                      .init = {.forget_bias = s.forget_bias}}),
+                         s.seed);
+}
 
 // Trains one cell; returns the held-out MSE after every evaluation interval (first: untrained).
 std::vector<double> train(const std::string& cell, const Settings& s) {
-    Model model(cell, s);
+    adding::Model model = make_model(cell, s);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = s.lr});
     Generator data(s.seed + 1), test_data(s.seed + 1000);  // the same held-out set for every cell
     const adding::Batch held_out = adding::random_batch(s.length, s.length, 512, test_data);
@@ -94,7 +84,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--cells", cells, "cells to compare")
         ->delimiter(',')
-        ->check(CLI::IsMember({"rnn_tanh", "rnn_relu", "lstm", "gru"}))
+        ->check(CLI::IsMember(rw::nn::cell_names()))
         ->capture_default_str();
     examples::add_curve_options(app, curve_options, "the held-out MSE curves");
     examples::add_json_option(app, json);

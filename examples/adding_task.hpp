@@ -11,6 +11,8 @@
 #include <xtensor/xarray.hpp>
 
 #include <rewind/autograd.hpp>
+#include <rewind/nn/layers/layers.hpp>
+#include <rewind/nn/layers/recurrent.hpp>
 
 namespace examples::adding {
 
@@ -41,5 +43,20 @@ inline Batch random_batch(std::size_t min_length, std::size_t max_length, std::s
     a.target = rw::Tensor<float>(target);
     return a;
 }
+
+// A recurrent layer, then a linear read-out of its final hidden state (classic fixed lengths).
+struct Model : rw::nn::Module<float> {
+    Model(std::shared_ptr<rw::nn::Recurrent<float>> layer, std::uint64_t seed) {
+        rw::Generator init(seed);
+        rnn = register_module("rnn", std::move(layer));
+        head = register_module("head", std::make_shared<rw::nn::Linear<float>>(rnn->options().hidden_size, 1, init));
+    }
+    rw::Tensor<float> predict(const Batch& a) const {
+        const rw::Tensor<float> h_n = rnn->forward(a.x).h_n();  // [1, B, H]
+        return head->forward(reshape(h_n, {h_n.size(1), h_n.size(2)}));
+    }
+    std::shared_ptr<rw::nn::Recurrent<float>> rnn;
+    std::shared_ptr<rw::nn::Linear<float>> head;
+};
 
 }  // namespace examples::adding

@@ -79,7 +79,8 @@ double tag_accuracy(const Tagger& tagger, const Batch& test) {
     return examples::masked_accuracy(logits, test.tags, test.mask);
 }
 
-double train(const Settings& s, bool bidirectional, const Batch& test) {
+// Trains one tagger; its loss per step goes to `losses`.
+double train(const Settings& s, bool bidirectional, const Batch& test, std::vector<double>& losses) {
     Tagger tagger(s, bidirectional);
     Adam<float> adam(tagger.named_parameters(), AdamOptions{.lr = s.lr});
     Generator data(s.seed + 1);
@@ -91,6 +92,7 @@ double train(const Settings& s, bool bidirectional, const Batch& test) {
         loss.backward();
         clip_grad_norm(tagger.named_parameters(), 1.0);
         adam.step();
+        losses.push_back(loss.item());
         progress.update(step, [&] { return fmt::format("loss {:.4f}", loss.item()); });
     }
     return tag_accuracy(tagger, test);
@@ -103,6 +105,7 @@ int main(int argc, char** argv) {
     examples::CommonOptions common;
     Settings s;
     bool json = false;
+    examples::CurveOptions curve_options;
     examples::add_common_options(app, common);
     app.add_option("--ahead", s.ahead, "tag each position with the token this many positions later")
         ->check(CLI::Range(1, 100))
@@ -113,6 +116,7 @@ int main(int argc, char** argv) {
     app.add_option("--max-length", s.max_length, "longest sequence")->check(CLI::Range(4, 100000))->capture_default_str();
     app.add_option("--batch", s.batch, "batch size")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--lr", s.lr, "Adam learning rate")->capture_default_str();
+    examples::add_curve_options(app, curve_options, "both training-loss curves");
     examples::add_json_option(app, json);
     CLI11_PARSE(app, argc, argv);
     examples::apply(common);
@@ -127,8 +131,14 @@ int main(int argc, char** argv) {
     const double chance = 1.0 / double(s.vocab);
     fmt::print("tag each position with the token {} later; {} tokens (chance {:.3f}), lengths {}..{}, GRU({})\n\n", s.ahead,
                s.vocab, chance, s.ahead + 2, s.max_length, s.hidden);
-    const double uni = train(s, false, test);
-    const double bi = train(s, true, test);
+    std::vector<double> uni_losses, bi_losses;
+    const double uni = train(s, false, test, uni_losses);
+    const double bi = train(s, true, test, bi_losses);
+    examples::Curve curve{{"step", "unidirectional", "bidirectional"}, {}};
+    for (std::size_t i = 0; i < s.steps; ++i) curve.add({double(i + 1), uni_losses[i], bi_losses[i]});
+    examples::save_curve(curve_options, curve,
+                         {.title = fmt::format("tags from {} positions ahead: training loss", s.ahead),
+                          .x_label = "training step", .y_label = "cross-entropy", .log_y = true});
     fmt::print("\nheld-out tag accuracy: unidirectional {:.3f}, bidirectional {:.3f} (chance {:.3f})\n", uni, bi, chance);
     examples::print_json(json, {{"ahead", s.ahead}, {"chance", chance}, {"unidirectional", uni}, {"bidirectional", bi}});
     return EXIT_SUCCESS;

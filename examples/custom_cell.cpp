@@ -1,8 +1,10 @@
-// A recurrent cell of your own in a few lines of ops: IndRNN (Li et al., 2018),
+// A recurrent cell of your own in a few lines of ops: IndRNN (Li et al., 2018, indrnn_cell.hpp),
 //     h' = relu(W_ih x + b + u * h),   u a vector: every unit sees only its own past.
-// The cell writes one step; the layer machinery (Recurrent<T>) supplies stacking, both
-// directions, variable lengths and initial states. It is checked against finite differences
-// in float64 and trained on the adding problem, IndRNN's own benchmark.
+// The cell writes one step, and beside it hand-written fused rules; the layer machinery
+// (Recurrent<T>) supplies stacking, both directions, variable lengths and initial states. The
+// rules are checked step by step against the tape (check_fused_cell), the layer against finite
+// differences in float64 (on the fused path), it is trained on the adding problem, IndRNN's own
+// benchmark, and timed fused vs generic (bench_paths).
 //
 //   build-dir/bin/custom_cell [--steps N] [--hidden H] [--max-length T] [--csv FILE] [--plot FILE.png]
 //                             [--json] [--seed S] [--threads N]
@@ -17,6 +19,8 @@
 #include <fmt/format.h>
 
 #include <rewind/autograd.hpp>
+#include <rewind/nn/analysis/path_bench.hpp>
+#include <rewind/nn/fused/check.hpp>
 #include <rewind/nn/layers/cell.hpp>
 #include <rewind/nn/train/clip.hpp>
 #include <rewind/nn/layers/init.hpp>
@@ -26,6 +30,7 @@
 
 #include "adding_task.hpp"
 #include "common.hpp"
+#include "indrnn_cell.hpp"
 
 using namespace rw;
 using namespace rw::nn;
@@ -33,43 +38,10 @@ namespace adding = examples::adding;
 
 namespace {
 
-// A template, so the same cell trains in float and is gradient-checked in double.
-template <class T>
-class IndRNNCell : public RecurrentCell<T> {
-public:
-    IndRNNCell(std::size_t input_size, std::size_t hidden_size, Generator& generator)
-        : RecurrentCell<T>(input_size, hidden_size) {
-        const double bound = 1.0 / std::sqrt(double(input_size));
-        weight_ih_ = this->register_parameter("weight_ih", Tensor<T>(init::uniform<T>({hidden_size, input_size}, -bound, bound, generator)));
-        bias_ = this->register_parameter("bias", Tensor<T>(init::uniform<T>({hidden_size}, -bound, bound, generator)));
-        // |u| <= 1 keeps relu's recurrence from blowing up; the paper draws u in [0, 1).
-        weight_hh_ = this->register_parameter("weight_hh", Tensor<T>(init::uniform<T>({hidden_size}, 0.0, 1.0, generator)));
-    }
-
-    // The input projection does not depend on the state, so it is one GEMM over all steps
-    // instead of one small GEMM per step; step() then receives row t of it.
-    Tensor<T> prepare_input(const Tensor<T>& input) const override {
-        const std::size_t steps = input.size(0), batch = input.size(1);
-        const Tensor<T> flat = reshape(input, {steps * batch, this->input_size()});
-        return reshape(gemm(flat, weight_ih_, false, true) + bias_, {steps, batch, this->hidden_size()});
-    }
-
-    State<T> step(const Tensor<T>& projected_x, const State<T>& state) const override {
-        return {relu(projected_x + weight_hh_ * state[0])};  // u [H] broadcasts over the batch
-    }
-
-private:
-    Tensor<T> weight_ih_, bias_, weight_hh_;
-};
-
 template <class T>
 std::shared_ptr<Recurrent<T>> make_indrnn(const RecurrentOptions& options) {
     // The layer calls the factory once per layer and direction, with that layer's input size.
-    return std::make_shared<Recurrent<T>>(
-        [](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<IndRNNCell<T>>(input_size, hidden_size, generator);
-        },
-        options);
+    return std::make_shared<Recurrent<T>>(examples::indrnn_factory<T>(), options);
 }
 
 struct Model : Module<float> {
@@ -97,7 +69,7 @@ int main(int argc, char** argv) {
     CLI::App app{"a user-written IndRNN cell: stacked, bidirectional, variable lengths, gradcheck, training"};
     examples::CommonOptions common;
     std::size_t steps = 800, hidden = 32, max_length = 30, batch = 32;
-    double lr = 2e-3;
+    double lr = 1e-3;
     bool json = false;
     examples::CurveOptions curve_options;
     examples::add_common_options(app, common);
@@ -123,6 +95,10 @@ int main(int argc, char** argv) {
     fmt::print("\n\ngradcheck, 2 layers, bidirectional, lengths {{5, 2, 4}}, given h0:\n");
     const GradcheckReport report = examples::gradcheck_layer(*tiny, 5, lengths.size(), check_data, lengths);
     fmt::print("{}\n", report);
+    const bool gradcheck_fused = tiny->uses_fused();
+    Generator check_init(common.seed);
+    const FusedCheckReport rules_check = check_fused_cell(examples::IndRNNCell<double>(3, 5, check_init), {.seed = common.seed});
+    fmt::print("check_fused_cell (the fused rules against the tape, step by step):\n{}\n", rules_check.to_string());
 
     // ---- training on the adding problem ----
     Model model(hidden, common.seed);
@@ -154,6 +130,20 @@ int main(int argc, char** argv) {
     }
     examples::save_curve(curve_options, curve, {.title = "IndRNN on the adding problem: held-out MSE",
                                                 .x_label = "training step", .y_label = "MSE", .log_y = true});
-    examples::print_json(json, {{"gradcheck_passed", report.passed}, {"mse", mse}, {"baseline_mse", adding::kMeanBaselineMse}});
-    return report.passed ? EXIT_SUCCESS : EXIT_FAILURE;
+    // Fused vs generic on one layer, interleaved, medians.
+    Recurrent<float> timed(examples::indrnn_factory<float>(), {.input_size = 64, .hidden_size = 64, .seed = 3});
+    Generator timing_data(4);
+    const PathBenchResult timing = bench_paths(timed, Tensor<float>(examples::uniform_array<float>({50, 8, 64}, timing_data)),
+                                               {.repeats = 5});
+    fmt::print("IndRNN T=50 B=8 I=H=64 float32: fused {:.3f} ms, generic {:.3f} ms, generic/fused = {:.2f}x{}\n",
+               timing.fused_median_ms, timing.generic_median_ms, timing.generic_over_fused,
+               timing.fused_ran ? "" : " (fused did NOT run: " + timing.path_note + ")");
+    examples::print_json(json, {{"gradcheck_passed", report.passed},
+                                {"gradcheck_fused", gradcheck_fused},
+                                {"check_fused_passed", rules_check.passed},
+                                {"fused_ran", timing.fused_ran},
+                                {"generic_over_fused", timing.generic_over_fused},
+                                {"mse", mse},
+                                {"baseline_mse", adding::kMeanBaselineMse}});
+    return report.passed && rules_check.passed ? EXIT_SUCCESS : EXIT_FAILURE;
 }

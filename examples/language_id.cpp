@@ -113,6 +113,7 @@ int main(int argc, char** argv) {
     double lr = 1e-2;
     std::string dict = "/usr/share/dict";
     bool json = false;
+    examples::CurveOptions curve_options;
     examples::add_common_options(app, common);
     app.add_option("--steps", steps, "training steps")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--hidden", hidden, "GRU hidden size per direction")->check(CLI::PositiveNumber)->capture_default_str();
@@ -121,6 +122,7 @@ int main(int argc, char** argv) {
     app.add_option("--train-words", train_words, "words to train on (drawn from all lists)")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--test-words", test_words, "held-out words")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--dict", dict, "directory of the word lists")->capture_default_str();
+    examples::add_curve_options(app, curve_options, "the training loss per step (and its running average)");
     examples::add_json_option(app, json);
     CLI11_PARSE(app, argc, argv);
     examples::apply(common);
@@ -154,6 +156,7 @@ int main(int argc, char** argv) {
     examples::Progress progress("step", steps);
     std::vector<const Word*> chosen(batch);
     double loss_average = 0;
+    examples::Curve curve{{"step", "loss", "running average"}, {}};
     for (std::size_t step = 1; step <= steps; ++step) {
         for (auto& w : chosen) w = train[std::size_t(data.uniform(0, double(train.size())))];
         const Batch b = make_batch(chosen);
@@ -163,8 +166,12 @@ int main(int argc, char** argv) {
         clip_grad_norm(model.named_parameters(), 1.0);
         adam.step();
         loss_average = step == 1 ? loss.item() : 0.98 * loss_average + 0.02 * loss.item();
+        curve.add({double(step), loss.item(), loss_average});
         progress.update(step, [&] { return fmt::format("loss {:.3f}", loss_average); });
     }
+    examples::save_curve(curve_options, curve,
+                         {.title = "language of a word: training loss", .x_label = "training step",
+                          .y_label = "cross-entropy"});
 
     NoGradGuard no_grad;
     const Batch held_out = make_batch(test);

@@ -140,6 +140,7 @@ int main(int argc, char** argv) {
     std::size_t steps = 1500, hidden = 64, batch = 32;
     double lr = 5e-3, held_out_fraction = 0.15;
     bool json = false;
+    examples::CurveOptions curve_options;
     examples::add_common_options(app, common);
     app.add_option("--steps", steps, "training steps")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--hidden", hidden, "encoder and decoder hidden size")->check(CLI::PositiveNumber)->capture_default_str();
@@ -148,6 +149,7 @@ int main(int argc, char** argv) {
     app.add_option("--held-out", held_out_fraction, "fraction of 0..999 never trained on")
         ->check(CLI::Range(0.01, 0.9))
         ->capture_default_str();
+    examples::add_curve_options(app, curve_options, "the teacher-forced training loss per step");
     examples::add_json_option(app, json);
     CLI11_PARSE(app, argc, argv);
     examples::apply(common);
@@ -165,6 +167,7 @@ int main(int argc, char** argv) {
                test.size(), hidden);
     examples::Progress progress("step", steps);
     std::vector<int> chosen(batch);
+    examples::Curve curve{{"step", "teacher-forced loss"}, {}};
     for (std::size_t step = 1; step <= steps; ++step) {
         for (auto& n : chosen) n = train[std::size_t(data.uniform(0, double(train.size())))];
         adam.zero_grad();
@@ -172,8 +175,12 @@ int main(int argc, char** argv) {
         loss.backward();
         clip_grad_norm(model.named_parameters(), 1.0);
         adam.step();
+        curve.add({double(step), loss.item()});
         progress.update(step, [&] { return fmt::format("teacher-forced loss {:.4f}", loss.item()); });
     }
+    examples::save_curve(curve_options, curve,
+                         {.title = "number words -> digits: teacher-forced training loss", .x_label = "training step",
+                          .y_label = "cross-entropy per symbol", .log_y = true});
 
     NoGradGuard no_grad;
     auto sequence_accuracy = [&](const std::vector<int>& which, bool show) {

@@ -230,11 +230,31 @@ BOOST_AUTO_TEST_CASE(bench_json_reports_every_path_and_the_onednn_peer) {
                                     "fraction_of_sgemm_peak", "saved_bytes_per_step", "onednn_ms"})
                 BOOST_TEST(report.contains(key), key << " missing from " << run.out);
             BOOST_TEST(report.at("fused_ms").get<double>() > 0);
+            BOOST_TEST(report.at("fused_ran").get<bool>());
             // The peer computes the same layer: same output and input gradient up to float32 round-off.
             BOOST_TEST(report.at("onednn_output_max_abs_diff").get<double>() < 1e-4);
             BOOST_TEST(report.at("onednn_dx_max_abs_diff").get<double>() < 1e-4);
         }
     }
+}
+
+BOOST_AUTO_TEST_CASE(check_fused_passes_every_built_in_cell_per_step) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"check-fused", "--seq-len", "4", "--batch", "3", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.out << run.err);
+    std::istringstream lines(run.out);
+    std::vector<std::string> cells;
+    for (std::string line; std::getline(lines, line);) {
+        const json report = json::parse(line);
+        cells.push_back(report.at("cell").get<std::string>());
+        BOOST_TEST(report.at("passed").get<bool>());
+        BOOST_TEST(report.at("forward").at("steps").size() == 4u);
+        BOOST_TEST(report.at("reverse").at("steps").size() == 4u);
+        BOOST_TEST(report.at("forward").at("steps").at(0).at("backward").contains("h"));
+    }
+    BOOST_TEST(cells == (std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    const Run unknown = run_cli(dir, {"check-fused", "--cell", "mgu"});
+    BOOST_TEST(unknown.exit_code == 2, unknown.err);
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_rejects_bad_lengths) {

@@ -138,6 +138,37 @@ BOOST_AUTO_TEST_CASE(reports_every_step_as_text_and_json) {
     BOOST_TEST(per_step["steps"][0]["x"]["max_abs_error"].get<double>() < 1e-7);
 }
 
+BOOST_AUTO_TEST_CASE(names_the_step_of_a_planted_error) {
+    // Step 5's backward is off by 1% in layer 0's forward direction: dL/dx_5 and everything before
+    // it disagree, steps 6 and 7 agree, and dL/dh_5 itself is right.
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "3", "--hidden-size", "4", "--seq-len", "8",
+                                  "--batch", "2", "--layers", "2", "--bidirectional", "--per-step", "--plant-error", "5",
+                                  "--json"});
+    BOOST_TEST(run.exit_code == 1, run.err);
+    BOOST_TEST(run.err.find("the per-step gradients from step 5 back") != std::string::npos, run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(!report["passed"].get<bool>());
+    const json& per_step = report["per_step"][0];
+    BOOST_TEST(per_step["first_disagreeing_step"].get<int>() == 5);
+    const json& steps = per_step["steps"];
+    BOOST_TEST(!steps[5]["x"]["passed"].get<bool>());
+    BOOST_TEST(steps[5]["hidden"][0]["passed"].get<bool>());
+    BOOST_TEST(!steps[4]["hidden"][0]["passed"].get<bool>());
+    BOOST_TEST(steps[6]["passed"].get<bool>());
+    BOOST_TEST(steps[7]["passed"].get<bool>());
+
+    const Run text = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "4", "--seq-len",
+                                   "6", "--batch", "2", "--per-step", "--plant-error", "2"});
+    BOOST_TEST(text.exit_code == 1);
+    BOOST_TEST(text.out.find("first disagreement walking back from T: step 2 (steps 3..5 agree)") != std::string::npos,
+               text.out);
+    const Run outside = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "4",
+                                      "--seq-len", "6", "--batch", "2", "--plant-error", "6"});
+    BOOST_TEST(outside.exit_code == 1);
+    BOOST_TEST(outside.err.find("--plant-error: step 6 is outside 0..5") != std::string::npos, outside.err);
+}
+
 BOOST_AUTO_TEST_CASE(on_the_fused_path_checks_x_t_only_and_says_so) {
     TempDir dir;
     const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "3", "--hidden-size", "4", "--seq-len",

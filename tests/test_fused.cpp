@@ -15,13 +15,28 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
+#include "indrnn_cell.hpp"  // examples/: user cells with hand-written fused rules: per-unit recurrent
+#include "mgu_cell.hpp"     // weights and no recurrent GEMM; two dependent GEMM stages
+
 using namespace rw;
 using namespace rw::nn;
 
 namespace {
 
-// Every cell of the table of cells.
-const std::vector<std::string> cells = cell_names();
+// Every cell of the table of cells, and the examples' user cells with fused rules.
+const std::vector<std::string> cells = [] {
+    auto names = cell_names();
+    names.push_back("mgu");
+    names.push_back("indrnn");
+    return names;
+}();
+
+template <class T>
+CellFactory<T> factory_of(const std::string& cell, const CellInit& init = {}) {
+    if (cell == "mgu") return examples::mgu_factory<T>();
+    if (cell == "indrnn") return examples::indrnn_factory<T>();
+    return cell_factory<T>(cell, init);
+}
 
 template <class T>
 Tensor<T> random_tensor(const Shape& shape, Generator& generator, double scale = 1.0, bool requires_grad = false) {
@@ -152,7 +167,7 @@ std::shared_ptr<Recurrent<T>> make_layer(const Config& c, ExecutionPath path, st
     RecurrentOptions options{.input_size = c.input, .hidden_size = c.hidden, .num_layers = c.layers,
                              .bidirectional = c.bidirectional, .dropout = dropout, .batch_first = c.batch_first,
                              .initial_state = c.initial, .path = path, .seed = seed};
-    auto layer = make_recurrent<T>(c.cell, options);
+    auto layer = std::make_shared<Recurrent<T>>(factory_of<T>(c.cell), options);
     if (c.initial == InitialState::learned) {
         // Non-zero learned states, so their gradients are tested on a non-trivial point.
         Generator g(seed + 99);
@@ -175,12 +190,32 @@ double compare_paths(const Config& c, std::uint64_t seed, double tolerance) {
     BOOST_TEST_REQUIRE(!layer->uses_fused());
     double worst = 0;
     BOOST_REQUIRE_EQUAL(fused.values.size(), generic.values.size());
+    std::optional<RunResult<double>> exact;  // the float64 generic result, computed when needed
     for (std::size_t i = 0; i < fused.values.size(); ++i) {
-        const double error = relative_error(fused.values[i].second, generic.values[i].second);
+        double error = relative_error(fused.values[i].second, generic.values[i].second);
+        std::string note;
+        if (error > tolerance && std::is_same_v<T, float>) {
+            // A sum over T*B terms with cancellation (a 1x1 weight gradient, say) can differ by
+            // more than 1e-5 relative between two float32 summation orders. Then the fused
+            // result must be as close to the float64 result as the generic one is.
+            if (!exact) {
+                auto reference = make_layer<double>(c, ExecutionPath::generic, seed);
+                exact = run<double>(*reference, c, seed + 1);
+            }
+            const xt::xarray<double> truth = exact->values[i].second;
+            const double fused_off = relative_error(xt::xarray<double>(xt::cast<double>(fused.values[i].second)), truth);
+            const double generic_off = relative_error(xt::xarray<double>(xt::cast<double>(generic.values[i].second)), truth);
+            note = fmt::format(" (float64 reference: fused off by {:.3g}, generic by {:.3g})", fused_off, generic_off);
+            if (fused_off <= std::max(2 * generic_off, tolerance)) {
+                BOOST_TEST_MESSAGE(fmt::format("float32 {} differs by {:.3g} on {}, within round-off{}",
+                                               fused.values[i].first, error, c.to_string(), note));
+                error = tolerance;
+            }
+        }
         worst = std::max(worst, error);
-        BOOST_CHECK_MESSAGE(error <= tolerance, fmt::format("{}: {} differs by {:.3g} (relative) on {}",
+        BOOST_CHECK_MESSAGE(error <= tolerance, fmt::format("{}: {} differs by {:.3g} (relative) on {}{}",
                                                             sizeof(T) == 8 ? "float64" : "float32",
-                                                            fused.values[i].first, error, c.to_string()));
+                                                            fused.values[i].first, error, c.to_string(), note));
     }
     return worst;
 }
@@ -293,11 +328,12 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         {"lstm", 1, false, {}, false},        {"gru", 1, false, {}, true},
         {"rnn_tanh", 2, true, {}, true},      {"rnn_relu", 1, true, {3, 1, 4}, false},
         {"lstm", 2, true, {4, 2, 3}, true},   {"gru", 2, true, {2, 4, 1}, true},
+        {"mgu", 2, true, {2, 4, 1}, true},    {"indrnn", 2, true, {3, 4, 1}, true},
     };
     for (const auto& k : cases) {
         const std::size_t steps = 4, batch = k.lengths.empty() ? 2 : k.lengths.size(), input = 3, hidden = 5;
-        auto layer = make_recurrent<double>(
-            k.cell, {.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
+        auto layer = std::make_shared<Recurrent<double>>(
+            factory_of<double>(k.cell), RecurrentOptions{.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
                      .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7});
         Generator g(11);
         const Tensor<double> x = random_tensor<double>({steps, batch, input}, g, 1.0, true);
@@ -322,8 +358,9 @@ BOOST_AUTO_TEST_CASE(truncated_bptt_matches_generic_chunk_by_chunk) {
             std::vector<std::vector<xt::xarray<double>>> grads_per_path;
             std::vector<std::vector<double>> losses_per_path;
             for (const auto path : {ExecutionPath::fused, ExecutionPath::generic}) {
-                auto layer = make_recurrent<double>(cell, {.input_size = 3, .hidden_size = 4, .num_layers = 2,
-                                                           .path = path, .seed = 17});
+                auto layer = std::make_shared<Recurrent<double>>(
+                    factory_of<double>(cell), RecurrentOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2,
+                                                               .path = path, .seed = 17});
                 Generator g(5);
                 const Tensor<double> stream = random_tensor<double>({13, 2, 3}, g, 1.0, false);
                 std::vector<xt::xarray<double>> grads;
@@ -488,6 +525,19 @@ BOOST_AUTO_TEST_CASE(fused_on_a_cell_without_rules_runs_step_and_says_so) {
     BOOST_TEST(layer.path_note().empty());
 }
 
+BOOST_AUTO_TEST_CASE(the_graph_keeps_the_cells_rules_alive_past_the_layer) {
+    Generator g(1);
+    auto x = random_tensor<double>({4, 2, 3}, g, 1.0, true);
+    Tensor<double> loss;
+    {
+        auto gru = make_gru<double>({.input_size = 3, .hidden_size = 4});
+        loss = sum(gru->forward(x).output);
+        BOOST_TEST(gru->uses_fused());
+    }
+    loss.backward();  // the layer is gone; its cells live on with the graph
+    BOOST_TEST(x.grad().defined());
+}
+
 BOOST_AUTO_TEST_CASE(a_step_observer_runs_step_and_says_so) {
     auto gru = make_gru<double>({.input_size = 2, .hidden_size = 3});
     gru->set_step_observer([](std::size_t, std::size_t, std::size_t, const Tensor<double>&) {});
@@ -498,7 +548,7 @@ BOOST_AUTO_TEST_CASE(a_step_observer_runs_step_and_says_so) {
 }
 
 BOOST_AUTO_TEST_CASE(the_table_of_cells_matches_the_cells_it_makes) {
-    BOOST_TEST(cells == (std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    BOOST_TEST(cell_names() == (std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
     for (const auto& info : cell_table()) {
         BOOST_TEST_CONTEXT(info.name) {
             BOOST_TEST(info.fused);

@@ -66,6 +66,7 @@ BOOST_AUTO_TEST_CASE(a_flipped_sign_in_a_gate_derivative_is_named_at_the_last_st
     Generator g(1);
     const ForgetSignFlipped cell(3, 4, g);
     const FusedCheckReport report = check_fused_cell(cell, {.steps = 5, .batch = 3});
+    BOOST_TEST_MESSAGE(report.to_string());
     BOOST_TEST(!report.passed);
     BOOST_TEST(report.pass == "backward");
     BOOST_TEST(!report.reverse);

@@ -55,12 +55,12 @@ private:
     Tensor<double> weight_ih_, weight_hh_, bias_;
 };
 
-std::shared_ptr<Recurrent<double>> faulty_layer(Fault fault) {
+std::shared_ptr<Recurrent<double>> faulty_layer(Fault fault, bool bidirectional = false) {
     return std::make_shared<Recurrent<double>>(
         [fault](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
             return std::make_shared<FaultyCell>(input_size, hidden_size, generator, fault);
         },
-        RecurrentOptions{.input_size = 2, .hidden_size = 3, .seed = 7});
+        RecurrentOptions{.input_size = 2, .hidden_size = 3, .bidirectional = bidirectional, .seed = 7});
 }
 
 // The input with every element of step `step` set to a large value.
@@ -89,6 +89,16 @@ BOOST_AUTO_TEST_CASE(every_step_of_the_standard_layers_agrees_on_the_generic_pat
             BOOST_TEST(report.steps[0].x.shape == Shape({2, 3}));
         }
     }
+}
+
+BOOST_AUTO_TEST_CASE(a_batch_first_layer_is_checked_step_by_step_along_its_second_axis) {
+    auto layer = make_gru<double>({.input_size = 3, .hidden_size = 4, .batch_first = true,
+                                   .path = ExecutionPath::generic, .seed = 3});
+    const PerStepReport report = gradcheck_layer_per_step(*layer, small_input(2, 5, 3));  // [B = 2, T = 5, I = 3]
+    BOOST_TEST(report.passed, report.to_string());
+    BOOST_TEST_REQUIRE(report.steps.size() == 5u);
+    BOOST_TEST(report.steps[4].x.shape == Shape({2, 3}));
+    BOOST_TEST(report.steps[4].hidden.size() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(a_fused_kernel_keeps_h_t_to_itself_so_only_x_t_is_checked) {
@@ -131,7 +141,21 @@ BOOST_AUTO_TEST_CASE(a_wrong_backward_into_the_state_is_located_at_the_hidden_st
     BOOST_TEST(*report.first_disagreeing_step == 4u);
     BOOST_TEST(!report.steps[4].hidden[0].passed);
     for (std::size_t t = 5; t < 8; ++t) BOOST_TEST(report.steps[t].passed());
-    BOOST_TEST(report.to_string().find("so the error enters in the backward of step 5 into its state input h_4") !=
+    BOOST_TEST(report.to_string().find("dL/dh_4 (h_l0) is wrong although dL/dh_5 and dL/dx_5 are right, so the error "
+                                       "enters in the backward of step 5 into its state input h_4") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(an_error_seen_only_in_a_reverse_direction_is_said_to_run_forward_in_time) {
+    // Both directions clip h_4 with the wrong backward; the reverse one passes the error on to
+    // h_5 .. h_7 (its recursion runs forward in time), so walking back from T meets it first.
+    auto layer = faulty_layer(Fault::on_state, /*bidirectional=*/true);
+    const PerStepReport report = gradcheck_layer_per_step(*layer, input_large_at(4));
+    BOOST_TEST_MESSAGE(report.to_string());
+    BOOST_TEST_REQUIRE(report.first_disagreeing_step.has_value());
+    const StepCheck& step = report.steps[*report.first_disagreeing_step];
+    BOOST_TEST(step.hidden[0].passed);   // h_l0
+    BOOST_TEST(!step.hidden[1].passed);  // h_l0_reverse
+    BOOST_TEST(report.to_string().find("is wrong only in h_l0_reverse, whose recursion runs forward in time") !=
                std::string::npos);
 }
 

@@ -64,9 +64,11 @@ struct GateKind {
     bool is_tanh;
 };
 
-std::vector<GateKind> gate_kinds(const std::string& kind) {
-    if (kind == "lstm") return {{"input", false}, {"forget", false}, {"cell", true}, {"output", false}};
-    if (kind == "gru") return {{"reset", false}, {"update", false}, {"new", true}};
+// By the cell's type, not its name: the saturation formulas below are LSTM's and GRU's.
+std::vector<GateKind> gate_kinds(const RecurrentCell<double>& cell) {
+    if (dynamic_cast<const LSTMCell<double>*>(&cell))
+        return {{"input", false}, {"forget", false}, {"cell", true}, {"output", false}};
+    if (dynamic_cast<const GRUCell<double>*>(&cell)) return {{"reset", false}, {"update", false}, {"new", true}};
     return {};
 }
 
@@ -77,7 +79,7 @@ double sigmoid(double a) { return 1.0 / (1.0 + std::exp(-a)); }
 std::vector<GateSaturation> gate_saturation(Recurrent<double>& layer, std::size_t l, const Tensor<double>& input,
                                             const ObservedRun& run, double margin) {
     const auto* cell = dynamic_cast<const GatedCell<double>*>(&layer.cell(l, 0));
-    const auto kinds = cell ? gate_kinds(cell->kind()) : std::vector<GateKind>{};
+    const auto kinds = cell ? gate_kinds(*cell) : std::vector<GateKind>{};
     if (kinds.empty()) return {};
     NoGradGuard no_grad;
     const std::size_t steps = input.size(0), batch = input.size(1), hidden = layer.options().hidden_size;
@@ -101,7 +103,7 @@ std::vector<GateSaturation> gate_saturation(Recurrent<double>& layer, std::size_
         gates[g].gate = kinds[g].name;
         gates[g].per_step.assign(steps, 0.0);
     }
-    const bool gru = cell->kind() == "gru";
+    const bool gru = dynamic_cast<const GRUCell<double>*>(cell) != nullptr;
     std::vector<double> activation(kinds.size());
     for (std::size_t t = 0; t < steps; ++t)
         for (std::size_t b = 0; b < batch; ++b)

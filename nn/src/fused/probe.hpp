@@ -1,5 +1,6 @@
 #pragma once
-// Private to nn/: the sequence driver's per-step values, recorded for check_fused_cell.
+// Private to nn/: the sequence driver's per-step values, recorded for check_fused_cell, and the
+// owner of the rules (the layer's cell) kept alive with the graph.
 
 #include <memory>
 #include <string>
@@ -19,11 +20,12 @@ struct SequenceProbe {
     xt::xarray<T> grad_gates;                       // [T, B, G*H]: dL/d(gate pre-activations) at step t
 };
 
-// run_sequence, recording into *probe (filled by the forward and by the backward).
+// run_sequence, recording into *probe when given (filled by the forward and by the backward);
+// `owner` lives as long as the op's backward may run the rules.
 template <class T>
 SequenceResult<T> run_sequence_probed(const CellRules<T>& rules, const Tensor<T>& input,
                                       const std::vector<Tensor<T>>& initial_state,
                                       const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
-                                      std::shared_ptr<SequenceProbe<T>> probe);
+                                      std::shared_ptr<SequenceProbe<T>> probe, std::shared_ptr<const void> owner = nullptr);
 
 }  // namespace rw::nn::fused::detail

@@ -109,6 +109,7 @@ struct InputIndex {
 template <class T>
 struct Saved {
     const CellRules<T>* rules = nullptr;
+    std::shared_ptr<const void> owner;  // keeps `rules` alive while the graph is
     Dims dims;
     InputIndex index;
     bool reverse = false;
@@ -177,7 +178,9 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
         throw std::invalid_argument(op + ": weight_ih must be [G*H, input_size]");
     d.hidden = w.weight_ih.size(0) / l.gates;
     const std::size_t H = d.hidden;
-    checked_product({d.steps, d.batch, l.gates + l.states + l.saved + 1, H}, op);
+    // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states.
+    const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 1});
+    checked_product({d.steps, d.batch, widest, H}, op);
     check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
     if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
     if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, H});
@@ -491,8 +494,10 @@ template <class T>
 SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const Tensor<T>& input,
                                               const std::vector<Tensor<T>>& initial_state,
                                               const std::vector<std::int64_t>& lengths, bool reverse,
-                                              const std::string& name, std::shared_ptr<SequenceProbe<T>> probe) {
+                                              const std::string& name, std::shared_ptr<SequenceProbe<T>> probe,
+                                              std::shared_ptr<const void> owner) {
     auto saved = std::make_shared<Saved<T>>();
+    saved->owner = std::move(owner);
     saved->probe = std::move(probe);
     saved->rules = &rules;
     saved->reverse = reverse;
@@ -538,8 +543,7 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     for (const auto& u : w.units) add_input(u);
     index.states = int(inputs.size());
     for (const auto& s : initial_state) add_input(s);
-    // The rules live in the cell; the op must not outlive it silently, so it holds the weights
-    // (inputs) and the rules pointer: cells are owned by their layer for as long as its graph.
+    // The rules live in the cell; `owner` (the cell, when the layer runs it) keeps them alive.
     auto outputs = record_op<T>(op + (reverse ? "_reverse" : ""), std::move(inputs), std::move(values),
                                 [saved](const BackwardContext<T>& ctx) -> Gradients<T> { return backward(*saved, ctx); });
     SequenceResult<T> result;
@@ -556,10 +560,16 @@ SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input
 
 template class CellRules<float>;
 template class CellRules<double>;
+template SequenceResult<float> detail::run_sequence_probed(const CellRules<float>&, const Tensor<float>&,
+                                                           const std::vector<Tensor<float>>&,
+                                                           const std::vector<std::int64_t>&, bool, const std::string&,
+                                                           std::shared_ptr<detail::SequenceProbe<float>>,
+                                                           std::shared_ptr<const void>);
 template SequenceResult<double> detail::run_sequence_probed(const CellRules<double>&, const Tensor<double>&,
                                                             const std::vector<Tensor<double>>&,
                                                             const std::vector<std::int64_t>&, bool, const std::string&,
-                                                            std::shared_ptr<detail::SequenceProbe<double>>);
+                                                            std::shared_ptr<detail::SequenceProbe<double>>,
+                                                            std::shared_ptr<const void>);
 template SequenceResult<float> run_sequence(const CellRules<float>&, const Tensor<float>&, const std::vector<Tensor<float>>&,
                                             const std::vector<std::int64_t>&, bool, const std::string&);
 template SequenceResult<double> run_sequence(const CellRules<double>&, const Tensor<double>&,

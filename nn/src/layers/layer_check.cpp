@@ -21,9 +21,10 @@ Tensor<double> flattened(const RecurrentResult<double>& result) {
     return concat(parts, 0);
 }
 
-// Whether forward() runs the layer step by step, so that probing h_t checks the same path.
+// Whether forward() runs the layer step by step anyway (the generic path, or a cell without
+// usable fused rules), so that probing h_t checks the same path.
 bool runs_step_by_step(const Recurrent<double>& layer) {
-    return layer.options().path == ExecutionPath::generic || layer.cell(0, 0).usable_fused_rules() == nullptr;
+    return layer.path() == ExecutionPath::generic || layer.cell(0, 0).usable_fused_rules() == nullptr;
 }
 
 // The probe is set for one forward and removed however that forward ends.
@@ -164,18 +165,28 @@ std::string PerStepReport::to_string() const {
     const StepCheck& step = steps[s];
     text += fmt::format("first disagreement walking back from T: step {}", s);
     if (s + 1 < steps.size()) text += fmt::format(" (steps {}..{} agree)", s + 1, steps.size() - 1);
-    const bool hidden_wrong =
-        std::any_of(step.hidden.begin(), step.hidden.end(), [](const InputCheck& h) { return !h.passed; });
+    std::vector<std::string> wrong_hidden;
+    bool only_reverse = true;
+    for (const InputCheck& h : step.hidden)
+        if (!h.passed) {
+            wrong_hidden.push_back(h.name);
+            only_reverse = only_reverse && h.name.ends_with("_reverse");
+        }
     if (step.hidden.empty())
         text += fmt::format(": dL/dx_{} is wrong (dL/dh_t is not checked: the fused kernel keeps it)\n", s);
-    else if (!hidden_wrong)
+    else if (wrong_hidden.empty())
         text += fmt::format(": dL/dh_{0} is right but dL/dx_{0} wrong, so the backward of step {0} itself is wrong\n", s);
+    else if (only_reverse)
+        text += fmt::format(": dL/dh_{} is wrong only in {}, whose recursion runs forward in time: there the step where "
+                            "the error enters is the first disagreeing one walking forward from step 0\n",
+                            s, fmt::join(wrong_hidden, ", "));
     else if (s + 1 < steps.size())
-        text += fmt::format(": dL/dh_{0} is wrong although dL/dh_{1} and dL/dx_{1} are right, so the error enters in the "
-                            "backward of step {1} into its state input h_{0} (or in h_{0}'s own term of L); the earlier "
-                            "steps inherit it\n", s, s + 1);
+        text += fmt::format(": dL/dh_{0} ({2}) is wrong although dL/dh_{1} and dL/dx_{1} are right, so the error enters "
+                            "in the backward of step {1} into its state input h_{0} (or in h_{0}'s own term of L); the "
+                            "earlier steps inherit it\n", s, s + 1, fmt::join(wrong_hidden, ", "));
     else
-        text += fmt::format(": dL/dh_{}, the gradient with respect to the last hidden state, is wrong\n", s);
+        text += fmt::format(": dL/dh_{} ({}), the gradient with respect to the last hidden state, is wrong\n", s,
+                            fmt::join(wrong_hidden, ", "));
     return text;
 }
 

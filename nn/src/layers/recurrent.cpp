@@ -9,6 +9,7 @@
 #include <rewind/autograd/ops.hpp>
 
 #include "rewind/nn/layers/cell_table.hpp"
+#include "../fused/probe.hpp"
 
 namespace rw::nn {
 
@@ -107,7 +108,10 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         std::string why_not = observer_ ? "a step observer needs every step on the tape"
                                         : "a step probe needs every step on the tape";
         const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
-        if (rules) return fused::run_sequence(*rules, input, state, sequence.lengths, direction == 1, cell.kind());
+        // The cell's shared_ptr keeps its rules alive for the op's backward, even past the layer.
+        if (rules)
+            return fused::detail::run_sequence_probed<T>(*rules, input, state, sequence.lengths, direction == 1, cell.kind(),
+                                                      nullptr, cells_[layer * num_directions() + direction]);
         if (path_note_.empty()) path_note_ = fmt::format("layer {} direction {}: {}", layer, direction, why_not);
     }
     last_fused_ = false;
