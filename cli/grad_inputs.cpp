@@ -1,6 +1,9 @@
 #include "grad_inputs.hpp"
 
+#include <cmath>
+#include <iostream>
 #include <set>
+#include <type_traits>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -54,7 +57,7 @@ public:
             fail("x", fmt::format("shape [{}], expected [T, B, {}] with T, B >= 1 (--input-size {})", fmt::join(x, ", "),
                                   config_.input_size, config_.input_size));
         const std::size_t steps = x[0], batch = x[1], hidden = config_.hidden_size;
-        const Shape state{config_.layers * config_.directions(), batch, hidden};
+        const Shape state{checked_product("--layers x directions", config_.layers, config_.directions()), batch, hidden};
         expect("grad_output", {steps, batch, config_.directions() * hidden}, "[T, B, D*H]");
         for (const std::string name : {"h0", "c0", "grad_h_n", "grad_c_n"}) expect(name, state, "[L*D, B, H]");
         expect("lengths", {batch}, "[B]");
@@ -86,6 +89,49 @@ private:
     const nn::TensorMap& inputs_;
 };
 
+// The layers and directions the configuration asks for must be in STATE before a layer is built
+// from them: one name per layer and direction is looked up, and the first missing one ends the
+// search, so a huge --layers costs as many look-ups as the file has tensors.
+void check_state_layers(const GradRequest& request, const nn::TensorMap& state) {
+    const LayerConfig& config = request.layer;
+    for (std::size_t layer = 0; layer < config.layers; ++layer)
+        for (std::size_t direction = 0; direction < config.directions(); ++direction) {
+            const std::string name = fmt::format("weight_ih_l{}{}", layer, direction == 1 ? "_reverse" : "");
+            if (!state.contains(name))
+                throw CommandError(fmt::format(
+                    "{}: no tensor '{}', which --layers {}{} needs (expected weight_ih_l0 to weight_ih_l{}{}; the file "
+                    "holds {} tensors)",
+                    request.state_file.string(), name, config.layers, config.bidirectional ? " --bidirectional" : "",
+                    config.layers - 1, config.bidirectional ? " and their _reverse" : "", state.size()));
+        }
+}
+
+// NaN or Inf in an input make every output they reach NaN; each tensor holding them is named, as
+// a warning on stderr, or as the error with --check-finite.
+void report_non_finite(const GradRequest& request, const std::string& file, const nn::TensorMap& tensors) {
+    for (const auto& [name, stored] : tensors) {
+        std::size_t nan = 0, inf = 0, first = 0;
+        std::visit(
+            [&](const auto& array) {
+                using Element = typename std::decay_t<decltype(array)>::value_type;
+                if constexpr (std::is_floating_point_v<Element>)
+                    for (std::size_t i = 0; i < array.size(); ++i) {
+                        const Element v = array.data()[i];
+                        if (std::isfinite(v)) continue;
+                        if (nan + inf == 0) first = i;
+                        ++(std::isnan(v) ? nan : inf);
+                    }
+            },
+            stored);
+        if (nan + inf == 0) continue;
+        const std::string what = fmt::format("{}: tensor '{}' holds {} NaN and {} Inf (first at flat index {})", file,
+                                             name, nan, inf, first);
+        if (request.check_finite) throw CommandError(what + " (--check-finite)");
+        std::cerr << "rewind grad: warning: " << what << "; the outputs and gradients it reaches will not be finite"
+                  << std::endl;
+    }
+}
+
 }  // namespace
 
 GradData load_grad_data(const GradRequest& request) {
@@ -103,6 +149,9 @@ GradData load_grad_data(const GradRequest& request) {
         if (nn::dtype_name(array) != data.dtype)
             throw CommandError(fmt::format("{}: tensor '{}': dtype {}, but the inputs are {} (mixed dtypes are not supported)",
                                            request.state_file.string(), name, nn::dtype_name(array), data.dtype));
+    check_state_layers(request, data.state);
+    report_non_finite(request, request.inputs_file.string(), data.inputs);
+    report_non_finite(request, request.state_file.string(), data.state);
     return data;
 }
 
