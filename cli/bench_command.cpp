@@ -61,7 +61,7 @@ public:
                                                           .bidirectional = r.layer.bidirectional,
                                                           .seed = 1});
         Generator generator(2);
-        xt::xarray<float> x = xt::xarray<float>::from_shape({r.steps, r.batch, r.layer.input_size});
+        xt::xarray<float> x = checked_array<float>("bench input", {r.steps, r.batch, r.layer.input_size});
         for (auto& v : x) v = static_cast<float>(generator.uniform(-1, 1));
         x_ = Tensor<float>(std::move(x), true);
     }
@@ -256,23 +256,23 @@ Command add_bench_command(CLI::App& app) {
         "bench", "time one training step: fused vs generic path (vs oneDNN's RNN primitives), float32");
     LayerConfig& layer = request->layer;
     add_cell_option(*command, layer.cell)->capture_default_str();
-    command->add_option("--seq-len", request->steps, "time steps (T)")->capture_default_str()->check(CLI::PositiveNumber);
-    command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(CLI::PositiveNumber);
+    command->add_option("--seq-len", request->steps, "time steps (T)")->capture_default_str()->check(integer_in(1, max_size));
+    command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(integer_in(1, max_size));
     command->add_option("--input-size", layer.input_size, "features per step (I)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, max_size));
     command->add_option("--hidden-size", layer.hidden_size, "hidden units (H)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
-    command->add_option("--layers", layer.layers, "stacked layers (L)")->capture_default_str()->check(CLI::PositiveNumber);
+        ->check(integer_in(1, max_size));
+    command->add_option("--layers", layer.layers, "stacked layers (L)")->capture_default_str()->check(integer_in(1, max_layers));
     command->add_flag("--bidirectional", layer.bidirectional, "run both directions (D = 2)");
     add_threads_option(*command, request->threads);
     command->add_option("--repeats", request->repeats, "timed rounds, after the warm-up")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, max_rounds));
     command->add_option("--warmup", request->warmup, "untimed rounds first")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(integer_in(0, max_rounds));
     command->add_option("--peer", request->peer, "also time oneDNN's fused RNN primitives, interleaved")
         ->check(CLI::IsMember({"onednn"}));
     command->add_flag("--no-generic", request->skip_generic, "skip the generic path (slow at large sizes)");

@@ -77,19 +77,21 @@ Command add_check_fused_command(CLI::App& app) {
         ->check(CLI::IsMember(nn::cell_names()));
     command->add_option("--input-size", request->input_size, "features per step (I)")
         ->capture_default_str()
-        ->check(CLI::Range(1, 4096));
+        ->check(integer_in(1, 4096));
     command->add_option("--hidden-size", request->hidden_size, "hidden units (H)")
         ->capture_default_str()
-        ->check(CLI::Range(1, 4096));
+        ->check(integer_in(1, 4096));
     command->add_option("--seq-len", request->options.steps, "time steps (T)")
         ->capture_default_str()
-        ->check(CLI::Range(1, 1000));
-    command->add_option("--batch", request->options.batch, "sequences (B)")->capture_default_str()->check(CLI::Range(1, 1000));
+        ->check(integer_in(1, 1000));
+    command->add_option("--batch", request->options.batch, "sequences (B)")->capture_default_str()->check(integer_in(1, 1000));
     command->add_flag("!--no-lengths", request->options.with_lengths, "every sequence runs all T steps");
-    command->add_option("--seed", request->options.seed, "seed of the parameters and the data")->capture_default_str();
+    command->add_option("--seed", request->options.seed, "seed of the parameters and the data")
+        ->capture_default_str()
+        ->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
     command->add_option("--tolerance", request->options.tolerance, "relative to max(1, largest |value|) per tensor")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(finite_number(0, Bound::at_least));
     command->add_flag("--per-step", request->per_step, "print every time step's differences");
     command->add_flag("--json", request->json, "one JSON object per cell");
     return {command, [request] { return run_check_fused(*request); }};

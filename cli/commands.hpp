@@ -3,13 +3,16 @@
 // returns what main() runs once the command line has been parsed; main() owns the error
 // reporting, so every command only throws.
 
+#include <cstdint>
 #include <functional>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/nn/layers/cell_table.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
 
@@ -31,6 +34,19 @@ Command add_gradcheck_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_flow_command(CLI::App& app);
 Command add_check_fused_command(CLI::App& app);
+
+// Upper bounds of the size options: far beyond what a layer on one machine uses, and small enough
+// that no product of two of them overflows; products of more are checked where tensors are made.
+inline constexpr std::uint64_t max_size = 1 << 20;  // --input-size, --hidden-size, --seq-len, --batch
+inline constexpr std::uint64_t max_layers = 1024;
+inline constexpr std::uint64_t max_threads = 1024;
+inline constexpr std::uint64_t max_rounds = 1'000'000;  // repeats, iterations and the like
+
+// Validators with one short readable message each, e.g. "--seq-len: must be a whole number from 1
+// to 1048576, got '0'" (CLI11's own print their bounds as 300-digit numbers and accept NaN).
+CLI::Validator integer_in(std::uint64_t low, std::uint64_t high);
+enum class Bound { none, above, at_least };  // no bound, > low, >= low
+CLI::Validator finite_number(double low = 0, Bound bound = Bound::none);
 
 // --threads N of every command, applied with apply_threads() before any computation.
 void add_threads_option(CLI::App& command, int& threads);

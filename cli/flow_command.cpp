@@ -227,7 +227,7 @@ int run_flow(FlowRequest& request) {
     const std::string prefix = request.state_file.empty() ? std::string() : load_layer_state(*layer, request);
 
     Generator generator(request.seed ^ 0x9e3779b97f4a7c15ULL);
-    xt::xarray<double> input = xt::xarray<double>::from_shape({request.seq_len, request.batch, config.input_size});
+    xt::xarray<double> input = checked_array<double>("flow input", {request.seq_len, request.batch, config.input_size});
     for (double& v : input) v = generator.uniform(-request.input_scale, request.input_scale);
     request.flow.seed = request.seed;
     request.flow.loss = request.loss == "every" ? nn::FlowLoss::every_step : nn::FlowLoss::last_step;
@@ -249,29 +249,32 @@ Command add_flow_command(CLI::App& app) {
         "flow", "how the gradient travels back in time: ||dL/dh_t||, sigma_max(dh_T/dh_t), gate saturation");
     add_layer_options(*command, request->layer);
     command->remove_option(command->get_option("--bidirectional"));  // the flow follows one direction
-    command->add_option("--seq-len", request->seq_len, "time steps (T)")->required()->check(CLI::PositiveNumber);
-    command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(CLI::PositiveNumber);
+    command->add_option("--seq-len", request->seq_len, "time steps (T)")->required()->check(integer_in(1, max_size));
+    command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(integer_in(1, max_size));
     command->add_option("--state", request->state_file,
                         "analyse these weights: a safetensors state dict or checkpoint holding the layer's parameters");
     command->add_option("--prefix", request->prefix,
                         "the layer's key prefix in --state, e.g. 'model.lstm.' (default: found from the keys)")
         ->each([request](const std::string&) { request->prefix_given = true; });
     command->add_option("--seed", request->seed, "seed of the initial weights, the input and the loss direction")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
     command->add_option("--loss", request->loss, "last: L = <v, h_T>; every: L = sum_t <v_t, h_t>")
         ->capture_default_str()
         ->check(CLI::IsMember({"last", "every"}));
     command->add_option("--input-scale", request->input_scale, "inputs drawn from U(-s, s)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(finite_number(0, Bound::at_least));
     command->add_option("--forget-bias", request->forget_bias, "LSTM: added to the forget-gate bias at initialisation")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(finite_number());
     command->add_option("--sigma-steps", request->flow.singular_value_steps,
                         "steps at which sigma_max(dh_T/dh_t) is computed (0: none)")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(integer_in(0, max_size));
     command->add_option("--power-iterations", request->flow.power_iterations, "power iterations per sigma_max")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, max_rounds));
     command->add_flag("--json", request->json, "print one JSON object instead of the table");
     command->add_option("--csv", request->csv, "write every step's figures to this CSV file");
     command->add_option("--plot", request->png, "draw log ||dL/dh_t|| and sigma_max against t into this PNG (gnuplot)");

@@ -110,6 +110,8 @@ Command add_grad_command(CLI::App& app) {
         ->type_name("FILE")
         ->required();
     add_path_option(*command, request->path, /*allow_both=*/false);
+    command->add_flag("--check-finite", request->check_finite,
+                      "refuse NaN or Inf in INPUTS or STATE (without it: a warning naming the tensor)");
     add_threads_option(*command, request->threads);
     return {command, [request] { return run_grad(*request); }};
 }

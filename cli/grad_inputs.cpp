@@ -1,6 +1,9 @@
 #include "grad_inputs.hpp"
 
+#include <cmath>
+#include <iostream>
 #include <set>
+#include <type_traits>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -54,8 +57,9 @@ public:
             fail("x", fmt::format("shape [{}], expected [T, B, {}] with T, B >= 1 (--input-size {})", fmt::join(x, ", "),
                                   config_.input_size, config_.input_size));
         const std::size_t steps = x[0], batch = x[1], hidden = config_.hidden_size, out = config_.output_size();
-        const Shape state{config_.layers * config_.directions(), batch, hidden};
-        const Shape h_state{config_.layers * config_.directions(), batch, out};
+        const std::size_t streams = checked_product("--layers x directions", config_.layers, config_.directions());
+        const Shape state{streams, batch, hidden};
+        const Shape h_state{streams, batch, out};
         const std::string h_meaning = config_.proj_size > 0 ? "[L*D, B, proj_size]" : "[L*D, B, H]";
         expect("grad_output", {steps, batch, config_.directions() * out},
                config_.proj_size > 0 ? "[T, B, D*proj_size]" : "[T, B, D*H]");
@@ -90,6 +94,49 @@ private:
     const nn::TensorMap& inputs_;
 };
 
+// The layers and directions the configuration asks for must be in STATE before a layer is built
+// from them: one name per layer and direction is looked up, and the first missing one ends the
+// search, so a huge --layers costs as many look-ups as the file has tensors.
+void check_state_layers(const GradRequest& request, const nn::TensorMap& state) {
+    const LayerConfig& config = request.layer;
+    for (std::size_t layer = 0; layer < config.layers; ++layer)
+        for (std::size_t direction = 0; direction < config.directions(); ++direction) {
+            const std::string name = fmt::format("weight_ih_l{}{}", layer, direction == 1 ? "_reverse" : "");
+            if (!state.contains(name))
+                throw CommandError(fmt::format(
+                    "{}: no tensor '{}', which --layers {}{} needs (expected weight_ih_l0 to weight_ih_l{}{}; the file "
+                    "holds {} tensors)",
+                    request.state_file.string(), name, config.layers, config.bidirectional ? " --bidirectional" : "",
+                    config.layers - 1, config.bidirectional ? " and their _reverse" : "", state.size()));
+        }
+}
+
+// NaN or Inf in an input make every output they reach NaN; each tensor holding them is named, as
+// a warning on stderr, or as the error with --check-finite.
+void report_non_finite(const GradRequest& request, const std::string& file, const nn::TensorMap& tensors) {
+    for (const auto& [name, stored] : tensors) {
+        std::size_t nan = 0, inf = 0, first = 0;
+        std::visit(
+            [&](const auto& array) {
+                using Element = typename std::decay_t<decltype(array)>::value_type;
+                if constexpr (std::is_floating_point_v<Element>)
+                    for (std::size_t i = 0; i < array.size(); ++i) {
+                        const Element v = array.data()[i];
+                        if (std::isfinite(v)) continue;
+                        if (nan + inf == 0) first = i;
+                        ++(std::isnan(v) ? nan : inf);
+                    }
+            },
+            stored);
+        if (nan + inf == 0) continue;
+        const std::string what = fmt::format("{}: tensor '{}' holds {} NaN and {} Inf (first at flat index {})", file,
+                                             name, nan, inf, first);
+        if (request.check_finite) throw CommandError(what + " (--check-finite)");
+        std::cerr << "rewind grad: warning: " << what << "; the outputs and gradients it reaches will not be finite"
+                  << std::endl;
+    }
+}
+
 }  // namespace
 
 GradData load_grad_data(const GradRequest& request) {
@@ -107,6 +154,9 @@ GradData load_grad_data(const GradRequest& request) {
         if (nn::dtype_name(array) != data.dtype)
             throw CommandError(fmt::format("{}: tensor '{}': dtype {}, but the inputs are {} (mixed dtypes are not supported)",
                                            request.state_file.string(), name, nn::dtype_name(array), data.dtype));
+    check_state_layers(request, data.state);
+    report_non_finite(request, request.inputs_file.string(), data.inputs);
+    report_non_finite(request, request.state_file.string(), data.state);
     return data;
 }
 

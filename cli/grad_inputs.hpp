@@ -19,6 +19,7 @@ struct GradRequest {
     std::filesystem::path state_file, inputs_file, out_file;
     std::string path = "generic";
     int threads = 1;
+    bool check_finite = false;  // NaN or Inf in INPUTS or STATE: an error instead of a warning
 };
 
 struct GradData {
@@ -31,7 +32,9 @@ struct GradData {
 };
 
 // Loads STATE and INPUTS and checks names, dtypes, shapes and lengths against the layer
-// configuration (the parameters' names and shapes are left to load_state_dict).
+// configuration, and that STATE holds every layer and direction asked for (the parameters' exact
+// names and shapes are left to load_state_dict). Tensors holding NaN or Inf are named: a warning
+// on stderr, or a CommandError with check_finite.
 GradData load_grad_data(const GradRequest& request);
 
 }  // namespace rw::cli

@@ -64,7 +64,7 @@ struct CheckData {
 CheckData check_data(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
     Generator generator(request.seed ^ data_stream);
     auto random = [&](const Shape& shape, double scale) {
-        xt::xarray<double> value = xt::xarray<double>::from_shape(shape);
+        xt::xarray<double> value = checked_array<double>("gradcheck input", shape);
         for (double& v : value) v = generator.normal(0.0, scale);
         return Tensor<double>(std::move(value), /*requires_grad=*/true);
     };
@@ -164,13 +164,14 @@ Command add_gradcheck_command(CLI::App& app) {
     CLI::App* command = app.add_subcommand("gradcheck", "check a layer's BPTT gradients numerically (float64)");
     add_layer_options(*command, request->layer);
     add_structure_options(*command, request->layer);
-    command->add_option("--seq-len", request->seq_len, "time steps (T)")->required()->check(CLI::PositiveNumber);
-    command->add_option("--batch", request->batch, "sequences (B)")->required()->check(CLI::PositiveNumber);
+    command->add_option("--seq-len", request->seq_len, "time steps (T)")->required()->check(integer_in(1, max_size));
+    command->add_option("--batch", request->batch, "sequences (B)")->required()->check(integer_in(1, max_size));
     command->add_option("--lengths", request->lengths, "length of each sequence, e.g. 5,3,4 (default: all T)")
         ->delimiter(',');
     add_path_option(*command, request->path, /*allow_both=*/true);
     command->add_option("--seed", request->seed, "seed of the parameters, the data and the projection")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(integer_in(0, std::numeric_limits<std::uint64_t>::max()));
     command->add_flag("--json", request->json, "print one JSON object instead of the table");
     command->add_flag("--per-step", request->per_step,
                       "also check dL/dx_t and dL/dh_t for every time step and name the first step, walking back "
@@ -182,13 +183,13 @@ Command add_gradcheck_command(CLI::App& app) {
                       "start from zeros instead of random initial states h0 (and c0), which are then not checked");
     command->add_option("--eps", request->tolerance.step, "central-difference step")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(finite_number(0, Bound::above));
     command->add_option("--atol", request->tolerance.absolute_tolerance, "absolute tolerance")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(finite_number(0, Bound::at_least));
     command->add_option("--rtol", request->tolerance.relative_tolerance, "relative tolerance (of |numeric|)")
         ->capture_default_str()
-        ->check(CLI::NonNegativeNumber);
+        ->check(finite_number(0, Bound::at_least));
     add_threads_option(*command, request->threads);
     return {command, [request] { return run_gradcheck(*request); }};
 }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <exception>
 #include <iostream>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,11 @@ int main(int argc, char** argv) {
         if (!command.app->parsed()) continue;
         try {
             return command.run();
+        } catch (const std::bad_alloc&) {
+            // Sizes within every bound can still ask for more memory than the machine has.
+            std::cerr << "rewind " << command.app->get_name()
+                      << ": out of memory: the sizes asked for need more memory than is available" << std::endl;
+            return 1;
         } catch (const std::exception& e) {
             std::cerr << "rewind " << command.app->get_name() << ": " << one_line(e.what()) << std::endl;
             return 1;

@@ -1,13 +1,53 @@
 // Options shared by the subcommands.
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include <fmt/format.h>
 #include <rewind/autograd/gemm.hpp>
 
 #include "commands.hpp"
 
 namespace rw::cli {
 
+// The validators see the text as typed, before CLI11 converts it: "-1" is refused here, where
+// the conversion to an unsigned type would wrap it to 18446744073709551615.
+CLI::Validator integer_in(std::uint64_t low, std::uint64_t high) {
+    const std::string range = high == std::numeric_limits<std::uint64_t>::max()
+                                  ? fmt::format("a whole number >= {}", low)
+                                  : fmt::format("a whole number from {} to {}", low, high);
+    return CLI::Validator(
+        [=](std::string& text) -> std::string {
+            const bool digits = !text.empty() && text.size() <= 20 &&
+                                text.find_first_not_of("0123456789") == std::string::npos;
+            errno = 0;
+            const unsigned long long value = digits ? std::strtoull(text.c_str(), nullptr, 10) : 0;
+            if (!digits || errno == ERANGE || value < low || value > high)
+                return fmt::format("must be {}, got '{}'", range, text);
+            return {};
+        },
+        range);
+}
+
+CLI::Validator finite_number(double low, Bound bound) {
+    const std::string range = bound == Bound::none ? std::string("a finite number")
+                              : fmt::format("a finite number {} {:g}", bound == Bound::above ? ">" : ">=", low);
+    return CLI::Validator(
+        [=](std::string& text) -> std::string {
+            char* end = nullptr;
+            const double value = text.empty() ? NAN : std::strtod(text.c_str(), &end);
+            const bool parsed = !text.empty() && end == text.c_str() + text.size();
+            const bool fits = bound == Bound::none || (bound == Bound::above ? value > low : value >= low);
+            if (!parsed || !std::isfinite(value) || !fits) return fmt::format("must be {}, got '{}'", range, text);
+            return {};
+        },
+        range);
+}
+
 void add_threads_option(CLI::App& command, int& threads) {
-    command.add_option("--threads", threads, "BLAS threads")->capture_default_str()->check(CLI::PositiveNumber);
+    command.add_option("--threads", threads, "BLAS threads")->capture_default_str()->check(integer_in(1, max_threads));
 }
 
 void apply_threads(int threads) { rw::blas::set_num_threads(threads); }
@@ -37,11 +77,11 @@ void add_layer_options(CLI::App& command, LayerConfig& config) {
     add_cell_option(command, config.cell)->required();
     command.add_option("--input-size", config.input_size, "features per step (I)")
         ->required()
-        ->check(CLI::PositiveNumber);
-    command.add_option("--hidden-size", config.hidden_size, "hidden units (H)")->required()->check(CLI::PositiveNumber);
+        ->check(integer_in(1, max_size));
+    command.add_option("--hidden-size", config.hidden_size, "hidden units (H)")->required()->check(integer_in(1, max_size));
     command.add_option("--layers", config.layers, "stacked layers (L)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(integer_in(1, max_layers));
     command.add_flag("--bidirectional", config.bidirectional, "run both directions (D = 2)");
 }
 

@@ -4,7 +4,10 @@
 # Then it builds the examples the package ships (share/rewind/examples) the same way.
 #
 #   cmake -DREWIND_BUILD_DIR=<build> -DCONSUMER_SOURCE_DIR=<tests/consumer> -DWORK_DIR=<scratch>
-#         [-DCXX_COMPILER=<c++>] [-DBUILD_TYPE=Release] -P tests/install_consumer.cmake
+#         [-DCXX_COMPILER=<c++>] [-DBUILD_TYPE=Release] [-DCXX_FLAGS=<flags>] -P tests/install_consumer.cmake
+#
+# CXX_FLAGS are the build's own CMAKE_CXX_FLAGS, so a sanitizer build's consumer is compiled and
+# linked with the same -fsanitize flags (a sanitized library needs its runtime in the program).
 
 foreach(variable REWIND_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR)
   if(NOT ${variable})
@@ -47,6 +50,9 @@ function(build_against_prefix name source build)
     -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
   if(CXX_COMPILER)
     list(APPEND configure_args -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
+  endif()
+  if(CXX_FLAGS)
+    list(APPEND configure_args "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}")
   endif()
   run("configure ${name}" ${CMAKE_COMMAND} ${configure_args})
   file(STRINGS ${build}/CMakeCache.txt rewind_dir REGEX "^rewind_DIR:")

@@ -349,3 +349,114 @@ BOOST_AUTO_TEST_CASE(grad_rejects_bad_input) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// ---- hostile sizes and values (issue 13) ----
+
+BOOST_AUTO_TEST_SUITE(cli_hardening)
+
+// A fixture case with its STATE and INPUTS files.
+struct Fixture {
+    json c;
+    fs::path state, inputs;
+};
+
+Fixture fixture(const std::string& name) {
+    return {find_case(name), fixtures / name / "state.safetensors", fixtures / name / "inputs.safetensors"};
+}
+
+// A size option beyond its bound: exit code 2 and one short line naming the option and the bound.
+void expect_option_refused(const std::vector<std::string>& args, const std::string& option, const std::string& says) {
+    TempDir dir;
+    const Run run = run_cli(dir, args);
+    BOOST_TEST(run.exit_code == 2, "exit " << run.exit_code << ", stderr: " << run.err);
+    BOOST_TEST(std::count(run.err.begin(), run.err.end(), '\n') == 1, "stderr is not one line: " << run.err);
+    BOOST_TEST(run.err.size() < 200u, "a long message: " << run.err);
+    BOOST_TEST(run.err.find(option) != std::string::npos, run.err);
+    BOOST_TEST(run.err.find(says) != std::string::npos, run.err);
+}
+
+BOOST_AUTO_TEST_CASE(sizes_whose_product_overflows_are_refused_by_the_option_bounds) {
+    const std::string huge = "4611686018427387904";  // 2^62: T * B * I wrapped to 0 before
+    expect_option_refused({"gradcheck", "--cell", "rnn_tanh", "--input-size", "4", "--hidden-size", "1", "--seq-len", huge,
+                           "--batch", "1", "--zero-initial-state", "--path", "fused"},
+                          "--seq-len", "must be a whole number from 1 to 1048576, got '" + huge + "'");
+    expect_option_refused({"bench", "--cell", "lstm", "--seq-len", huge, "--batch", "1", "--input-size", "4",
+                           "--hidden-size", "4", "--no-generic"},
+                          "--seq-len", "from 1 to 1048576");
+}
+
+BOOST_AUTO_TEST_CASE(sizes_within_the_bounds_too_large_together_are_refused_where_the_tensor_is_made) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "rnn_tanh", "--input-size", "1048576", "--hidden-size", "1",
+                                  "--seq-len", "1048576", "--batch", "1048576", "--zero-initial-state", "--path", "fused"});
+    BOOST_TEST(run.exit_code == 1, "exit " << run.exit_code << ", stderr: " << run.err);
+    BOOST_TEST(run.err.find("rewind gradcheck: ") == 0, run.err);
+    BOOST_TEST(run.err.find("[1048576, 1048576, 1048576] is too large") != std::string::npos, run.err);
+}
+
+BOOST_AUTO_TEST_CASE(nan_tolerances_a_negative_seed_and_zero_sizes_are_refused_in_one_short_line) {
+    const std::vector<std::string> base{"gradcheck", "--cell", "gru", "--input-size", "2", "--hidden-size", "2",
+                                        "--seq-len", "2", "--batch", "1"};
+    auto with = [&](std::initializer_list<std::string> extra) {
+        auto args = base;
+        args.insert(args.end(), extra);
+        return args;
+    };
+    expect_option_refused(with({"--eps", "nan"}), "--eps", "must be a finite number > 0, got 'nan'");
+    expect_option_refused(with({"--eps", "0"}), "--eps", "> 0");
+    expect_option_refused(with({"--atol", "nan"}), "--atol", "must be a finite number >= 0, got 'nan'");
+    expect_option_refused(with({"--rtol", "-inf"}), "--rtol", "finite number >= 0");
+    expect_option_refused(with({"--seed", "-1"}), "--seed", "must be a whole number >= 0, got '-1'");
+    expect_option_refused(with({"--layers", "0"}), "--layers", "from 1 to 1024, got '0'");
+    expect_option_refused(with({"--threads", "1e3"}), "--threads", "got '1e3'");
+}
+
+BOOST_AUTO_TEST_CASE(grad_checks_the_layers_against_the_state_file_before_building_them) {
+    const Fixture f = fixture("lstm_l1_f64");
+    TempDir dir;
+    const fs::path out = dir / "out.safetensors";
+    auto args = grad_args(f.c, f.state, f.inputs, out);
+    args[std::find(args.begin(), args.end(), "--layers") - args.begin() + 1] = "1024";
+    args.push_back("--bidirectional");
+    // Inputs are checked first: make their state shapes fit, so the STATE check is what fails.
+    auto inputs = rw::nn::load_safetensors(f.inputs);
+    const auto x = rw::nn::shape_of(inputs.at("x"));
+    inputs.insert_or_assign("grad_output", xt::xarray<double>(xt::zeros<double>({x[0], x[1], std::size_t(10)})));
+    inputs.insert_or_assign("grad_h_n", xt::xarray<double>(xt::zeros<double>({std::size_t(2048), x[1], std::size_t(5)})));
+    rw::nn::save_safetensors(dir / "inputs.safetensors", inputs);
+    args[std::find(args.begin(), args.end(), "--inputs") - args.begin() + 1] = (dir / "inputs.safetensors").string();
+    expect_rejected(dir, args, out, {"state.safetensors", "no tensor 'weight_ih_l0_reverse'", "--layers 1024 --bidirectional"});
+}
+
+BOOST_AUTO_TEST_CASE(grad_names_an_input_holding_nan_and_refuses_it_with_check_finite) {
+    const Fixture f = fixture("lstm_l1_f64");
+    TempDir dir;
+    const fs::path out = dir / "out.safetensors";
+    auto inputs = rw::nn::load_safetensors(f.inputs);
+    std::get<xt::xarray<double>>(inputs.at("x")).data()[5] = NAN;
+    rw::nn::save_safetensors(dir / "inputs.safetensors", inputs);
+    auto args = grad_args(f.c, f.state, dir / "inputs.safetensors", out);
+
+    const Run warned = run_cli(dir, args);
+    BOOST_TEST(warned.exit_code == 0, warned.err);
+    BOOST_TEST(warned.err.find("rewind grad: warning: ") == 0, warned.err);
+    BOOST_TEST(warned.err.find("tensor 'x' holds 1 NaN and 0 Inf (first at flat index 5)") != std::string::npos, warned.err);
+    BOOST_TEST(std::count(warned.err.begin(), warned.err.end(), '\n') == 1, warned.err);
+    BOOST_TEST(fs::exists(out));
+
+    args.push_back("--check-finite");
+    expect_rejected(dir, args, out, {"inputs.safetensors", "tensor 'x' holds 1 NaN", "--check-finite"});
+}
+
+BOOST_AUTO_TEST_CASE(grad_replacing_out_keeps_its_mode) {
+    const Fixture f = fixture("lstm_l1_f64");
+    TempDir dir;
+    const fs::path out = dir / "out.safetensors";
+    write_bytes(out, "old");
+    fs::permissions(out, fs::perms::owner_read | fs::perms::owner_write);
+    const Run run = run_cli(dir, grad_args(f.c, f.state, f.inputs, out));
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    BOOST_TEST((fs::status(out).permissions() == (fs::perms::owner_read | fs::perms::owner_write)));
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -1,11 +1,17 @@
 #include <boost/test/unit_test.hpp>
 
 #include <rewind/nn/io/safetensors.hpp>
+#include <rewind/nn/layers/layers.hpp>
+#include <rewind/nn/train/checkpoint.hpp>
+#include <xtensor/xoperation.hpp>
 
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstring>
@@ -16,8 +22,10 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -533,6 +541,124 @@ BOOST_AUTO_TEST_CASE(rejects_metadata_that_is_not_an_object) {
 BOOST_AUTO_TEST_CASE(rejects_metadata_with_non_string_value) {
     check_rejected(R"({"__metadata__":{"format":"pt","epoch":3}})", "",
                    {"'__metadata__' entry 'epoch' must be a string, found number"});
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// ---------------------------------------------------------------- replacing files and crashes
+
+BOOST_AUTO_TEST_SUITE(replacing)
+
+mode_t mode_of(const fs::path& file) {
+    struct stat status {};
+    BOOST_REQUIRE(::stat(file.c_str(), &status) == 0);
+    return status.st_mode & 07777;
+}
+
+BOOST_AUTO_TEST_CASE(save_keeps_the_mode_of_the_file_it_replaces) {
+    const ScratchDir dir;
+    const fs::path file = dir / "m.safetensors";
+    for (const mode_t mode : {0600, 0640, 0444}) {
+        save_safetensors(file, {{"x", xt::xarray<float>{1}}});
+        BOOST_REQUIRE(::chmod(file.c_str(), mode) == 0);
+        save_safetensors(file, {{"x", xt::xarray<float>{2}}});
+        BOOST_TEST(mode_of(file) == mode, std::oct << "mode " << mode_of(file) << " after replacing a " << mode << " file");
+    }
+}
+
+BOOST_AUTO_TEST_CASE(save_through_a_symlink_replaces_its_target_and_keeps_the_link) {
+    const ScratchDir dir;
+    fs::create_directory(dir / "real");
+    const fs::path target = dir / "real" / "m.safetensors", link = dir / "link.safetensors";
+    save_safetensors(target, {{"old", xt::xarray<float>{1}}});
+    BOOST_REQUIRE(::chmod(target.c_str(), 0600) == 0);
+    fs::create_symlink(fs::path("real") / "m.safetensors", link);  // relative, as users make them
+    save_safetensors(link, {{"new", xt::xarray<float>{2}}});
+    BOOST_TEST(fs::is_symlink(link));
+    BOOST_TEST(load_safetensors(target).contains("new"));
+    BOOST_TEST(mode_of(target) == 0600u);
+    BOOST_TEST(file_names_in(dir / "real") == std::vector<std::string>{"m.safetensors"});
+}
+
+BOOST_AUTO_TEST_CASE(save_through_a_dangling_symlink_creates_its_target) {
+    const ScratchDir dir;
+    fs::create_symlink(dir / "target.safetensors", dir / "link.safetensors");
+    save_safetensors(dir / "link.safetensors", {{"x", xt::xarray<float>{1}}});
+    BOOST_TEST(fs::is_symlink(dir / "link.safetensors"));
+    BOOST_TEST(load_safetensors(dir / "target.safetensors").contains("x"));
+}
+
+BOOST_AUTO_TEST_CASE(save_removes_temporaries_of_dead_processes_and_keeps_those_of_live_ones) {
+    const ScratchDir dir;
+    const pid_t dead = ::fork();
+    if (dead == 0) ::_exit(0);
+    BOOST_REQUIRE(dead > 0);
+    int status = 0;
+    ::waitpid(dead, &status, 0);  // reaped: its pid names no process now
+    const std::string stale = ".m.safetensors.tmp." + std::to_string(dead) + ".0";
+    const std::string live = ".m.safetensors.tmp." + std::to_string(::getppid()) + ".0";
+    write_bytes(dir / stale, "partial");
+    write_bytes(dir / live, "in progress");
+    save_safetensors(dir / "m.safetensors", {{"x", xt::xarray<float>{1}}});
+    BOOST_TEST(file_names_in(dir.path()) == (std::vector<std::string>{live, "m.safetensors"}));
+}
+
+// A child process writes checkpoints 1, 2, 3, ... (every value of checkpoint n is n) and reports
+// each completed save through a pipe; it is killed with SIGKILL after a random delay. The file
+// must then load and hold the last reported checkpoint or the one after it, whole.
+BOOST_AUTO_TEST_CASE(a_save_killed_at_a_random_point_leaves_the_previous_or_the_new_checkpoint_200_times) {
+    const ScratchDir dir;
+    const fs::path file = dir / "checkpoint.safetensors";
+    rw::Generator generator(1);
+    rw::nn::Linear<double> model(64, 128, generator);  // 8256 values, 66 KB a checkpoint
+    const auto save = [&](std::int64_t step) {
+        for (auto& parameter : model.parameters()) parameter.mutable_value().fill(double(step));
+        rw::nn::Checkpoint<double>(model).save(file, {{"step", std::to_string(step)}});
+    };
+    save(0);
+    std::mt19937 random(2026);
+    std::int64_t held = 0;
+    int interrupted = 0;
+    for (int round = 0; round < 200; ++round) {
+        int report[2];
+        BOOST_REQUIRE(::pipe(report) == 0);
+        const pid_t child = ::fork();
+        BOOST_REQUIRE(child >= 0);
+        if (child == 0) {
+            ::close(report[0]);
+            try {
+                for (std::int64_t step = held + 1;; ++step) {
+                    save(step);
+                    if (::write(report[1], &step, sizeof step) != sizeof step) ::_exit(3);
+                }
+            } catch (...) {
+                ::_exit(2);
+            }
+        }
+        ::close(report[1]);
+        std::this_thread::sleep_for(std::chrono::microseconds(std::uniform_int_distribution<int>(0, 3000)(random)));
+        ::kill(child, SIGKILL);
+        int status = 0;
+        ::waitpid(child, &status, 0);
+        BOOST_REQUIRE_MESSAGE(WIFSIGNALED(status), "the saving process ended by itself, status " << status);
+        std::int64_t completed = held, step = 0;
+        while (::read(report[0], &step, sizeof step) == sizeof step) completed = step;
+        ::close(report[0]);
+
+        rw::nn::Linear<double> loaded(64, 128, generator);
+        const auto user = rw::nn::Checkpoint<double>(loaded).load(file);
+        held = std::stoll(user.at("step"));
+        BOOST_TEST_REQUIRE((held == completed || held == completed + 1), "round " << round << ": the file holds checkpoint "
+                                                                             << held << ", the last completed was " << completed);
+        for (const auto& parameter : loaded.parameters())
+            BOOST_TEST_REQUIRE(xt::all(xt::equal(parameter.value(), double(held))), "round " << round << ": a mixed checkpoint");
+        interrupted += held == completed;
+        // At most the killed process's own temporary is left: each save removes the dead ones'.
+        BOOST_TEST_REQUIRE(file_names_in(dir.path()).size() <= 2u);
+    }
+    save(held + 1);
+    BOOST_TEST(file_names_in(dir.path()) == std::vector<std::string>{"checkpoint.safetensors"});
+    BOOST_TEST_MESSAGE(interrupted << " of 200 kills left the previous checkpoint, the others the new one");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -68,19 +68,24 @@ struct PlainPackedGemm {
     void run(const T* a, T* c) const { gemm(false, transpose_b, m, n, k, T(1), a, lda, b, ldb, beta, c, ldc); }
 };
 
+// PackedGemm<T>::Impl is PackedImpl<T>, specialised per element type here: clang refuses an
+// explicit specialisation of the member class after the header's extern template declarations.
+template <class T>
+struct PackedImpl;
+
 template <>
-struct PackedGemm<double>::Impl : PlainPackedGemm<double> {
-    Impl(const PlainPackedGemm<double>& plain, std::int64_t) : PlainPackedGemm<double>(plain) {}
+struct PackedImpl<double> : PlainPackedGemm<double> {
+    PackedImpl(const PlainPackedGemm<double>& plain, std::int64_t) : PlainPackedGemm<double>(plain) {}
 };
 
 #ifdef REWIND_FLOAT_GEMM_OPENBLAS
 template <>
-struct PackedGemm<float>::Impl : PlainPackedGemm<float> {
-    Impl(const PlainPackedGemm<float>& plain, std::int64_t) : PlainPackedGemm<float>(plain) {}
+struct PackedImpl<float> : PlainPackedGemm<float> {
+    PackedImpl(const PlainPackedGemm<float>& plain, std::int64_t) : PlainPackedGemm<float>(plain) {}
 };
 #else
 template <>
-struct PackedGemm<float>::Impl {
+struct PackedImpl<float> {
     PlainPackedGemm<float> plain;
     bool packed = false;
     dnnl::engine engine;
@@ -89,7 +94,7 @@ struct PackedGemm<float>::Impl {
     dnnl::memory packed_b;
     mutable dnnl::memory a, c;
 
-    Impl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
+    PackedImpl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
         if (uses < PackedGemm<float>::packing_threshold) return;
         packed = true;
         const auto [transpose_b, m, n, k, b, ldb, beta, lda, ldc] = plain;
@@ -127,6 +132,11 @@ struct PackedGemm<float>::Impl {
     }
 };
 #endif
+
+template <class T>
+struct PackedGemm<T>::Impl : PackedImpl<T> {
+    using PackedImpl<T>::PackedImpl;
+};
 
 template <class T>
 PackedGemm<T>::PackedGemm(bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, const T* b,

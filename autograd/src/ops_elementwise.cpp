@@ -8,6 +8,7 @@
 #include <xtensor/xoperation.hpp>
 
 #include "rewind/autograd/broadcast.hpp"
+#include "rewind/autograd/checked_size.hpp"
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/ops.hpp"
 #include "pool.hpp"
@@ -22,6 +23,8 @@ Shape broadcast_shapes(std::string_view op, const Shape& a, const Shape& b) {
         if (da != db && da != 1 && db != 1) throw_shape_error(op, "shapes do not broadcast", a, b);
         result[i] = da == 1 ? db : da;
     }
+    // Two shapes that each fit can broadcast to one that does not ([2^40, 1] and [1, 2^40]).
+    checked_element_count(op, result, sizeof(double));
     return result;
 }
 

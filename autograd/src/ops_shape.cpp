@@ -15,15 +15,12 @@
 #include "rewind/autograd/broadcast.hpp"
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/gemm.hpp"
+#include "rewind/autograd/checked_size.hpp"
 #include "rewind/autograd/ops.hpp"
 
 namespace rw {
 
 namespace {
-
-std::size_t element_count(const Shape& shape) {
-    return std::accumulate(shape.begin(), shape.end(), std::size_t{1}, std::multiplies<>());
-}
 
 void check_axis(std::string_view op, const Shape& shape, std::size_t axis) {
     if (axis >= shape.size()) throw_shape_error(op, fmt::format("axis {} out of range", axis), shape);
@@ -79,7 +76,7 @@ Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape) {
     xt::xarray<T> value;
     if (const std::size_t n = broadcast_row_length(shape, x.shape())) {
         // A row (or a scalar) repeated: whole-row copies rather than xtensor's broadcast stepper.
-        value = xt::xarray<T>::from_shape(shape);
+        value = checked_array<T>("broadcast_to", shape);
         T* out = value.data();
         for (std::size_t r = 0, rows = value.size() / n; r < rows; ++r) std::copy_n(x.value().data(), n, out + r * n);
     } else {
@@ -145,7 +142,7 @@ Tensor<T> matrix_product(const char* op, const Tensor<T>& a, const Tensor<T>& b,
         shape = a.shape();
         shape.back() = n;
     }
-    xt::xarray<T> c = xt::xarray<T>::from_shape(shape);
+    xt::xarray<T> c = checked_array<T>("matmul", shape);
     if (k == 0) c.fill(T(0));
     else
         blas::gemm(transpose_a, transpose_b, m, n, k, T(1), a.value().data(), ma.columns, b.value().data(),
@@ -188,7 +185,7 @@ Tensor<T> matmul(const Tensor<T>& a, const Tensor<T>& b) {
 
 template <class T>
 Tensor<T> reshape(const Tensor<T>& x, const Shape& shape) {
-    if (element_count(shape) != x.size()) throw_shape_error("reshape", "element counts differ", x.shape(), shape);
+    if (checked_element_count("reshape", shape, sizeof(T)) != x.size()) throw_shape_error("reshape", "element counts differ", x.shape(), shape);
     if (x.shape() == shape) return x;
     xt::xarray<T> value = x.value();
     value.reshape(shape);
@@ -258,7 +255,7 @@ Tensor<T> slice(const Tensor<T>& x, std::size_t axis, std::size_t begin, std::si
     const AxisLayout from = layout_around(shape, axis);
     Shape result_shape = shape;
     result_shape[axis] = end - begin;
-    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    xt::xarray<T> value = checked_array<T>("slice", result_shape);
     copy_along_axis(x.value().data(), from.extent, begin, value.data(), end - begin, 0, end - begin, from.outer, from.inner);
     return record_op<T>("slice", {x}, std::move(value), [axis, begin, extent = from.extent](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {pad_slice(ctx.grad_output(0), axis, begin, extent)};
@@ -302,7 +299,7 @@ Tensor<T> concat(const std::vector<Tensor<T>>& parts, std::size_t axis) {
     if (parts.size() == 1) return parts[0];
 
     const AxisLayout to = layout_around(result_shape, axis);
-    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    xt::xarray<T> value = checked_array<T>("concat", result_shape);
     std::vector<std::size_t> offsets;  // where each part starts along the axis
     std::size_t offset = 0;
     for (const auto& part : parts) {
@@ -334,7 +331,7 @@ Tensor<T> stack(const std::vector<Tensor<T>>& parts, std::size_t axis) {
     Shape result_shape = first;
     result_shape.insert(result_shape.begin() + static_cast<std::ptrdiff_t>(axis), parts.size());
     const AxisLayout to = layout_around(result_shape, axis);
-    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    xt::xarray<T> value = checked_array<T>("stack", result_shape);
     for (std::size_t i = 0; i < parts.size(); ++i)
         copy_along_axis(parts[i].value().data(), 1, 0, value.data(), parts.size(), i, 1, to.outer, to.inner);
     return record_op<T>("stack", parts, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
@@ -354,7 +351,7 @@ std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis) {
     std::vector<xt::xarray<T>> values;
     values.reserve(from.extent);
     for (std::size_t i = 0; i < from.extent; ++i) {
-        values.push_back(xt::xarray<T>::from_shape(part_shape));
+        values.push_back(checked_array<T>("unstack", part_shape));
         copy_along_axis(x.value().data(), from.extent, i, values.back().data(), 1, 0, 1, from.outer, from.inner);
     }
     return record_op<T>("unstack", {x}, std::move(values), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
@@ -384,7 +381,7 @@ std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<std::size_t>&
     for (std::size_t size : sizes) {
         Shape part_shape = shape;
         part_shape[axis] = size;
-        values.push_back(xt::xarray<T>::from_shape(part_shape));
+        values.push_back(checked_array<T>("split", part_shape));
         copy_along_axis(x.value().data(), from.extent, offset, values.back().data(), size, 0, size, from.outer, from.inner);
         offset += size;
     }
@@ -424,7 +421,7 @@ Tensor<T> index_select(const Tensor<T>& x, std::size_t axis, const std::vector<s
     const AxisLayout from = layout_around(shape, axis);
     Shape result_shape = shape;
     result_shape[axis] = rows.size();
-    xt::xarray<T> value = xt::xarray<T>::from_shape(result_shape);
+    xt::xarray<T> value = checked_array<T>("index_select", result_shape);
     for (std::size_t j = 0; j < rows.size(); ++j)
         copy_along_axis(x.value().data(), from.extent, rows[j], value.data(), rows.size(), j, 1, from.outer, from.inner);
     return record_op<T>("index_select", {x}, std::move(value),

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "rewind/autograd/checked_size.hpp"
 #include "rewind/autograd/engine.hpp"
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/function.hpp"
@@ -47,25 +48,39 @@ void set_anomaly_mode(bool enabled) { anomaly_mode = enabled; }
 
 // ---- Tensor ----
 
+namespace {
+
+// zeros, ones and full: `op` names the factory in a size error.
 template <class T>
-Tensor<T>::Tensor(Array value, bool requires_grad)
-    : impl_(std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), requires_grad)) {}
+Tensor<T> filled(std::string_view op, const Shape& shape, T fill, bool requires_grad) {
+    xt::xarray<T> value = checked_array<T>(op, shape);
+    value.fill(fill);
+    return Tensor<T>(std::move(value), requires_grad);
+}
+
+}  // namespace
+
+// A caller's array made with a wrapped-around shape (xtensor multiplies unchecked) holds fewer
+// elements than its shape says; it is refused here, before any op reads past its end.
+template <class T>
+Tensor<T>::Tensor(Array value, bool requires_grad) {
+    checked_element_count("Tensor", to_shape(value.shape()), sizeof(T));
+    impl_ = std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), requires_grad);
+}
 
 template <class T>
 Tensor<T> Tensor<T>::zeros(const Shape& shape, bool requires_grad) {
-    return full(shape, T(0), requires_grad);
+    return filled<T>("zeros", shape, T(0), requires_grad);
 }
 
 template <class T>
 Tensor<T> Tensor<T>::ones(const Shape& shape, bool requires_grad) {
-    return full(shape, T(1), requires_grad);
+    return filled<T>("ones", shape, T(1), requires_grad);
 }
 
 template <class T>
 Tensor<T> Tensor<T>::full(const Shape& shape, T fill, bool requires_grad) {
-    Array value = Array::from_shape(shape);
-    value.fill(fill);
-    return Tensor(std::move(value), requires_grad);
+    return filled<T>("full", shape, fill, requires_grad);
 }
 
 template <class T>

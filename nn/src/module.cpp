@@ -39,9 +39,9 @@ void Module<T>::zero_grad() {
 
 template <class T>
 Tensor<T> Module<T>::register_parameter(std::string name, Tensor<T> value) {
-    for (const auto& existing : parameters_)
-        if (existing.first == name) throw std::logic_error("parameter '" + name + "' registered twice");
+    if (parameter_names_.contains(name)) throw std::logic_error("parameter '" + name + "' registered twice");
     value.set_requires_grad(true);
+    parameter_names_.insert(name);
     parameters_.emplace_back(std::move(name), value);
     return value;
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Everything of rewind's autodiff core.
 
+#include "autograd/checked_size.hpp"
 #include "autograd/engine.hpp"
 #include "autograd/errors.hpp"
 #include "autograd/function.hpp"

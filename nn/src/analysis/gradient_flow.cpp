@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <xtensor/xview.hpp>
 
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/engine.hpp>
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/ops.hpp>
@@ -29,7 +30,7 @@ double l2(const Array& a) {
 }
 
 Array uniform(const Shape& shape, Generator& generator) {
-    Array value = Array::from_shape(shape);
+    Array value = checked_array<double>("gradient_flow", shape);
     for (double& v : value) v = generator.uniform(-1.0, 1.0);
     return value;
 }

@@ -1,6 +1,8 @@
 #include "rewind/nn/io/safetensors.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <cstdlib>
 #include <fstream>
 #include <limits>
 #include <optional>
@@ -128,19 +131,61 @@ std::string serialize_header(const TensorMap& tensors, const std::map<std::strin
     return text;
 }
 
+// Where a save really goes: a symlink is followed (also a chain, and a dangling one, whose
+// target is created), so the new file replaces the symlink's target and the link stays.
+fs::path resolve_symlinks(const fs::path& file) {
+    fs::path path = file;
+    for (int hops = 0;; ++hops) {
+        std::error_code error;
+        if (!fs::is_symlink(fs::symlink_status(path, error))) return path;
+        if (hops == 40) fail(file, "too many levels of symbolic links");
+        const fs::path target = fs::read_symlink(path, error);
+        if (error) fail(file, fmt::format("cannot read the symbolic link '{}': {}", path.string(), error.message()));
+        path = target.is_absolute() ? target : path.parent_path() / target;
+    }
+}
+
+// A save killed before its rename (SIGKILL, power loss) leaves its temporary file behind, named
+// after the process that wrote it. The next save beside it removes those whose process no longer
+// exists, so they cannot accumulate; files of live processes (also concurrent savers) are kept.
+// Best effort: a directory that cannot be listed is left as it is.
+void remove_stale_temporaries(const fs::path& target) {
+    const std::string prefix = fmt::format(".{}.tmp.", target.filename().string());
+    const fs::path directory = target.has_parent_path() ? target.parent_path() : fs::path(".");
+    std::error_code error;
+    for (fs::directory_iterator it(directory, error), end; !error && it != end; it.increment(error)) {
+        const std::string name = it->path().filename().string();
+        if (name.compare(0, prefix.size(), prefix) != 0) continue;
+        const std::string rest = name.substr(prefix.size());
+        const std::size_t dot = rest.find('.');
+        if (dot == 0 || dot == std::string::npos || rest.find_first_not_of("0123456789") != dot) continue;
+        const long pid = std::strtol(rest.substr(0, dot).c_str(), nullptr, 10);
+        if (pid <= 0 || pid == ::getpid()) continue;
+        if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) {
+            std::error_code ignored;
+            fs::remove(it->path(), ignored);
+        }
+    }
+}
+
 // Owns the temporary file of one save until it is renamed over the target;
-// if anything fails before that, the destructor removes it again.
+// if anything fails before that, the destructor removes it again. The temporary
+// file is created beside the target, so the rename stays within one file system.
 class TemporaryFile {
 public:
-    explicit TemporaryFile(const fs::path& target) : target_(target), path_(unique_sibling(target)) {
+    explicit TemporaryFile(const fs::path& target) : target_(resolve_symlinks(target)), path_(unique_sibling(target_)) {
+        remove_stale_temporaries(target_);
         fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
         if (fd_ < 0) {
             fail(target_, fmt::format("cannot create temporary file '{}': {}", path_.string(), system_message(errno)));
         }
+        keep_owner_and_mode();
     }
 
     TemporaryFile(const TemporaryFile&) = delete;
     TemporaryFile& operator=(const TemporaryFile&) = delete;
+
+    const fs::path& target() const { return target_; }
 
     ~TemporaryFile() {
         if (fd_ >= 0) ::close(fd_);
@@ -185,6 +230,20 @@ public:
     }
 
 private:
+    // A replaced file keeps its permission bits (a 0600 checkpoint stays private) and, where the
+    // process may set them, its owner and group; a new file gets 0666 less the umask.
+    void keep_owner_and_mode() {
+        struct stat existing {};
+        if (::stat(target_.c_str(), &existing) != 0) return;
+        if (::fchown(fd_, existing.st_uid, existing.st_gid) != 0) {
+            // Not permitted for another user's file: it then belongs to whoever saves it.
+        }
+        if (::fchmod(fd_, existing.st_mode & 07777) != 0) {
+            fail(target_, fmt::format("cannot give temporary file '{}' the mode of the file it replaces: {}",
+                                      path_.string(), system_message(errno)));
+        }
+    }
+
     static fs::path unique_sibling(const fs::path& target) {
         static std::atomic<unsigned long> counter{0};
         const auto name = fmt::format(".{}.tmp.{}.{}", target.filename().string(), ::getpid(), counter++);
@@ -454,7 +513,7 @@ void save_safetensors(const std::filesystem::path& file, const TensorMap& tensor
         std::visit([&](const auto& a) { temporary.write(a.data(), byte_size(a)); }, array);
     }
     temporary.commit();
-    sync_directory_of(file);
+    sync_directory_of(temporary.target());
 }
 
 TensorMap load_safetensors(const std::filesystem::path& file, std::map<std::string, std::string>* metadata) {

@@ -1,5 +1,8 @@
 #include "rewind/nn/io/state_dict.hpp"
 
+#include <set>
+#include <string_view>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
@@ -42,12 +45,13 @@ void load_state_dict(Module<T>& module, const TensorMap& tensors, const std::str
                                                fmt::join(shape_of(found->second), ", "), shape_string(tensor.shape())));
         values.push_back(converted<T>(found->second, source, name));
     }
-    if (strict)
-        for (const auto& [key, stored] : tensors) {
-            bool known = false;
-            for (const auto& parameter : parameters) known = known || parameter.first == key;
-            if (!known) throw SafetensorsError(fmt::format("{}: tensor '{}': unexpected (the module has no such parameter)", source, key));
-        }
+    if (strict) {
+        std::set<std::string_view> known;
+        for (const auto& parameter : parameters) known.insert(parameter.first);
+        for (const auto& [key, stored] : tensors)
+            if (!known.contains(key))
+                throw SafetensorsError(fmt::format("{}: tensor '{}': unexpected (the module has no such parameter)", source, key));
+    }
     // Everything checked: only now touch the module.
     for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].second.mutable_value() = std::move(values[i]);
 }

@@ -5,11 +5,13 @@
 
 #include <xtensor/xview.hpp>
 
+#include <rewind/autograd/checked_size.hpp>
+
 namespace rw::nn::init {
 
 template <class T>
 xt::xarray<T> uniform(const Shape& shape, double low, double high, Generator& generator) {
-    xt::xarray<T> value = xt::xarray<T>::from_shape(shape);
+    xt::xarray<T> value = checked_array<T>("init::uniform", shape);
     for (auto& element : value) element = static_cast<T>(generator.uniform(low, high));
     return value;
 }
@@ -42,7 +44,7 @@ template <class T>
 xt::xarray<T> orthogonal(const Shape& shape, Generator& generator, double gain) {
     if (shape.size() != 2) throw std::invalid_argument("orthogonal: needs a 2-D shape");
     const std::size_t rows = shape[0], cols = shape[1];
-    xt::xarray<T> result = xt::xarray<T>::from_shape(shape);
+    xt::xarray<T> result = checked_array<T>("init::orthogonal", shape);
     // Recurrent weights stack G square blocks: make each block orthogonal on its own.
     const std::size_t block = rows % cols == 0 ? cols : rows;
     for (std::size_t start = 0; start < rows; start += block) {

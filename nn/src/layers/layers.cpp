@@ -12,6 +12,7 @@
 #include <xtensor/xview.hpp>
 
 #include <rewind/autograd/errors.hpp>
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/ops.hpp>
 
 #include "rewind/nn/layers/cells.hpp"
@@ -45,7 +46,7 @@ Tensor<T> Linear<T>::forward(const Tensor<T>& x) const {
 template <class T>
 Embedding<T>::Embedding(std::size_t num_embeddings, std::size_t dim, Generator& generator) {
     if (num_embeddings == 0 || dim == 0) throw std::invalid_argument("Embedding: sizes must be positive");
-    xt::xarray<T> weight = xt::xarray<T>::from_shape({num_embeddings, dim});
+    xt::xarray<T> weight = checked_array<T>("Embedding", {num_embeddings, dim});
     for (T& w : weight) w = T(generator.normal());
     weight_ = this->register_parameter("weight", Tensor<T>(std::move(weight)));
 }

@@ -1,9 +1,12 @@
 #include "rewind/nn/layers/recurrent.hpp"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include <rewind/autograd/errors.hpp>
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/ops.hpp>
 
 #include "rewind/nn/layers/cell_table.hpp"
@@ -12,6 +15,10 @@
 namespace rw::nn {
 
 namespace {
+
+// The most gates of a built-in cell (LSTM's four), for the size checks before a layer builds its
+// cells or runs; a user's cell with more gates is still checked where its tensors are made.
+constexpr std::size_t max_cell_gates = 4;
 
 std::string parameter_suffix(std::size_t layer, std::size_t direction) {
     return fmt::format("_l{}{}", layer, direction == 1 ? "_reverse" : "");
@@ -45,6 +52,13 @@ Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& o
     : options_(options), generator_(options.seed) {
     if (options.num_layers == 0) throw std::invalid_argument("recurrent layer: num_layers must be at least 1");
     if (options.dropout < 0 || options.dropout >= 1) throw std::invalid_argument("recurrent layer: dropout must be in [0, 1)");
+    // Sizes derived from the options are checked before any cell multiplies them: the widest
+    // weight is [gates * H, max(I, D * H)], and the layer's output rows are D * H wide.
+    const std::size_t widest_input =
+        std::max(options.input_size, checked_product("recurrent layer: hidden_size x directions", options.hidden_size,
+                                                     num_directions()));
+    checked_element_count("recurrent layer", {max_cell_gates, options.hidden_size, widest_input}, sizeof(T));
+    checked_product("recurrent layer: num_layers x directions", options.num_layers, num_directions());
     const std::size_t output_size = options.proj_size > 0 ? options.proj_size : options.hidden_size;
     for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
         const std::size_t layer_input = layer == 0 ? options.input_size : output_size * num_directions();
@@ -205,6 +219,10 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
         throw_shape_error("recurrent layer", "needs at least one step and one sequence", input.shape());
 
     const std::size_t directions = num_directions();
+    // Checked here, before any path sizes its buffers from them: the output [T, B, D*H] and the
+    // cells' per-step gate pre-activations [T, B, gates*H].
+    checked_element_count("recurrent layer",
+                          {sequence.steps, sequence.batch, max_cell_gates * directions, options_.hidden_size}, sizeof(T));
     check_given_state(initial_state, sequence.batch);
     if (lengths) {
         if (lengths->size() != sequence.batch)

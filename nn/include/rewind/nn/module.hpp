@@ -3,6 +3,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -45,6 +46,7 @@ protected:
 
 private:
     NamedTensors<T> parameters_;
+    std::unordered_set<std::string> parameter_names_;  // the names in parameters_: registration is O(1) per name
     std::vector<std::pair<std::string, std::shared_ptr<Module<T>>>> children_;
     bool training_ = true;
 };

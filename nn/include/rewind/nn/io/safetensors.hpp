@@ -32,7 +32,12 @@ struct SafetensorsError : std::runtime_error {
 
 // Writes atomically: the data goes to a temporary file in the same directory,
 // which is synced and then renamed over `file`, so `file` is either the old
-// content or the complete new one. A tensor may not be named "__metadata__"
+// content or the complete new one. Replacing a file keeps its permission bits
+// (and, where allowed, its owner and group). When `file` is a symbolic link the
+// save writes through it: the link's final target is replaced (in the target's
+// directory) and the link itself is left as it is. A save killed before its
+// rename leaves a temporary file ".<name>.tmp.<pid>.<n>" beside the target; the
+// next save of the same target removes those of processes that no longer exist. A tensor may not be named "__metadata__"
 // and names and metadata must be valid UTF-8.
 void save_safetensors(const std::filesystem::path& file, const TensorMap& tensors,
                       const std::map<std::string, std::string>& metadata = {});
