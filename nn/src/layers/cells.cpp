@@ -272,18 +272,18 @@ void GRUCell<T>::forward(const fused::ForwardRow<T>& row) const {
     const T* hr = row.recurrent;
     const T* hz = hr + H;
     const T* hn = hr + 2 * H;
-    const std::vector<T> no_bias(row.bias_hh ? 0 : 3 * H, T(0));
-    const T* br = row.bias_hh ? row.bias_hh : no_bias.data();
-    const T* bz = br + H;
-    const T* bn = br + 2 * H;
+    const T* bias = row.bias_hh;  // [3H]: b_hr, b_hz, b_hn; null without bias
     const T* hp = row.state[0];
     T* saved_n = row.saved[0];
     T* h = row.next_state[0];
     lanes<T>(H, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
-        const V r = fused::sigmoid_lane(load_lane<V>(xr + j) + (load_lane<V>(hr + j) + load_lane<V>(br + j)));
-        const V z = fused::sigmoid_lane(load_lane<V>(xz + j) + (load_lane<V>(hz + j) + load_lane<V>(bz + j)));
-        const V hidden_n = load_lane<V>(hn + j) + load_lane<V>(bn + j);
+        // Zeros in place of a missing bias, added all the same so both cases round alike; no
+        // buffer of zeros per row in this hot loop.
+        auto bias_at = [&](std::size_t block) { return bias ? load_lane<V>(bias + block * H + j) : V(T(0)); };
+        const V r = fused::sigmoid_lane(load_lane<V>(xr + j) + (load_lane<V>(hr + j) + bias_at(0)));
+        const V z = fused::sigmoid_lane(load_lane<V>(xz + j) + (load_lane<V>(hz + j) + bias_at(1)));
+        const V hidden_n = load_lane<V>(hn + j) + bias_at(2);
         const V n = fused::tanh_lane(load_lane<V>(xn + j) + r * hidden_n);
         store_lane(xr + j, r);
         store_lane(xz + j, z);
