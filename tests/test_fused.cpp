@@ -719,3 +719,58 @@ BOOST_AUTO_TEST_CASE(a_step_observer_turns_recomputation_off) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// Note: Threads (sequence.cpp): with two threads the driver splits the batch into row groups.
+BOOST_AUTO_TEST_SUITE(row_groups_on_threads)
+
+namespace {
+
+// Sets the GEMM layer's threads for one scope.
+struct ThreadsFor {
+    explicit ThreadsFor(int threads) : before(blas::num_threads()) { blas::set_num_threads(threads); }
+    ~ThreadsFor() { blas::set_num_threads(before); }
+    int before;
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(two_threads_split_the_batch_and_give_the_one_thread_numbers) {
+    Generator g(81);
+    std::size_t checked = 0;
+    while (checked < 30) {
+        Config c = random_config(g, 25);
+        if (c.batch < 8) continue;
+        auto one = make_layer<double>(c, ExecutionPath::fused, 700 + checked);
+        RunResult<double> single;
+        {
+            ThreadsFor threads(1);
+            BOOST_TEST_REQUIRE(fused::row_groups(c.batch) == 1u);
+            single = run<double>(*one, c, 800 + checked);
+        }
+        auto two = make_layer<double>(c, ExecutionPath::fused, 700 + checked);
+        if (c.steps > 2) two->set_recompute({.enabled = true, .segment = c.steps / 2});  // windows on threads too
+        RunResult<double> split;
+        {
+            ThreadsFor threads(2);
+            BOOST_TEST_REQUIRE(fused::row_groups(c.batch) == 2u);
+            split = run<double>(*two, c, 800 + checked);
+        }
+        BOOST_TEST_REQUIRE(two->uses_fused());
+        for (std::size_t i = 0; i < single.values.size(); ++i) {
+            const double error = relative_error(split.values[i].second, single.values[i].second);
+            BOOST_CHECK_MESSAGE(error <= 1e-12, fmt::format("two threads: {} differs by {:.3g} on {}",
+                                                            single.values[i].first, error, c.to_string()));
+        }
+        ++checked;
+    }
+}
+
+BOOST_AUTO_TEST_CASE(groups_keep_at_least_four_rows) {
+    ThreadsFor threads(2);
+    BOOST_TEST(fused::row_groups(1) == 1u);
+    BOOST_TEST(fused::row_groups(7) == 1u);
+    BOOST_TEST(fused::row_groups(8) == 2u);
+    BOOST_TEST(fused::row_groups(32) == 2u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -137,6 +137,12 @@ SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input
                                const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
                                std::size_t recompute_segment = 0);
 
+// How many row groups the driver splits a batch of `batch` rows into, one per thread: up to
+// blas::num_threads(), with at least 4 rows each (rows are independent until the weight
+// gradients sum over them). Rules are then called concurrently for different rows, so they
+// must not write anything but the row's own buffers (grad_units are per thread, summed after).
+std::size_t row_groups(std::size_t batch);
+
 // The bytes the driver's buffers (saved steps, windows, checkpoints, backward scratch) hold now
 // and at most since the last reset, over all threads: measured, for benchmarks and tests.
 struct DriverMemory {
