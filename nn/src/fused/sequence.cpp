@@ -38,16 +38,23 @@ std::vector<std::string> CellRules<T>::gate_names() const {
     return names;
 }
 
-double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden) {
-    const double B = double(batch), H = double(hidden);
-    return 2.0 * B * H * (double(layout.gates) * double(input) + double(layout.recurrent + layout.second) * H);
+double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden,
+                              std::size_t output) {
+    const double B = double(batch), H = double(hidden), P = double(output > 0 ? output : hidden);
+    // The stage-1 product reads h (width P); the projection is one more [B, H] x [H, P] product.
+    return 2.0 * B * H * (double(layout.gates) * double(input) + double(layout.recurrent) * P + double(layout.second) * H) +
+           (layout.projection ? 2.0 * B * H * P : 0.0);
 }
 
 std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, std::size_t hidden,
-                                 std::size_t element_size, bool with_lengths) {
-    // gate buffer [B, G*H], the states before the step, the rule's own buffers and q (two-stage).
+                                 std::size_t element_size, bool with_lengths, std::size_t output) {
+    // gate buffer [B, G*H], the states before the step (h of width P), the rule's own buffers,
+    // q (two-stage) and m (projection).
+    const std::size_t h_width = output > 0 ? output : hidden;
     const std::size_t per_row =
-        (layout.gates + layout.states + layout.saved + (layout.second > 0 ? 1 : 0)) * hidden;
+        (layout.gates + layout.states - 1 + layout.saved + (layout.second > 0 ? 1 : 0) + (layout.projection ? 1 : 0)) *
+            hidden +
+        h_width;
     return batch * per_row * element_size + (with_lengths ? batch : 0);
 }
 
@@ -90,7 +97,10 @@ private:
 
 struct Dims {
     std::size_t steps = 0, batch = 0, input = 0, hidden = 0;
+    std::size_t output = 0;  // h's width: P with a projection, else hidden
     CellLayout layout;
+    // The width of state s: h (state 0) has the output's width, the others hidden.
+    std::size_t width(std::size_t s) const { return s == 0 ? output : hidden; }
     std::size_t gate_width() const { return layout.gates * hidden; }
     std::size_t recurrent_width() const { return layout.recurrent * hidden; }
     std::size_t second_width() const { return layout.second * hidden; }
@@ -101,7 +111,8 @@ struct Dims {
 
 // Tape-op input positions: x, weights present in the layout, units, initial states.
 struct InputIndex {
-    int x = 0, weight_ih = 1, bias_ih = -1, weight_hh = -1, bias_hh = -1, weight_second = -1, units = -1, states = -1;
+    int x = 0, weight_ih = 1, bias_ih = -1, weight_hh = -1, bias_hh = -1, weight_second = -1, weight_projection = -1,
+        units = -1, states = -1;
 };
 
 // Everything the backward needs besides the op's inputs, in time order (index t is step t
@@ -114,10 +125,11 @@ struct Saved {
     InputIndex index;
     bool reverse = false;
     Buffer<T> gates;                  // [T, B, G*H] as the forward rule left them
-    std::vector<Buffer<T>> states;    // per state: [T, B, H] before step t
-    std::vector<Buffer<T>> finals;    // per state: [B, H] after the last processed step
+    std::vector<Buffer<T>> states;    // per state: [T, B, width] before step t
+    std::vector<Buffer<T>> finals;    // per state: [B, width] after the last processed step
     std::vector<Buffer<T>> extra;     // per saved buffer: [T, B, H]
     Buffer<T> gated;                  // two-stage: q [T, B, H]
+    Buffer<T> unprojected;            // projection: m [T, B, H], zeros in finished rows
     std::vector<std::uint8_t> active;  // [T, B], empty when every row runs every step
     std::vector<bool> all_active;      // per step
     std::shared_ptr<detail::SequenceProbe<T>> probe;  // null unless checking
@@ -178,12 +190,24 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
         throw std::invalid_argument(op + ": weight_ih must be [G*H, input_size]");
     d.hidden = w.weight_ih.size(0) / l.gates;
     const std::size_t H = d.hidden;
-    // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states.
-    const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 1});
+    d.output = H;
+    if (l.projection) {
+        if (l.second > 0) throw std::invalid_argument(op + ": a layout with a projection cannot have a second stage");
+        if (!w.weight_projection.defined() || w.weight_projection.dim() != 2 || w.weight_projection.size(0) == 0)
+            throw std::invalid_argument(op + ": the layout has a projection; weight_projection must be [P, H]");
+        d.output = w.weight_projection.size(0);
+        check_shape(op, "weight_projection", w.weight_projection, Shape{d.output, H});
+    } else if (w.weight_projection.defined()) {
+        throw std::invalid_argument(op + ": weight_projection is given but the layout has no projection");
+    }
+    // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states;
+    // and [T, B, P] for h.
+    const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 2});
     checked_product({d.steps, d.batch, widest, H}, op);
+    checked_product({d.steps, d.batch, d.output}, op);
     check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
     if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
-    if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, H});
+    if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, d.output});
     if (w.bias_hh.defined()) check_shape(op, "bias_hh", w.bias_hh, Shape{l.recurrent * H});
     if (l.second > 0) check_shape(op, "weight_second", w.weight_second, Shape{l.second * H, H});
     if (w.units.size() != l.units)
@@ -192,8 +216,9 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
     if (initial_state.size() != l.states)
         throw std::invalid_argument(fmt::format("{}: {} initial state tensors given, expected {}", op,
                                                 initial_state.size(), l.states));
-    for (const auto& state : initial_state)
-        if (state.shape() != Shape{d.batch, H}) throw_shape_error(op, "initial state must be [B, H]", state.shape());
+    for (std::size_t s = 0; s < l.states; ++s)
+        if (initial_state[s].shape() != Shape{d.batch, d.width(s)})
+            throw_wrong_shape(op, fmt::format("initial state {}", s), Shape{d.batch, d.width(s)}, initial_state[s].shape());
     if (!lengths.empty()) {
         if (lengths.size() != d.batch)
             throw std::invalid_argument(fmt::format("{}: {} lengths for a batch of {}", op, lengths.size(), d.batch));
@@ -211,12 +236,12 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
                                    const std::vector<const T*>& initial) {
     const Dims& d = saved.dims;
     const CellLayout& l = d.layout;
-    const std::size_t B = d.batch, H = d.hidden, GH = d.gate_width(), TB = d.steps * d.batch, S = l.states;
+    const std::size_t B = d.batch, H = d.hidden, P = d.output, GH = d.gate_width(), TB = d.steps * d.batch, S = l.states;
     const T* b_hh = w.bias_hh.defined() ? w.bias_hh.value().data() : nullptr;
 
-    xt::xarray<T> output = xt::xarray<T>::from_shape({d.steps, B, H});
+    xt::xarray<T> output = xt::xarray<T>::from_shape({d.steps, B, P});
     std::vector<xt::xarray<T>> finals(S);
-    for (auto& f : finals) f = xt::xarray<T>::from_shape({B, H});
+    for (std::size_t s = 0; s < S; ++s) finals[s] = xt::xarray<T>::from_shape({B, d.width(s)});
 
     // All input projections at once, on top of the biases outside the recurrence.
     saved.gates = Buffer<T>(TB * GH);
@@ -227,31 +252,41 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
 
     const std::size_t first = step_at(0, d.steps, saved.reverse);
     for (std::size_t s = 0; s < S; ++s) {
-        saved.states.emplace_back(TB * H);
-        std::copy_n(initial[s], B * H, saved.states[s].data() + first * B * H);
+        saved.states.emplace_back(TB * d.width(s));
+        std::copy_n(initial[s], B * d.width(s), saved.states[s].data() + first * B * d.width(s));
     }
     for (std::size_t e = 0; e < l.saved; ++e) saved.extra.emplace_back(TB * H);
     if (l.second > 0) saved.gated = Buffer<T>(TB * H);
+    if (l.projection) saved.unprojected = Buffer<T>(TB * H);
     Buffer<T> recurrent_out, second_out;
     if (d.separate()) recurrent_out = Buffer<T>(B * d.recurrent_width());
     if (l.second > 0) second_out = Buffer<T>(B * d.second_width());
     std::vector<const T*> units;
     for (const auto& u : w.units) units.push_back(u.value().data());
 
-    // h W_hh^T every step with the same W_hh: packed once for all steps (gemm.hpp).
-    std::unique_ptr<blas::PackedGemm<T>> recurrent, second;
+    // h W_hh^T every step with the same W_hh (and m W_proj^T): packed once for all steps (gemm.hpp).
+    std::unique_ptr<blas::PackedGemm<T>> recurrent, second, projection;
     if (l.recurrent > 0)
-        recurrent = std::make_unique<blas::PackedGemm<T>>(true, B, d.recurrent_width(), H, w.weight_hh.value().data(), H,
-                                                          d.separate() ? T(0) : T(1), H,
+        recurrent = std::make_unique<blas::PackedGemm<T>>(true, B, d.recurrent_width(), P, w.weight_hh.value().data(), P,
+                                                          d.separate() ? T(0) : T(1), P,
                                                           d.separate() ? d.recurrent_width() : GH, d.steps);
     if (l.second > 0)
         second = std::make_unique<blas::PackedGemm<T>>(true, B, d.second_width(), H, w.weight_second.value().data(), H,
                                                        T(0), H, d.second_width(), d.steps);
+    if (l.projection)
+        projection = std::make_unique<blas::PackedGemm<T>>(true, B, P, H, w.weight_projection.value().data(), H, T(0), H,
+                                                           P, d.steps);
 
+    // State s before step t, and after the step that runs at position k (next_at, last).
+    auto before = [&](std::size_t s, std::size_t t) { return saved.states[s].data() + t * B * d.width(s); };
+    auto after = [&](std::size_t s, std::size_t next_at, bool last) {
+        return last ? finals[s].data() : before(s, next_at);
+    };
     std::vector<const T*> state(S);
     std::vector<T*> next(S), extra(l.saved);
     ForwardRow<T> row;
     row.hidden = H;
+    row.output = P;
     row.state = state.data();
     row.next_state = next.data();
     row.saved = extra.data();
@@ -260,8 +295,12 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
     auto point = [&](std::size_t t, std::size_t next_at, bool last, std::size_t b) {
         row.gates = gates + (t * B + b) * GH;
         for (std::size_t s = 0; s < S; ++s) {
-            state[s] = saved.states[s].data() + (t * B + b) * H;
-            next[s] = (last ? finals[s].data() : saved.states[s].data() + next_at * B * H) + b * H;
+            state[s] = before(s, t) + b * d.width(s);
+            next[s] = after(s, next_at, last) + b * d.width(s);
+        }
+        if (l.projection) {  // the rule sees no h and writes m; the driver projects it (cell_rules.hpp)
+            state[0] = nullptr;
+            next[0] = saved.unprojected.data() + (t * B + b) * H;
         }
         for (std::size_t e = 0; e < l.saved; ++e) extra[e] = saved.extra[e].data() + (t * B + b) * H;
         row.recurrent = d.separate() ? recurrent_out.data() + b * d.recurrent_width() : nullptr;
@@ -275,17 +314,18 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
         const bool last = k + 1 == d.steps;
         const std::size_t next_at = last ? 0 : step_at(k + 1, d.steps, saved.reverse);
         if (recurrent)
-            recurrent->operator()(saved.states[0].data() + t * B * H,
-                                  d.separate() ? recurrent_out.data() : gates + t * B * GH);
+            recurrent->operator()(before(0, t), d.separate() ? recurrent_out.data() : gates + t * B * GH);
         for (std::size_t b = 0; b < B; ++b) {
             point(t, next_at, last, b);
             if (saved.row_active(t, b)) {
                 saved.rules->forward(row);
                 continue;
             }
-            // A finished row keeps its state; q is zeroed so the dW_2 GEMM reads no garbage.
-            for (std::size_t s = 0; s < S; ++s) std::copy_n(state[s], H, next[s]);
+            // A finished row keeps its state (a projected h after the projection below); q and m
+            // are zeroed so the dW_2 and dW_proj GEMMs read no garbage.
+            for (std::size_t s = l.projection ? 1 : 0; s < S; ++s) std::copy_n(state[s], d.width(s), next[s]);
             if (row.gated_state) std::fill_n(row.gated_state, H, T(0));
+            if (l.projection) std::fill_n(next[0], H, T(0));
         }
         if (second) {
             second->operator()(saved.gated.data() + t * B * H, second_out.data());
@@ -295,28 +335,35 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
                     saved.rules->forward_second(row);
                 }
         }
+        if (projection) {
+            T* h = after(0, next_at, last);
+            projection->operator()(saved.unprojected.data() + t * B * H, h);
+            for (std::size_t b = 0; b < B; ++b)
+                if (!saved.row_active(t, b)) std::copy_n(before(0, t) + b * P, P, h + b * P);
+        }
         // The output is h after the step, zeros in finished rows.
-        const T* h = last ? finals[0].data() : saved.states[0].data() + next_at * B * H;
-        T* out = output.data() + t * B * H;
+        const T* h = after(0, next_at, last);
+        T* out = output.data() + t * B * P;
         for (std::size_t b = 0; b < B; ++b) {
-            if (saved.row_active(t, b)) std::copy_n(h + b * H, H, out + b * H);
-            else std::fill_n(out + b * H, H, T(0));
+            if (saved.row_active(t, b)) std::copy_n(h + b * P, P, out + b * P);
+            else std::fill_n(out + b * P, P, T(0));
         }
     }
     for (std::size_t s = 0; s < S; ++s) {
-        saved.finals.emplace_back(B * H);
-        std::copy_n(finals[s].data(), B * H, saved.finals[s].data());
+        saved.finals.emplace_back(B * d.width(s));
+        std::copy_n(finals[s].data(), B * d.width(s), saved.finals[s].data());
     }
     if (saved.probe)
         for (std::size_t s = 0; s < S; ++s) {
-            xt::xarray<T> after = xt::xarray<T>::from_shape({d.steps, B, H});
+            const std::size_t W = d.width(s);
+            xt::xarray<T> states_after = xt::xarray<T>::from_shape({d.steps, B, W});
             for (std::size_t k = 0; k < d.steps; ++k) {
                 const std::size_t t = step_at(k, d.steps, saved.reverse);
-                const T* source = k + 1 == d.steps ? finals[s].data()
-                                                   : saved.states[s].data() + step_at(k + 1, d.steps, saved.reverse) * B * H;
-                std::copy_n(source, B * H, after.data() + t * B * H);
+                const bool last = k + 1 == d.steps;
+                std::copy_n(after(s, last ? 0 : step_at(k + 1, d.steps, saved.reverse), last), B * W,
+                            states_after.data() + t * B * W);
             }
-            saved.probe->states_after.push_back(std::move(after));
+            saved.probe->states_after.push_back(std::move(states_after));
         }
 
     std::vector<xt::xarray<T>> outputs;
@@ -338,19 +385,23 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     const Dims& d = saved.dims;
     const CellLayout& l = d.layout;
     const InputIndex& in = saved.index;
-    const std::size_t B = d.batch, H = d.hidden, GH = d.gate_width(), TB = d.steps * d.batch, I = d.input, S = l.states;
+    const std::size_t B = d.batch, H = d.hidden, P = d.output, GH = d.gate_width(), TB = d.steps * d.batch,
+                      I = d.input, S = l.states;
     const T* x = ctx.input(in.x).value().data();
     const T* w_ih = ctx.input(in.weight_ih).value().data();
 
     if (saved.probe) {
-        saved.probe->grad_states_before.assign(S, xt::xarray<T>::from_shape({d.steps, B, H}));
+        saved.probe->grad_states_before.clear();
+        for (std::size_t s = 0; s < S; ++s)
+            saved.probe->grad_states_before.push_back(xt::xarray<T>::from_shape({d.steps, B, d.width(s)}));
         saved.probe->grad_gates = xt::xarray<T>::from_shape({d.steps, B, GH});
     }
     std::vector<xt::xarray<T>> grad_state(S);
     for (std::size_t s = 0; s < S; ++s) {
-        grad_state[s] = xt::xarray<T>::from_shape({B, H});
-        if (ctx.has_grad_output(1 + s)) std::copy_n(ctx.grad_output(1 + s).value().data(), B * H, grad_state[s].data());
-        else std::fill_n(grad_state[s].data(), B * H, T(0));
+        const std::size_t W = d.width(s);
+        grad_state[s] = xt::xarray<T>::from_shape({B, W});
+        if (ctx.has_grad_output(1 + s)) std::copy_n(ctx.grad_output(1 + s).value().data(), B * W, grad_state[s].data());
+        else std::fill_n(grad_state[s].data(), B * W, T(0));
     }
     const T* grad_output = ctx.has_grad_output(0) ? ctx.grad_output(0).value().data() : nullptr;
     bool need_h0 = false;
@@ -361,6 +412,12 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     if (l.second > 0) {
         grad_second = Buffer<T>(TB * d.second_width());
         grad_gated = Buffer<T>(B * H);
+    }
+    // Projection: dh' of every step (zeros in finished rows) for dW_proj, and dm = dh' W_proj.
+    Buffer<T> grad_projected, grad_unprojected;
+    if (l.projection) {
+        grad_projected = Buffer<T>(TB * P);
+        grad_unprojected = Buffer<T>(B * H);
     }
     T* dgx = grad_gates.data();
     T* dgh = d.separate() ? grad_recurrent.data() : dgx;
@@ -373,21 +430,25 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
         units.push_back(ctx.input(in.units + u).value().data());
     }
 
-    // dh_{t-1} += dR W_hh and dq = dR_2 W_2 every step: the weights packed once (gemm.hpp).
-    std::unique_ptr<blas::PackedGemm<T>> recurrent_backward, second_backward;
+    // dh_{t-1} += dR W_hh, dq = dR_2 W_2 and dm = dh' W_proj every step: the weights packed once (gemm.hpp).
+    std::unique_ptr<blas::PackedGemm<T>> recurrent_backward, second_backward, projection_backward;
     if (l.recurrent > 0)
-        recurrent_backward = std::make_unique<blas::PackedGemm<T>>(false, B, H, d.recurrent_width(),
-                                                                   ctx.input(in.weight_hh).value().data(), H, T(1),
-                                                                   d.recurrent_stride(), H, d.steps);
+        recurrent_backward = std::make_unique<blas::PackedGemm<T>>(false, B, P, d.recurrent_width(),
+                                                                   ctx.input(in.weight_hh).value().data(), P, T(1),
+                                                                   d.recurrent_stride(), P, d.steps);
     if (l.second > 0)
         second_backward = std::make_unique<blas::PackedGemm<T>>(false, B, H, d.second_width(),
                                                                 ctx.input(in.weight_second).value().data(), H, T(0),
                                                                 d.second_width(), H, d.steps);
+    if (l.projection)
+        projection_backward = std::make_unique<blas::PackedGemm<T>>(
+            false, B, H, P, ctx.input(in.weight_projection).value().data(), H, T(0), P, H, d.steps);
 
     std::vector<const T*> state(S), next(S), extra(l.saved);
     std::vector<T*> dstate(S);
     BackwardRow<T> row;
     row.hidden = H;
+    row.output = P;
     row.state = state.data();
     row.next_state = next.data();
     row.saved = extra.data();
@@ -397,9 +458,15 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     auto point = [&](std::size_t t, std::size_t next_at, bool last, std::size_t b) {
         row.gates = saved.gates.data() + (t * B + b) * GH;
         for (std::size_t s = 0; s < S; ++s) {
-            state[s] = saved.states[s].data() + (t * B + b) * H;
-            next[s] = (last ? saved.finals[s].data() : saved.states[s].data() + next_at * B * H) + b * H;
-            dstate[s] = grad_state[s].data() + b * H;
+            const std::size_t W = d.width(s);
+            state[s] = saved.states[s].data() + (t * B + b) * W;
+            next[s] = (last ? saved.finals[s].data() : saved.states[s].data() + next_at * B * W) + b * W;
+            dstate[s] = grad_state[s].data() + b * W;
+        }
+        if (l.projection) {  // as in the forward: no h, m in its place, dL/dm in the row's dh
+            state[0] = nullptr;
+            next[0] = saved.unprojected.data() + (t * B + b) * H;
+            dstate[0] = grad_unprojected.data() + b * H;
         }
         for (std::size_t e = 0; e < l.saved; ++e) extra[e] = saved.extra[e].data() + (t * B + b) * H;
         row.grad_gates = dgx + (t * B + b) * GH;
@@ -417,9 +484,9 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
             point(t, next_at, last, b);
             if (saved.row_active(t, b)) {
                 if (grad_output) {
-                    const T* dout = grad_output + (t * B + b) * H;
-                    T* dh = dstate[0];
-                    lanes<T>(H, [&](std::size_t j, auto tag) {
+                    const T* dout = grad_output + (t * B + b) * P;
+                    T* dh = grad_state[0].data() + b * P;
+                    lanes<T>(P, [&](std::size_t j, auto tag) {
                         using V = decltype(tag);
                         store_lane(dh + j, load_lane<V>(dh + j) + load_lane<V>(dout + j));
                     });
@@ -433,6 +500,21 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
             if (row.grad_second) std::fill_n(row.grad_second, d.second_width(), T(0));
         }
         if (second_backward) second_backward->operator()(grad_second.data() + t * B * d.second_width(), grad_gated.data());
+        if (projection_backward) {
+            // dh' moves to the step's slot; what stays in grad_state[0] is dL/dh before the step,
+            // whose direct part is zero (h enters only through the recurrent product).
+            T* dh_step = grad_projected.data() + t * B * P;
+            for (std::size_t b = 0; b < B; ++b) {
+                T* dh = grad_state[0].data() + b * P;
+                if (!saved.row_active(t, b)) {
+                    std::fill_n(dh_step + b * P, P, T(0));
+                    continue;
+                }
+                std::copy_n(dh, P, dh_step + b * P);
+                std::fill_n(dh, P, T(0));
+            }
+            projection_backward->operator()(dh_step, grad_unprojected.data());
+        }
         for (std::size_t b = 0; b < B; ++b)
             if (saved.row_active(t, b)) {
                 point(t, next_at, last, b);
@@ -443,7 +525,8 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
             recurrent_backward->operator()(dgh + t * B * d.recurrent_stride(), grad_state[0].data());
         if (saved.probe)
             for (std::size_t s = 0; s < S; ++s)
-                std::copy_n(grad_state[s].data(), B * H, saved.probe->grad_states_before[s].data() + t * B * H);
+                std::copy_n(grad_state[s].data(), B * d.width(s),
+                            saved.probe->grad_states_before[s].data() + t * B * d.width(s));
     }
     if (saved.probe) std::copy_n(dgx, TB * GH, saved.probe->grad_gates.data());
 
@@ -465,8 +548,8 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     }
     const std::size_t RH = d.recurrent_width();
     if (in.weight_hh >= 0 && ctx.needs_input_grad(in.weight_hh)) {
-        xt::xarray<T> dw = xt::xarray<T>::from_shape({RH, H});
-        blas::gemm(true, false, RH, H, TB, T(1), dgh, d.recurrent_stride(), saved.states[0].data(), H, T(0), dw.data(), H);
+        xt::xarray<T> dw = xt::xarray<T>::from_shape({RH, P});
+        blas::gemm(true, false, RH, P, TB, T(1), dgh, d.recurrent_stride(), saved.states[0].data(), P, T(0), dw.data(), P);
         gradients[in.weight_hh] = Tensor<T>(std::move(dw));
     }
     if (in.bias_hh >= 0 && ctx.needs_input_grad(in.bias_hh)) {
@@ -480,6 +563,11 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
         xt::xarray<T> dw = xt::xarray<T>::from_shape({R2H, H});
         blas::gemm(true, false, R2H, H, TB, T(1), grad_second.data(), R2H, saved.gated.data(), H, T(0), dw.data(), H);
         gradients[in.weight_second] = Tensor<T>(std::move(dw));
+    }
+    if (in.weight_projection >= 0 && ctx.needs_input_grad(in.weight_projection)) {
+        xt::xarray<T> dw = xt::xarray<T>::from_shape({P, H});
+        blas::gemm(true, false, P, H, TB, T(1), grad_projected.data(), P, saved.unprojected.data(), H, T(0), dw.data(), H);
+        gradients[in.weight_projection] = Tensor<T>(std::move(dw));
     }
     for (std::size_t u = 0; u < l.units; ++u)
         if (ctx.needs_input_grad(in.units + u)) gradients[in.units + u] = Tensor<T>(std::move(grad_units[u]));
@@ -539,6 +627,7 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     if (d.layout.recurrent > 0) index.weight_hh = add_input(w.weight_hh);
     if (w.bias_hh.defined()) index.bias_hh = add_input(w.bias_hh);
     if (d.layout.second > 0) index.weight_second = add_input(w.weight_second);
+    if (d.layout.projection) index.weight_projection = add_input(w.weight_projection);
     index.units = int(inputs.size());
     for (const auto& u : w.units) add_input(u);
     index.states = int(inputs.size());
