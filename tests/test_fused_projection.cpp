@@ -1,6 +1,7 @@
-// The fused driver's output projection (fused/cell_rules.hpp, an LSTM with proj_size): PyTorch's
-// fixtures on the fused path, asserting that it ran, and the driver's checks of a projected
-// layout. Fused vs generic and gradcheck with proj_size are in test_fused.cpp with every cell.
+// The fused driver's output projection (fused/cell_rules.hpp): an LSTM with proj_size against
+// PyTorch's fixtures on the fused path, asserting that it ran; a user's projected cell through the
+// same interface (the projection is the driver's, not the LSTM's); the driver's checks of a
+// projected layout. The LSTM's fused vs generic and gradchecks are in test_fused.cpp.
 
 #include <boost/test/unit_test.hpp>
 
@@ -89,6 +90,58 @@ void check_fixture(const nlohmann::json& c, double tolerance) {
     }
 }
 
+// A user's cell with an output projection: h' = W_p tanh(W_ih x + b + W_hh h), h of width P. Its
+// rule is the tanh RNN's; the driver does the projection.
+template <class T>
+class ProjectedTanhCell : public RecurrentCell<T>, public fused::CellRules<T> {
+public:
+    ProjectedTanhCell(std::size_t input, std::size_t hidden, std::size_t projected, Generator& g)
+        : RecurrentCell<T>(input, hidden), projected_(projected) {
+        auto uniform = [&](const Shape& shape) { return Tensor<T>(init::uniform<T>(shape, -0.6, 0.6, g)); };
+        weight_ih_ = this->register_parameter("weight_ih", uniform({hidden, input}));
+        bias_ = this->register_parameter("bias", uniform({hidden}));
+        weight_hh_ = this->register_parameter("weight_hh", uniform({hidden, projected}));
+        weight_p_ = this->register_parameter("weight_p", uniform({projected, hidden}));
+    }
+    std::size_t state_size(std::size_t) const override { return projected_; }
+    Tensor<T> prepare_input(const Tensor<T>& input) const override {
+        return add(gemm(input, weight_ih_, false, true), bias_);
+    }
+    State<T> step(const Tensor<T>& x_t, const State<T>& state) const override {
+        const Tensor<T> m = tanh(add(x_t, gemm(state[0], weight_hh_, false, true)));
+        return {gemm(m, weight_p_, false, true)};
+    }
+
+    const fused::CellRules<T>* fused_rules() const override { return this; }
+    const std::type_info& rules_cell_type() const override { return typeid(ProjectedTanhCell); }
+    fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 1, .projection = true}; }
+    fused::CellWeights<T> weights() const override {
+        return {.weight_ih = weight_ih_, .bias_ih = bias_, .weight_hh = weight_hh_, .weight_projection = weight_p_};
+    }
+    // m = tanh(a) into next_state[0] (m, not h, under a projection); the gate row keeps m.
+    void forward(const fused::ForwardRow<T>& row) const override {
+        for (std::size_t j = 0; j < row.hidden; ++j) row.next_state[0][j] = row.gates[j] = std::tanh(row.gates[j]);
+    }
+    // grad_state[0] holds dL/dm; h's direct part is zero, so nothing is written back.
+    void backward(const fused::BackwardRow<T>& row) const override {
+        for (std::size_t j = 0; j < row.hidden; ++j)
+            row.grad_gates[j] = row.grad_state[0][j] * (T(1) - row.gates[j] * row.gates[j]);
+    }
+
+private:
+    std::size_t projected_;
+    Tensor<T> weight_ih_, bias_, weight_hh_, weight_p_;
+};
+
+template <class T>
+std::shared_ptr<Recurrent<T>> projected_tanh_layer(ExecutionPath path) {
+    const RecurrentOptions options{.input_size = 3, .hidden_size = 6, .num_layers = 2, .bidirectional = true,
+                                   .path = path, .seed = 5, .proj_size = 2};
+    return std::make_shared<Recurrent<T>>(
+        [](std::size_t in, std::size_t hidden, Generator& g) { return std::make_shared<ProjectedTanhCell<T>>(in, hidden, 2, g); },
+        options);
+}
+
 // An LSTM with proj_size 2 of hidden 4 and its rules.
 struct Projected {
     Generator generator{4};
@@ -131,6 +184,34 @@ BOOST_AUTO_TEST_CASE(pytorchs_proj_size_fixtures_match_on_the_fused_path) {
         }
     }
     BOOST_TEST(checked >= 4u);  // one layer; two bidirectional with lengths (f64, f32); three without bias
+}
+
+BOOST_AUTO_TEST_CASE(a_users_projected_cell_runs_fused_and_matches_its_generic_path) {
+    auto layer = projected_tanh_layer<double>(ExecutionPath::fused);
+    Generator g(6);
+    const Tensor<double> x = random_tensor<double>({5, 3, 3}, g, 1.0, true);
+    const std::vector<std::int64_t> lengths{5, 2, 4};
+    const auto fused = layer->forward(x, {}, lengths);
+    BOOST_TEST_REQUIRE(layer->uses_fused(), layer->path_note());
+    BOOST_TEST(fused.output.shape() == Shape({5, 3, 4}));  // D * P
+    layer->set_path(ExecutionPath::generic);
+    const auto generic = layer->forward(x, {}, lengths);
+    BOOST_TEST(testing::max_abs_difference(fused.output.value(), generic.output.value()) <= 1e-14);
+    BOOST_TEST(testing::max_abs_difference(fused.h_n().value(), generic.h_n().value()) <= 1e-14);
+}
+
+BOOST_AUTO_TEST_CASE(a_users_projected_cell_passes_gradcheck_and_the_fused_check) {
+    auto layer = projected_tanh_layer<double>(ExecutionPath::fused);
+    Generator g(6);
+    const Tensor<double> x = random_tensor<double>({5, 3, 3}, g, 1.0, true);
+    const std::vector<std::int64_t> lengths{5, 2, 4};
+    const std::vector<Tensor<double>> initial{random_tensor<double>({4, 3, 2}, g, 0.5, true)};
+    const GradcheckReport report = gradcheck_layer(*layer, x, initial, lengths);
+    BOOST_TEST(layer->uses_fused());
+    BOOST_TEST(report.passed, report.to_string());
+    Generator cell_g(1);
+    const FusedCheckReport check = check_fused_cell(ProjectedTanhCell<double>(3, 6, 2, cell_g), {.steps = 5, .batch = 3});
+    BOOST_TEST(check.passed, check.to_string());
 }
 
 BOOST_AUTO_TEST_CASE(an_initial_h_of_the_hidden_width_is_refused_with_the_projected_width) {

@@ -10,12 +10,12 @@
 //     in its own buffer with b_hh beside it (GRU: r ⊙ (W_hn h + b_hn))
 //   - for two-stage cells a second, dependent product q W_2^T where q is a gated state the
 //     stage-1 rule writes (MGU: q = f ⊙ h), handed to forward_second()
+//   - optionally an output projection (layout.projection): the rule's output m [B, H] becomes
+//     h' = m W_proj^T [B, P] by one GEMM per step, as an LSTM with PyTorch's proj_size (see below)
 //   - lengths with packed semantics (finished rows keep their state, output zeros; the rules
 //     only ever see running rows), the reverse direction, the saved buffers, the backward GEMMs
 //     for dx, dW_ih, dW_hh, dW_2, dW_proj and dh, bias sums, float and double, one tape op per
 //     sequence.
-//   - optionally an output projection (layout.projection): the rule's output m [B, H] becomes
-//     h' = m W_proj^T [B, P] by one GEMM per step, as an LSTM with PyTorch's proj_size (see below)
 // Stacking, directions, initial states, dropout and truncated BPTT come from the layer as usual.
 //
 // Rules see one row of the batch at a time through raw pointers of length H (or G*H, R*H):
