@@ -1,12 +1,7 @@
 // The one fused sequence driver: the GEMMs, the step loops of forward and backward, lengths,
 // the saved buffers and the tape op around a cell's point-wise rules (cell_rules.hpp).
 
-#include <algorithm>
-#include <cstdlib>
-#include <cstring>
-#include <limits>
 #include <memory>
-#include <new>
 
 #include <fmt/format.h>
 
@@ -14,106 +9,15 @@
 #include <rewind/autograd/function.hpp>
 #include <rewind/autograd/gemm.hpp>
 
-#include "rewind/nn/fused/cell_rules.hpp"
-#include "rewind/nn/fused/lanes.hpp"
-#include "rewind/nn/layers/cell.hpp"
+#include "driver.hpp"
 #include "probe.hpp"
+#include "rewind/nn/layers/cell.hpp"
 
 namespace rw::nn::fused {
 
-template <class T>
-void CellRules<T>::forward_second(const ForwardRow<T>&) const {
-    throw std::logic_error("fused rules: the layout has a second stage but forward_second() is not written");
-}
-
-template <class T>
-void CellRules<T>::backward_second(const BackwardRow<T>&) const {
-    throw std::logic_error("fused rules: the layout has a second stage but backward_second() is not written");
-}
-
-template <class T>
-std::vector<std::string> CellRules<T>::gate_names() const {
-    std::vector<std::string> names;
-    for (std::size_t g = 0; g < layout().gates; ++g) names.push_back(fmt::format("gate {}", g));
-    return names;
-}
-
-double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden,
-                              std::size_t output) {
-    const double B = double(batch), H = double(hidden), P = double(output > 0 ? output : hidden);
-    // The stage-1 product reads h (width P); the projection is one more [B, H] x [H, P] product.
-    return 2.0 * B * H * (double(layout.gates) * double(input) + double(layout.recurrent) * P + double(layout.second) * H) +
-           (layout.projection ? 2.0 * B * H * P : 0.0);
-}
-
-std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, std::size_t hidden,
-                                 std::size_t element_size, bool with_lengths, std::size_t output) {
-    // gate buffer [B, G*H], the states before the step (h of width P), the rule's own buffers,
-    // q (two-stage) and m (projection).
-    const std::size_t h_width = output > 0 ? output : hidden;
-    const std::size_t per_row =
-        (layout.gates + layout.states - 1 + layout.saved + (layout.second > 0 ? 1 : 0) + (layout.projection ? 1 : 0)) *
-            hidden +
-        h_width;
-    return batch * per_row * element_size + (with_lengths ? batch : 0);
-}
+using namespace driver;
 
 namespace {
-
-// a * b * ..., or a clear error naming what was being sized.
-std::size_t checked_product(std::initializer_list<std::size_t> factors, const std::string& what) {
-    std::size_t product = 1;
-    for (std::size_t f : factors) {
-        if (f != 0 && product > std::numeric_limits<std::size_t>::max() / f)
-            throw std::length_error(fmt::format("{}: buffer size overflows ({} factors too large)", what, factors.size()));
-        product *= f;
-    }
-    return product;
-}
-
-// Uninitialised, 64-byte aligned storage: the buffers are written before they are read, and
-// zeroing tens of megabytes for nothing would show up in the timings.
-template <class T>
-class Buffer {
-public:
-    Buffer() = default;
-    explicit Buffer(std::size_t count) : count_(count) {
-        if (count == 0) return;
-        if (count > (std::numeric_limits<std::size_t>::max() - 63) / sizeof(T)) throw std::bad_alloc();
-        const std::size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
-        data_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-        if (!data_) throw std::bad_alloc();
-    }
-    T* data() { return data_.get(); }
-    const T* data() const { return data_.get(); }
-
-private:
-    struct Free {
-        void operator()(T* p) const { std::free(p); }
-    };
-    std::unique_ptr<T, Free> data_;
-    std::size_t count_ = 0;
-};
-
-struct Dims {
-    std::size_t steps = 0, batch = 0, input = 0, hidden = 0;
-    std::size_t output = 0;  // h's width: P with a projection, else hidden
-    CellLayout layout;
-    // The width of state s: h (state 0) has the output's width, the others hidden.
-    std::size_t width(std::size_t s) const { return s == 0 ? output : hidden; }
-    std::size_t gate_width() const { return layout.gates * hidden; }
-    std::size_t recurrent_width() const { return layout.recurrent * hidden; }
-    std::size_t second_width() const { return layout.second * hidden; }
-    bool separate() const { return layout.recurrent > 0 && !layout.recurrent_into_gates; }
-    // The row stride of dL/d(stage-1 product): the gate buffer's when the product adds to it.
-    std::size_t recurrent_stride() const { return separate() ? recurrent_width() : gate_width(); }
-};
-
-// Tape-op input positions: x, weights present in the layout, units, initial states.
-struct InputIndex {
-    int x = 0, weight_ih = 1, bias_ih = -1, weight_hh = -1, bias_hh = -1, weight_second = -1, weight_projection = -1,
-        units = -1, states = -1;
-};
 
 // Everything the backward needs besides the op's inputs, in time order (index t is step t
 // whatever the direction).
@@ -138,96 +42,6 @@ struct Saved {
         return active.empty() || all_active[t] || active[t * dims.batch + b];
     }
 };
-
-std::size_t step_at(std::size_t k, std::size_t steps, bool reverse) { return reverse ? steps - 1 - k : k; }
-
-// sums[j] = sum over rows of matrix[row, j] for j < cols; rows `stride` apart.
-template <class T>
-void column_sums(const T* matrix, std::size_t rows, std::size_t cols, std::size_t stride, T* sums) {
-    std::fill_n(sums, cols, T(0));
-    for (std::size_t r = 0; r < rows; ++r) {
-        const T* row = matrix + r * stride;
-        lanes<T>(cols, [&](std::size_t j, auto tag) {
-            using V = decltype(tag);
-            store_lane(sums + j, load_lane<V>(sums + j) + load_lane<V>(row + j));
-        });
-    }
-}
-
-// out [rows, cols] = a (+ b on the first b_cols columns) on every row; a or b may be null.
-template <class T>
-void fill_rows(T* out, std::size_t rows, std::size_t cols, const T* a, const T* b, std::size_t b_cols) {
-    if (rows == 0) return;
-    if (a) std::copy_n(a, cols, out);
-    else std::fill_n(out, cols, T(0));
-    if (b)
-        lanes<T>(b_cols, [&](std::size_t j, auto tag) {
-            using V = decltype(tag);
-            store_lane(out + j, load_lane<V>(out + j) + load_lane<V>(b + j));
-        });
-    for (std::size_t r = 1; r < rows; ++r) std::memcpy(out + r * cols, out, cols * sizeof(T));
-}
-
-template <class T>
-void check_shape(const std::string& op, const char* name, const Tensor<T>& tensor, const Shape& expected) {
-    if (!tensor.defined()) throw std::invalid_argument(fmt::format("{}: the cell's {} is missing", op, name));
-    if (tensor.shape() != expected)
-        throw_shape_error(op, fmt::format("{} has the wrong shape for the cell's layout", name), tensor.shape(), expected);
-}
-
-template <class T>
-void check_arguments(const std::string& op, const CellWeights<T>& w, const Tensor<T>& input,
-                     const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths, Dims& d) {
-    const CellLayout& l = d.layout;
-    if (input.dim() != 3) throw_shape_error(op, "expects a 3-D input [T, B, input_size]", input.shape());
-    if (l.gates == 0 || l.states == 0) throw std::invalid_argument(op + ": the layout needs at least one gate block and one state");
-    if (l.recurrent_into_gates && l.recurrent > l.gates)
-        throw std::invalid_argument(fmt::format("{}: {} recurrent blocks cannot add to {} gate blocks", op, l.recurrent, l.gates));
-    d.steps = input.size(0);
-    d.batch = input.size(1);
-    d.input = input.size(2);
-    if (!w.weight_ih.defined() || w.weight_ih.dim() != 2 || w.weight_ih.size(0) % l.gates != 0)
-        throw std::invalid_argument(op + ": weight_ih must be [G*H, input_size]");
-    d.hidden = w.weight_ih.size(0) / l.gates;
-    const std::size_t H = d.hidden;
-    d.output = H;
-    if (l.projection) {
-        if (l.second > 0) throw std::invalid_argument(op + ": a layout with a projection cannot have a second stage");
-        if (!w.weight_projection.defined() || w.weight_projection.dim() != 2 || w.weight_projection.size(0) == 0)
-            throw std::invalid_argument(op + ": the layout has a projection; weight_projection must be [P, H]");
-        d.output = w.weight_projection.size(0);
-        check_shape(op, "weight_projection", w.weight_projection, Shape{d.output, H});
-    } else if (w.weight_projection.defined()) {
-        throw std::invalid_argument(op + ": weight_projection is given but the layout has no projection");
-    }
-    // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states;
-    // and [T, B, P] for h.
-    const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 2});
-    checked_product({d.steps, d.batch, widest, H}, op);
-    checked_product({d.steps, d.batch, d.output}, op);
-    check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
-    if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
-    if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, d.output});
-    if (w.bias_hh.defined()) check_shape(op, "bias_hh", w.bias_hh, Shape{l.recurrent * H});
-    if (l.second > 0) check_shape(op, "weight_second", w.weight_second, Shape{l.second * H, H});
-    if (w.units.size() != l.units)
-        throw std::invalid_argument(fmt::format("{}: {} per-unit vectors given, the layout has {}", op, w.units.size(), l.units));
-    for (const auto& u : w.units) check_shape(op, "per-unit vector", u, Shape{H});
-    if (initial_state.size() != l.states)
-        throw std::invalid_argument(fmt::format("{}: {} initial state tensors given, expected {}", op,
-                                                initial_state.size(), l.states));
-    for (std::size_t s = 0; s < l.states; ++s)
-        if (initial_state[s].shape() != Shape{d.batch, d.width(s)})
-            throw_wrong_shape(op, fmt::format("initial state {}", s), Shape{d.batch, d.width(s)}, initial_state[s].shape());
-    if (!lengths.empty()) {
-        if (lengths.size() != d.batch)
-            throw std::invalid_argument(fmt::format("{}: {} lengths for a batch of {}", op, lengths.size(), d.batch));
-        for (auto length : lengths)
-            if (length < 1 || length > std::int64_t(d.steps))
-                throw std::invalid_argument(fmt::format("{}: length {} outside 1..{}", op, length, d.steps));
-    }
-    if (d.steps == 0 || d.batch == 0) throw_shape_error(op, "needs at least one step and one row", input.shape());
-}
 
 // ---- forward ----
 
@@ -647,8 +461,6 @@ SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input
     return detail::run_sequence_probed<T>(rules, input, initial_state, lengths, reverse, name, nullptr);
 }
 
-template class CellRules<float>;
-template class CellRules<double>;
 template SequenceResult<float> detail::run_sequence_probed(const CellRules<float>&, const Tensor<float>&,
                                                            const std::vector<Tensor<float>>&,
                                                            const std::vector<std::int64_t>&, bool, const std::string&,
