@@ -5,9 +5,9 @@
 // so load from other processes hits them alike; medians are reported.
 //
 // FLOPs of a step: 3x the forward GEMMs the cells' fused rules state (2 * T * B * G * H * (I + H)
-// per layer and direction for the built-in cells, G = 4 LSTM, 3 GRU, 1 RNN). The sgemm reference
-// is [T*B, I+H] x [I+H, G*H] (at most 8192 rows), the shape of all the forward GEMMs of a step as
-// one product.
+// per layer and direction for the built-in cells, G = 4 LSTM, 3 GRU, 1 RNN; with proj_size P,
+// 2 * T * B * H * (G * (I + P) + P)). The sgemm reference is [T*B, I+P] x [I+P, G*H] (at most 8192
+// rows; P = H without projection), the shape of the gate GEMMs of a step as one product.
 
 #include <algorithm>
 #include <chrono>
@@ -60,13 +60,10 @@ struct BenchRequest {
 class RewindStep {
 public:
     explicit RewindStep(const BenchRequest& r) {
-        layer_ = nn::make_recurrent<float>(r.layer.cell, {.input_size = r.layer.input_size,
-                                                          .hidden_size = r.layer.hidden_size,
-                                                          .num_layers = r.layer.layers,
-                                                          .bidirectional = r.layer.bidirectional,
-                                                          .seed = 1,
-                                                          .recompute = {.enabled = r.recompute || r.recompute_every > 0,
-                                                                        .segment = r.recompute_every}});
+        nn::RecurrentOptions options = r.layer.recurrent_options();
+        options.seed = 1;
+        options.recompute = {.enabled = r.recompute || r.recompute_every > 0, .segment = r.recompute_every};
+        layer_ = nn::make_recurrent<float>(r.layer.cell, options);
         Generator generator(2);
         xt::xarray<float> x = checked_array<float>("bench input", {r.steps, r.batch, r.layer.input_size});
         for (auto& v : x) v = static_cast<float>(generator.uniform(-1, 1));
@@ -132,17 +129,19 @@ nlohmann::json run_case(const BenchRequest& r) {
     apply_threads(r.threads);
     const LayerConfig& config = r.layer;
     const nn::CellInfo& cell = nn::cell_info(config.cell);
-    const std::size_t G = cell.gates, D = config.directions(), H = config.hidden_size;
+    const std::size_t G = cell.gates, D = config.directions(), H = config.hidden_size, P = config.output_size();
 
     RewindStep rewind(r);
     // The peak reference needs the shape, not the length: capped rows keep a long sequence's run
     // from allocating gigabytes for it (and from inflating the peak RSS reported).
-    SgemmStep sgemm(std::min<std::size_t>(r.steps * r.batch, 8192), G * H, config.input_size + H);
+    SgemmStep sgemm(std::min<std::size_t>(r.steps * r.batch, 8192), G * H, config.input_size + P);
     std::unique_ptr<OnednnRnnStep> peer;
     nlohmann::json j;
     if (r.peer == "onednn") {
         if (config.layers != 1) {
             j["peer_note"] = "the oneDNN peer runs one layer only (its stacked layers need I == H); skipped";
+        } else if (!config.bias || config.proj_size > 0) {
+            j["peer_note"] = "the oneDNN peer runs the cells with biases and without projections only; skipped";
         } else {
             peer = std::make_unique<OnednnRnnStep>(rewind.layer(), r.steps, r.batch);
             peer->set_input(rewind.x().value().data());
@@ -153,7 +152,10 @@ nlohmann::json run_case(const BenchRequest& r) {
     }
 
     std::vector<double> sgemm_ms, onednn_ms, onednn_primitive_ms;
-    nn::PathBenchOptions options{.repeats = r.repeats, .warmup = r.warmup, .generic = !r.skip_generic};
+    nn::PathBenchOptions options;
+    options.repeats = r.repeats;
+    options.warmup = r.warmup;
+    options.generic = !r.skip_generic;
     options.each_round = [&](bool timed) {
         const double s = sgemm.run();
         if (timed) sgemm_ms.push_back(s);
@@ -174,6 +176,8 @@ nlohmann::json run_case(const BenchRequest& r) {
     j["hidden_size"] = H;
     j["layers"] = config.layers;
     j["bidirectional"] = config.bidirectional;
+    j["bias"] = config.bias;
+    j["proj_size"] = config.proj_size;
     j["threads"] = r.threads;
     j["repeats"] = r.repeats;
     j["gemm_backend"] = blas::float_backend();
@@ -192,7 +196,10 @@ nlohmann::json run_case(const BenchRequest& r) {
     j["fused_gflops"] = timing.fused_gflops;
     j["sgemm_gflops"] = sgemm_gflops;
     j["fraction_of_sgemm_peak"] = timing.fused_gflops / sgemm_gflops;
-    j["saved_bytes_per_step"] = nn::fused::saved_bytes_per_step(cell.layout, r.batch, H, sizeof(float)) * D * config.layers;
+    nn::fused::CellLayout layout = cell.layout;
+    layout.projection = config.proj_size > 0;
+    j["saved_bytes_per_step"] =
+        nn::fused::saved_bytes_per_step(layout, r.batch, H, sizeof(float), false, config.proj_size) * D * config.layers;
     j["recompute_segment"] = timing.recompute_segment;
     j["fused_saved_bytes"] = timing.fused_saved_bytes;
     j["fused_peak_bytes"] = timing.fused_peak_bytes;
@@ -207,11 +214,13 @@ nlohmann::json run_case(const BenchRequest& r) {
 }
 
 void print_text(const nlohmann::json& j) {
-    fmt::print("{} T={} B={} I={} H={} L={}{} threads={} (median of {}, float32, GEMM on {})\n",
+    const std::size_t proj_size = j["proj_size"].get<std::size_t>();
+    fmt::print("{} T={} B={} I={} H={}{} L={}{}{} threads={} (median of {}, float32, GEMM on {})\n",
                j["cell"].get<std::string>(), j["seq_len"].get<std::size_t>(), j["batch"].get<std::size_t>(),
-               j["input_size"].get<std::size_t>(), j["hidden_size"].get<std::size_t>(), j["layers"].get<std::size_t>(),
-               j["bidirectional"].get<bool>() ? " bidirectional" : "", j["threads"].get<int>(), j["repeats"].get<int>(),
-               j["gemm_backend"].get<std::string>());
+               j["input_size"].get<std::size_t>(), j["hidden_size"].get<std::size_t>(),
+               proj_size > 0 ? fmt::format(" P={}", proj_size) : "", j["layers"].get<std::size_t>(),
+               j["bidirectional"].get<bool>() ? " bidirectional" : "", j["bias"].get<bool>() ? "" : " no-bias",
+               j["threads"].get<int>(), j["repeats"].get<int>(), j["gemm_backend"].get<std::string>());
     fmt::print("  fused    {:9.3f} ms  {:7.1f} GFLOP/s  {:5.1f}% of the sgemm peak ({:.1f} GFLOP/s)\n",
                j["fused_ms"].get<double>(), j["fused_gflops"].get<double>(),
                100 * j["fraction_of_sgemm_peak"].get<double>(), j["sgemm_gflops"].get<double>());
@@ -292,6 +301,7 @@ Command add_bench_command(CLI::App& app) {
         ->check(integer_in(1, max_size));
     command->add_option("--layers", layer.layers, "stacked layers (L)")->capture_default_str()->check(integer_in(1, max_layers));
     command->add_flag("--bidirectional", layer.bidirectional, "run both directions (D = 2)");
+    add_structure_options(*command, layer);
     add_threads_option(*command, request->threads);
     command->add_option("--repeats", request->repeats, "timed rounds, after the warm-up")
         ->capture_default_str()
@@ -308,7 +318,7 @@ Command add_bench_command(CLI::App& app) {
         ->check(integer_in(1, max_size));
     command->add_flag("--suite", request->suite,
                       "the README's sizes: LSTM/GRU/RNN at T=100,B=32,I=H=256 and T=100,B=1,I=H=128, "
-                      "LSTM at T=50,B=64,I=H=1024 (the size options are then ignored)");
+                      "LSTM at T=50,B=64,I=H=1024 (the size and structure options are then ignored)");
     command->add_flag("--json", request->json, "one JSON object per case instead of text");
     command->add_flag("--list", request->list, "print the sizes of the cases as JSON lines instead of running them");
     return {command, [request] { return run_bench(*request); }};

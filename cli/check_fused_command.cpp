@@ -18,8 +18,15 @@ namespace rw::cli {
 namespace {
 
 struct CheckFusedRequest {
-    std::vector<std::string> cells;  // empty: every cell of the table
+    std::vector<std::string> cells;  // empty: every cell of the table (that takes --proj-size when given)
     std::size_t input_size = 3, hidden_size = 5;
+    bool bias = true;
+    std::size_t proj_size = 0;
+
+    std::vector<std::string> chosen_cells() const {
+        if (!cells.empty()) return cells;
+        return proj_size > 0 ? cells_with_projection() : nn::cell_names();
+    }
     nn::FusedCheckOptions options;
     bool per_step = false;
     bool json = false;
@@ -49,11 +56,11 @@ nlohmann::json report_json(const std::string& cell, const nn::FusedCheckReport& 
 }
 
 int run_check_fused(const CheckFusedRequest& request) {
-    const std::vector<std::string> cells = request.cells.empty() ? nn::cell_names() : request.cells;
     int failures = 0;
-    for (const auto& name : cells) {
+    for (const auto& name : request.chosen_cells()) {
         Generator generator(request.options.seed);
-        const auto cell = nn::cell_factory<double>(name)(request.input_size, request.hidden_size, generator);
+        const auto cell = nn::cell_factory<double>(name, {}, {.bias = request.bias, .proj_size = request.proj_size})(
+            request.input_size, request.hidden_size, generator);
         const nn::FusedCheckReport report = nn::check_fused_cell(*cell, request.options);
         if (request.json) std::cout << report_json(name, report).dump() << std::endl;
         else std::cout << name << ": " << report.to_string(request.per_step);
@@ -92,6 +99,10 @@ Command add_check_fused_command(CLI::App& app) {
     command->add_option("--tolerance", request->options.tolerance, "relative to max(1, largest |value|) per tensor")
         ->capture_default_str()
         ->check(finite_number(0, Bound::at_least));
+    add_bias_and_projection_options(*command, request->bias, request->proj_size);
+    command->callback([request] {
+        for (const auto& name : request->chosen_cells()) check_projection(name, request->hidden_size, request->proj_size);
+    });
     command->add_flag("--per-step", request->per_step, "print every time step's differences");
     command->add_flag("--json", request->json, "one JSON object per cell");
     return {command, [request] { return run_check_fused(*request); }};

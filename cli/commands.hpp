@@ -71,18 +71,34 @@ struct LayerConfig {
     std::size_t hidden_size = 0;
     std::size_t layers = 1;
     bool bidirectional = false;
-    bool bias = true;            // --no-bias (grad, gradcheck)
-    std::size_t proj_size = 0;   // --proj-size, LSTM only (grad, gradcheck)
+    bool bias = true;            // --no-bias
+    std::size_t proj_size = 0;   // --proj-size, cells with projections only (the table of cells)
 
     std::size_t directions() const { return bidirectional ? 2 : 1; }
     // The width of h and of each direction's output: proj_size when set, else hidden_size.
     std::size_t output_size() const { return proj_size > 0 ? proj_size : hidden_size; }
     // A second state tensor c besides h (LSTM), from the table of cells.
     bool has_cell_state() const { return nn::cell_info(cell).state_names.size() > 1; }
+    // The layer these options describe (the caller adds seed, path and the like).
+    nn::RecurrentOptions recurrent_options() const {
+        return {.input_size = input_size, .hidden_size = hidden_size, .num_layers = layers, .bidirectional = bidirectional,
+                .bias = bias, .proj_size = proj_size};
+    }
+    // ", no bias", ", proj_size 2", ...: what the reports add to the sizes.
+    std::string structure_note() const {
+        return std::string(bias ? "" : ", no bias") + (proj_size > 0 ? ", proj_size " + std::to_string(proj_size) : "");
+    }
 };
 void add_layer_options(CLI::App& command, LayerConfig& config);
-// PyTorch's structural options: --no-bias, --proj-size.
+// PyTorch's structural options of every command that builds a layer: --no-bias, --proj-size
+// (checked against --cell and --hidden-size once parsed).
 void add_structure_options(CLI::App& command, LayerConfig& config);
+// The two options alone, for a command that checks its cells itself (check-fused).
+void add_bias_and_projection_options(CLI::App& command, bool& bias, std::size_t& proj_size);
+// --proj-size on `cell`: a CLI::ValidationError unless the table of cells says it takes projections
+// and proj_size < hidden_size (0: no projection, always fine).
+void check_projection(const std::string& cell, std::size_t hidden_size, std::size_t proj_size);
+std::vector<std::string> cells_with_projection();
 // --cell, checked against the table of cells.
 CLI::Option* add_cell_option(CLI::App& command, std::string& cell);
 

@@ -114,9 +114,10 @@ nn::Curve curve_of(const nn::FlowReport& report) {
 
 std::string describe(const FlowRequest& request, const std::string& prefix) {
     const LayerConfig& config = request.layer;
-    std::string text = fmt::format("gradient flow of {} ({} layer{}, input {}, hidden {}), T={}, B={}, seed {}", config.cell,
-                                   config.layers, config.layers == 1 ? "" : "s", config.input_size, config.hidden_size,
-                                   request.seq_len, request.batch, request.seed);
+    std::string text = fmt::format("gradient flow of {} ({} layer{}, input {}, hidden {}{}), T={}, B={}, seed {}",
+                                   config.cell, config.layers, config.layers == 1 ? "" : "s", config.input_size,
+                                   config.hidden_size, config.structure_note(), request.seq_len, request.batch,
+                                   request.seed);
     if (!request.state_file.empty()) text += fmt::format(", weights from {} (prefix '{}')", request.state_file, prefix);
     else if (request.forget_bias != 0) text += fmt::format(", forget bias {:g}", request.forget_bias);
     return text;
@@ -172,6 +173,8 @@ json report_json(const FlowRequest& request, const std::string& prefix, const nn
                   {"input_size", config.input_size},
                   {"hidden_size", config.hidden_size},
                   {"layers", config.layers},
+                  {"bias", config.bias},
+                  {"proj_size", config.proj_size},
                   {"seq_len", request.seq_len},
                   {"batch", request.batch},
                   {"seed", request.seed},
@@ -219,11 +222,10 @@ int run_flow(FlowRequest& request) {
         throw CommandError("--forget-bias applies to --cell lstm only (the cells with a forget gate)");
     if (request.forget_bias != 0 && !request.state_file.empty())
         throw CommandError("--forget-bias sets the initial weights; with --state the file's weights are analysed");
-    auto layer = nn::make_recurrent<double>(config.cell, {.input_size = config.input_size,
-                                                          .hidden_size = config.hidden_size,
-                                                          .num_layers = config.layers,
-                                                          .seed = request.seed,
-                                                          .init = {.forget_bias = request.forget_bias}});
+    nn::RecurrentOptions options = config.recurrent_options();
+    options.seed = request.seed;
+    options.init.forget_bias = request.forget_bias;
+    auto layer = nn::make_recurrent<double>(config.cell, options);
     const std::string prefix = request.state_file.empty() ? std::string() : load_layer_state(*layer, request);
 
     Generator generator(request.seed ^ 0x9e3779b97f4a7c15ULL);
@@ -249,6 +251,7 @@ Command add_flow_command(CLI::App& app) {
         "flow", "how the gradient travels back in time: ||dL/dh_t||, sigma_max(dh_T/dh_t), gate saturation");
     add_layer_options(*command, request->layer);
     command->remove_option(command->get_option("--bidirectional"));  // the flow follows one direction
+    add_structure_options(*command, request->layer);
     command->add_option("--seq-len", request->seq_len, "time steps (T)")->required()->check(integer_in(1, max_size));
     command->add_option("--batch", request->batch, "sequences (B)")->capture_default_str()->check(integer_in(1, max_size));
     command->add_option("--state", request->state_file,

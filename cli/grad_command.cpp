@@ -20,12 +20,7 @@ public:
 
     nn::TensorMap operator()() {
         const LayerConfig& config = request_.layer;
-        auto layer = nn::make_recurrent<T>(config.cell, {.input_size = config.input_size,
-                                                          .hidden_size = config.hidden_size,
-                                                          .num_layers = config.layers,
-                                                          .bidirectional = config.bidirectional,
-                                                          .bias = config.bias,
-                                                          .proj_size = config.proj_size});
+        auto layer = nn::make_recurrent<T>(config.cell, config.recurrent_options());
         choose_path(*layer, paths_of(request_.path).front());
         nn::load_state_dict(*layer, data_.state, request_.state_file.string(), /*strict=*/true);
 

@@ -41,13 +41,8 @@ void check_request(const GradcheckRequest& request) {
 
 std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& request, nn::ExecutionPath path) {
     const LayerConfig& config = request.layer;
-    const nn::RecurrentOptions options{.input_size = config.input_size,
-                                       .hidden_size = config.hidden_size,
-                                       .num_layers = config.layers,
-                                       .bidirectional = config.bidirectional,
-                                       .seed = request.seed,
-                                       .bias = config.bias,
-                                       .proj_size = config.proj_size};
+    nn::RecurrentOptions options = config.recurrent_options();
+    options.seed = request.seed;
     auto layer = request.plant_error ? make_layer_with_planted_error(config.cell, options, *request.plant_error)
                                      : nn::make_recurrent<double>(config.cell, options);
     choose_path(*layer, path);

@@ -56,9 +56,10 @@ json per_step_json(nn::ExecutionPath path, const nn::PerStepReport& report) {
 
 std::string describe(const GradcheckRequest& request) {
     const LayerConfig& config = request.layer;
-    std::string text = fmt::format("{} ({} layer{}{}, input {}, hidden {}), T={}, B={}", config.cell, config.layers,
+    std::string text = fmt::format("{} ({} layer{}{}, input {}, hidden {}{}), T={}, B={}", config.cell, config.layers,
                                    config.layers == 1 ? "" : "s", config.bidirectional ? ", bidirectional" : "",
-                                   config.input_size, config.hidden_size, request.seq_len, request.batch);
+                                   config.input_size, config.hidden_size, config.structure_note(), request.seq_len,
+                                   request.batch);
     if (!request.lengths.empty()) text += fmt::format(", lengths {}", fmt::join(request.lengths, ","));
     return text + fmt::format(", seed {}", request.seed);
 }
@@ -108,6 +109,8 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
                         {"hidden_size", config.hidden_size},
                         {"layers", config.layers},
                         {"bidirectional", config.bidirectional},
+                        {"bias", config.bias},
+                        {"proj_size", config.proj_size},
                         {"seq_len", request.seq_len},
                         {"batch", request.batch},
                         {"lengths", request.lengths},

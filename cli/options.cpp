@@ -6,6 +6,7 @@
 #include <limits>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <rewind/autograd/gemm.hpp>
 
 #include "commands.hpp"
@@ -85,17 +86,31 @@ void add_layer_options(CLI::App& command, LayerConfig& config) {
     command.add_flag("--bidirectional", config.bidirectional, "run both directions (D = 2)");
 }
 
-void add_structure_options(CLI::App& command, LayerConfig& config) {
-    command.add_flag("--no-bias{false}", config.bias, "no bias_ih, bias_hh (PyTorch's bias=False)");
-    command.add_option("--proj-size", config.proj_size, "LSTM with projections: h has this many units (< H)")
+void add_bias_and_projection_options(CLI::App& command, bool& bias, std::size_t& proj_size) {
+    command.add_flag("--no-bias{false}", bias, "no bias_ih, bias_hh (PyTorch's bias=False)");
+    command.add_option("--proj-size", proj_size, "LSTM with projections: h has this many units (< H)")
         ->check(CLI::PositiveNumber);
-    command.callback([&config] {
-        if (config.proj_size > 0 && config.cell != "lstm")
-            throw CLI::ValidationError("--proj-size", "applies to --cell lstm only, got --cell " + config.cell);
-        if (config.proj_size >= config.hidden_size && config.proj_size > 0)
-            throw CLI::ValidationError("--proj-size", "must be smaller than --hidden-size " +
-                                                          std::to_string(config.hidden_size));
-    });
+}
+
+void add_structure_options(CLI::App& command, LayerConfig& config) {
+    add_bias_and_projection_options(command, config.bias, config.proj_size);
+    command.callback([&config] { check_projection(config.cell, config.hidden_size, config.proj_size); });
+}
+
+std::vector<std::string> cells_with_projection() {
+    std::vector<std::string> names;
+    for (const auto& info : nn::cell_table())
+        if (info.supports_projection) names.push_back(info.name);
+    return names;
+}
+
+void check_projection(const std::string& cell, std::size_t hidden_size, std::size_t proj_size) {
+    if (proj_size == 0) return;
+    if (!nn::cell_info(cell).supports_projection)
+        throw CLI::ValidationError("--proj-size", fmt::format("applies to --cell {} only, got --cell {}",
+                                                              fmt::join(cells_with_projection(), " or "), cell));
+    if (proj_size >= hidden_size)
+        throw CLI::ValidationError("--proj-size", "must be smaller than --hidden-size " + std::to_string(hidden_size));
 }
 
 }  // namespace rw::cli

@@ -67,7 +67,7 @@ inline rw::GradcheckReport gradcheck_layer(rw::nn::Recurrent<double>& layer, std
     std::vector<rw::Tensor<double>> initial;
     if (given_initial_state)
         for (std::size_t s = 0; s < layer.state_names().size(); ++s) {
-            const rw::Shape shape{options.num_layers * layer.num_directions(), batch, options.hidden_size};
+            const rw::Shape shape{options.num_layers * layer.num_directions(), batch, layer.state_size(s)};
             initial.emplace_back(uniform_array<double>(shape, generator, 0.5), true);
         }
     return rw::nn::gradcheck_layer(layer, x, initial, lengths);

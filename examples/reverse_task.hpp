@@ -1,7 +1,8 @@
 #pragma once
-// The sequence-reversal task shared by rewind-demo and train_reverse: the model reads `length`
-// symbols (of `vocab`), then during `length` blank steps must emit them backwards. It needs
-// memory over the whole sequence and its answer is checkable, so accuracy means something.
+// The sequence-reversal task shared by rewind-demo, train_reverse and the training tests
+// (tests/test_checkpoint.cpp): the model reads `length` symbols (of `vocab`), then during `length`
+// blank steps must emit them backwards. It needs memory over the whole sequence and its answer is
+// checkable, so accuracy means something.
 
 #include <algorithm>
 #include <cstdint>
@@ -43,22 +44,36 @@ inline Batch random_batch(const Task& task, rw::Generator& data) {
     return batch;
 }
 
-// Embedding -> LSTM -> Linear, registered as children so that named_parameters(), optimizers
-// and checkpoints see one model.
+struct ModelOptions {
+    std::size_t embed = 16, hidden = 48;
+    double dropout = 0.0;      // on the embeddings, in training mode
+    double variational = 0.0;  // variational dropout of the LSTM's input and recurrent h (Gal & Ghahramani)
+};
+
+// Embedding -> Dropout -> LSTM -> Linear, registered as children so that named_parameters(),
+// optimizers and checkpoints see one model; the dropouts' masks come from model.dropout's and
+// model.lstm's generators (a checkpoint that resumes exactly saves those too).
 struct Model : rw::nn::Module<float> {
-    Model(const Task& task, std::size_t embed, std::size_t hidden, std::uint64_t seed) {
+    Model(const Task& task, const ModelOptions& options, std::uint64_t seed) {
         rw::Generator init(seed);
-        embedding = register_module("embedding", std::make_shared<rw::nn::Embedding<float>>(task.vocab + 1, embed, init));
-        lstm = register_module("lstm", rw::nn::make_lstm<float>({.input_size = embed, .hidden_size = hidden, .seed = seed + 1}));
-        head = register_module("head", std::make_shared<rw::nn::Linear<float>>(hidden, task.vocab, init));
+        embedding =
+            register_module("embedding", std::make_shared<rw::nn::Embedding<float>>(task.vocab + 1, options.embed, init));
+        dropout = register_module("dropout", std::make_shared<rw::nn::Dropout<float>>(options.dropout, seed + 2));
+        const rw::nn::RecurrentOptions recurrent{.input_size = options.embed, .hidden_size = options.hidden, .seed = seed + 1};
+        lstm = register_module("lstm", options.variational > 0
+                                           ? rw::nn::make_variational_recurrent<float>(
+                                                 "lstm", recurrent, {options.variational, options.variational})
+                                           : rw::nn::make_lstm<float>(recurrent));
+        head = register_module("head", std::make_shared<rw::nn::Linear<float>>(options.hidden, task.vocab, init));
     }
     rw::Tensor<float> logits(const Batch& batch) const {
-        return head->forward(lstm->forward(embedding->forward(batch.inputs)).output);
+        return head->forward(lstm->forward(dropout->forward(embedding->forward(batch.inputs))).output);
     }
     rw::Tensor<float> loss(const Batch& batch) const {
         return rw::nn::sequence_cross_entropy(logits(batch), batch.targets, std::optional<xt::xarray<float>>(batch.mask));
     }
     std::shared_ptr<rw::nn::Embedding<float>> embedding;
+    std::shared_ptr<rw::nn::Dropout<float>> dropout;
     std::shared_ptr<rw::nn::Recurrent<float>> lstm;
     std::shared_ptr<rw::nn::Linear<float>> head;
 };

@@ -63,7 +63,7 @@ int main(int argc, char** argv) {
     examples::apply(common);
 
     // ---- 1. training ----
-    reverse::Model model(task, 16, hidden, common.seed);
+    reverse::Model model(task, {.embed = 16, .hidden = hidden}, common.seed);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = lr});
     Generator data(common.seed + 100);
     std::size_t parameter_count = 0;

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
     examples::apply(common);
 
     const reverse::Task task;
-    reverse::Model model(task, 16, 48, common.seed);
+    reverse::Model model(task, {.embed = 16, .hidden = 48}, common.seed);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = 0.01});
     CosineAnnealing schedule(adam, steps, 1e-4);
     Generator data(common.seed + 100);

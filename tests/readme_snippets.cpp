@@ -74,6 +74,7 @@ BOOST_AUTO_TEST_CASE(the_projections_snippet_has_the_shapes_it_states) {
     const auto result = projected->forward(Tensor<double>::ones({5, 3, 8}));
     BOOST_TEST(result.h_n().shape() == (Shape{2, 3, 4}));
     BOOST_TEST(result.c_n().shape() == (Shape{2, 3, 16}));
+    BOOST_TEST(projected->uses_fused(), projected->path_note());  // the README: "runs on the fused path too"
     BOOST_TEST(!projected->named_parameters().empty());
     for (const auto& [name, parameter] : projected->named_parameters()) BOOST_TEST(name.rfind("bias", 0) != 0, name);
 }

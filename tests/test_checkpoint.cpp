@@ -14,11 +14,13 @@ BOOST_AUTO_TEST_SUITE(training)
 // ---- checkpoints ----
 
 BOOST_AUTO_TEST_CASE(resume_from_a_checkpoint_is_bit_exact) {
-    const ReverserConfig config{.embedding = 8, .hidden = 12, .dropout = 0.2, .variational = 0.2};
+    const reverse::ModelOptions config{.embed = 8, .hidden = 12, .dropout = 0.2, .variational = 0.2};
     const std::size_t steps = 10, batch = 8;
-    auto make = [&](std::uint64_t seed) { return std::make_unique<Reverser>(config, seed); };
-    auto adam_for = [](Reverser& model) { return std::make_unique<Adam<float>>(model.named_parameters(), AdamOptions{.lr = 0.01}); };
-    auto checkpoint_of = [](Reverser& model, Optimizer<float>& optimizer, Scheduler& scheduler, Generator& data) {
+    auto make = [&](std::uint64_t seed) { return make_reverser(config, seed); };
+    auto adam_for = [](reverse::Model& model) {
+        return std::make_unique<Adam<float>>(model.named_parameters(), AdamOptions{.lr = 0.01});
+    };
+    auto checkpoint_of = [](reverse::Model& model, Optimizer<float>& optimizer, Scheduler& scheduler, Generator& data) {
         Checkpoint<float> checkpoint(model);
         checkpoint.with(optimizer).with(scheduler).with("data", data);
         checkpoint.with("dropout", model.dropout->generator()).with("lstm", model.lstm->generator());
@@ -69,8 +71,8 @@ BOOST_AUTO_TEST_CASE(resume_from_a_checkpoint_is_bit_exact) {
 }
 
 BOOST_AUTO_TEST_CASE(a_failed_checkpoint_load_changes_nothing) {
-    const ReverserConfig config{.embedding = 4, .hidden = 6};
-    Reverser saved(config, 1);
+    const reverse::ModelOptions config{.embed = 4, .hidden = 6};
+    reverse::Model saved(reverse::Task{}, config, 1);
     Adam<float> adam(saved.named_parameters(), AdamOptions{.lr = 0.01});
     Generator data(1);
     train_step(saved, adam, data, 4);
@@ -79,7 +81,7 @@ BOOST_AUTO_TEST_CASE(a_failed_checkpoint_load_changes_nothing) {
     Checkpoint<float>(saved).with(adam).save(file);
 
     // The model part of the file would load, the optimizer part (Adam into SGD) would not.
-    Reverser target(config, 2);
+    reverse::Model target(reverse::Task{}, config, 2);
     SGD<float> sgd(target.named_parameters(), {.lr = 0.1, .momentum = 0.9});
     train_step(target, sgd, data, 4);
     const TensorMap weights_before = state_dict(target);
@@ -99,7 +101,7 @@ BOOST_AUTO_TEST_CASE(a_failed_checkpoint_load_changes_nothing) {
 // ---- learning: an LSTM learns to reverse sequences ----
 
 BOOST_AUTO_TEST_CASE(lstm_learns_to_reverse_with_sgd_momentum) {
-    Reverser model({}, 11);
+    reverse::Model model(reverse::Task{}, {}, 11);
     SGD<float> sgd(model.named_parameters(), {.lr = 0.5, .momentum = 0.9});
     const Learned learned = learn_to_reverse(model, sgd, 0.01, 3000);
     BOOST_TEST(learned.loss < 0.01);
@@ -107,7 +109,7 @@ BOOST_AUTO_TEST_CASE(lstm_learns_to_reverse_with_sgd_momentum) {
 }
 
 BOOST_AUTO_TEST_CASE(lstm_learns_to_reverse_with_adam) {
-    Reverser model({}, 12);
+    reverse::Model model(reverse::Task{}, {}, 12);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = 0.01});
     const Learned learned = learn_to_reverse(model, adam, 0.01, 3000);
     BOOST_TEST(learned.loss < 0.01);
@@ -115,7 +117,7 @@ BOOST_AUTO_TEST_CASE(lstm_learns_to_reverse_with_adam) {
 }
 
 BOOST_AUTO_TEST_CASE(lstm_learns_to_reverse_with_adamw) {
-    Reverser model({}, 13);
+    reverse::Model model(reverse::Task{}, {}, 13);
     AdamWOptions options;
     options.lr = 0.01;
     AdamW<float> adamw(model.named_parameters(), options);

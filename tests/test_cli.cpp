@@ -202,16 +202,34 @@ BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_reports_each) {
     BOOST_TEST(run.out.find("fused vs generic analytic gradients: max relative difference") != std::string::npos, run.out);
 }
 
-BOOST_AUTO_TEST_CASE(gradcheck_of_a_projected_lstm_says_that_its_fused_path_ran_step) {
+BOOST_AUTO_TEST_CASE(gradcheck_of_a_projected_lstm_runs_its_fused_path) {
     TempDir dir;
     const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "3",
                                   "--proj-size", "2", "--no-bias", "--seq-len", "4", "--batch", "2", "--path", "both"});
     BOOST_TEST(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    BOOST_TEST(run.out.find("hidden 3, no bias, proj_size 2") != std::string::npos, run.out);
     BOOST_TEST(run.out.find("weight_hr_l0") != std::string::npos, run.out);
     BOOST_TEST(run.out.find("bias_ih_l0") == std::string::npos, run.out);
-    BOOST_TEST(run.out.find("note: the fused path ran step(): layer 0 direction 0: an LSTM with proj_size") !=
-                   std::string::npos,
-               run.out);
+    BOOST_TEST(run.out.find("ran step()") == std::string::npos, run.out);  // the fused path really ran
+    const Run json_run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "4",
+                                       "--proj-size", "2", "--layers", "2", "--bidirectional", "--seq-len", "5",
+                                       "--batch", "3", "--lengths", "5,2,4", "--path", "both", "--json"});
+    BOOST_TEST_REQUIRE(json_run.exit_code == 0, json_run.err);
+    const json report = json::parse(json_run.out);
+    BOOST_TEST(report.at("config").at("proj_size").get<int>() == 2);
+    BOOST_TEST(report.at("paths_agreement").at("max_rel_difference").get<double>() <= 1e-12, json_run.out);
+}
+
+BOOST_AUTO_TEST_CASE(every_command_that_builds_a_layer_takes_the_same_layer_options) {
+    TempDir dir;
+    for (const std::string command : {"grad", "gradcheck", "bench", "flow", "check-fused"}) {
+        BOOST_TEST_CONTEXT(command) {
+            const Run help = run_cli(dir, {command, "--help"});
+            BOOST_TEST(help.exit_code == 0, help.err);
+            for (const char* option : {"--no-bias", "--proj-size"})
+                BOOST_TEST(help.out.find(option) != std::string::npos, option << " missing from:\n" << help.out);
+        }
+    }
 }
 
 BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_finds_them_equal_to_round_off) {
@@ -251,6 +269,33 @@ BOOST_AUTO_TEST_CASE(bench_json_reports_every_path_and_the_onednn_peer) {
             BOOST_TEST(report.at("onednn_dx_max_abs_diff").get<double>() < 1e-4);
         }
     }
+}
+
+BOOST_AUTO_TEST_CASE(bench_times_a_projected_lstm_on_both_paths) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"bench", "--cell", "lstm", "--seq-len", "4", "--batch", "3", "--input-size", "5",
+                                  "--hidden-size", "6", "--proj-size", "3", "--repeats", "2", "--peer", "onednn", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(report.at("fused_ran").get<bool>(), run.out);
+    BOOST_TEST(report.at("proj_size").get<int>() == 3);
+    BOOST_TEST(report.at("generic_ms").get<double>() > 0);
+    BOOST_TEST(report.at("saved_bytes_per_step").get<std::size_t>() == 3u * (24 + 3 + 6 + 6) * 4);  // gates, h, c, m
+    BOOST_TEST(report.at("peer_note").get<std::string>().find("without projections") != std::string::npos, run.out);
+}
+
+BOOST_AUTO_TEST_CASE(check_fused_checks_the_projected_lstm_with_proj_size) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"check-fused", "--proj-size", "2", "--no-bias", "--seq-len", "4", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.out << run.err);
+    const json report = json::parse(run.out);  // one line: the only cell with projections
+    BOOST_TEST(report.at("cell").get<std::string>() == "lstm");
+    BOOST_TEST(report.at("passed").get<bool>());
+    BOOST_TEST(report.at("forward").at("gradients").contains("weight_hr"));
+    BOOST_TEST(!report.at("forward").at("gradients").contains("bias_ih"));
+    const Run gru = run_cli(dir, {"check-fused", "--cell", "gru", "--proj-size", "2"});
+    BOOST_TEST(gru.exit_code == 2);
+    BOOST_TEST(gru.err.find("--proj-size: applies to --cell lstm only, got --cell gru") != std::string::npos, gru.err);
 }
 
 BOOST_AUTO_TEST_CASE(check_fused_passes_every_built_in_cell_per_step) {

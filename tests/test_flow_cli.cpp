@@ -100,6 +100,24 @@ BOOST_AUTO_TEST_CASE(writes_every_step_to_csv_and_draws_the_plot) {
     BOOST_TEST(run.out.find("per-step decay factor") != std::string::npos);
 }
 
+BOOST_AUTO_TEST_CASE(takes_the_structure_options_of_the_other_commands) {
+    TempDir dir;
+    const Run projected = run_cli(dir, flow_args("lstm", 12, {"--proj-size", "4", "--layers", "2", "--sigma-steps", "3"}));
+    BOOST_TEST_REQUIRE(projected.exit_code == 0, projected.err);
+    const json p = json::parse(projected.out);
+    BOOST_TEST(p["config"]["proj_size"].get<int>() == 4);
+    BOOST_TEST(p["layers"].size() == 2u);
+    BOOST_TEST(p["layers"][1]["grad_norm"].size() == 12u);
+    BOOST_TEST(p["layers"][1]["gates"].size() == 4u);  // saturation from the 16 gate units, h of 4
+    BOOST_TEST(p["singular_value"][11].get<double>() == 1.0, boost::test_tools::tolerance(1e-12));  // dh_T/dh_T, P x P
+    const Run unbiased = run_cli(dir, flow_args("gru", 6, {"--no-bias"}));
+    BOOST_TEST_REQUIRE(unbiased.exit_code == 0, unbiased.err);
+    BOOST_TEST(!json::parse(unbiased.out)["config"]["bias"].get<bool>());
+    const Run gru = run_cli(dir, flow_args("gru", 5, {"--proj-size", "2"}));
+    BOOST_TEST(gru.exit_code == 2);
+    BOOST_TEST(gru.err.find("--proj-size: applies to --cell lstm only") != std::string::npos, gru.err);
+}
+
 BOOST_AUTO_TEST_CASE(refuses_options_that_do_not_apply) {
     TempDir dir;
     const Run bias = run_cli(dir, flow_args("gru", 5, {"--forget-bias", "3"}));

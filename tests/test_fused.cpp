@@ -43,6 +43,9 @@ CellFactory<T> factory_of(const std::string& cell, const CellInit& init = {}, co
 // PyTorch's bias option exists for the built-in cells, not for the examples' cells.
 bool has_bias_option(const std::string& cell) { return cell != "mgu" && cell != "indrnn"; }
 
+// The table's entry of a built-in cell; null for the examples' cells.
+const CellInfo* cell_info_or_null(const std::string& cell) { return has_bias_option(cell) ? &cell_info(cell) : nullptr; }
+
 struct Config {
     std::string cell;
     std::size_t layers = 1;
@@ -56,11 +59,13 @@ struct Config {
     bool use_output = true, use_h = true, use_c = true;
     bool x_requires_grad = true;
     bool bias = true;
+    std::size_t proj_size = 0;  // LSTM only: h projected to this width by the driver's projection GEMM
 
     std::string to_string() const {
-        return fmt::format("{}{} L={} {} T={} B={} I={} H={} lengths={} state={} {}{} loss:{}{}{}", cell,
+        return fmt::format("{}{} L={} {} T={} B={} I={} H={}{} lengths={} state={} {}{} loss:{}{}{}", cell,
                            bias ? "" : " no-bias", layers,
                            bidirectional ? "bi" : "uni", steps, batch, input, hidden,
+                           proj_size > 0 ? fmt::format(" P={}", proj_size) : "",
                            lengths.empty() ? std::string("none") : fmt::format("{}", fmt::join(lengths, ",")),
                            given_state ? "given" : (initial == InitialState::learned ? "learned" : "zeros"),
                            batch_first ? "batch_first " : "", x_requires_grad ? "" : "x-no-grad ",
@@ -97,6 +102,7 @@ Config random_config(Generator& g, std::size_t max_steps = 50) {
     c.use_c = loss != 3;
     if (loss == 4) c.use_h = c.use_c = false;
     c.bias = pick(0, 3) != 0 || !has_bias_option(c.cell);
+    if (c.cell == "lstm" && c.hidden > 1 && pick(0, 2) == 0) c.proj_size = pick(1, c.hidden - 1);
     return c;
 }
 
@@ -116,7 +122,7 @@ RunResult<T> run(Recurrent<T>& layer, const Config& c, std::uint64_t seed) {
     std::vector<Tensor<T>> initial;
     if (c.given_state)
         for (std::size_t s = 0; s < layer.state_names().size(); ++s)
-            initial.push_back(random_tensor<T>({c.layers * directions, c.batch, c.hidden}, g, 0.8, true));
+            initial.push_back(random_tensor<T>({c.layers * directions, c.batch, layer.state_size(s)}, g, 0.8, true));
     std::optional<std::vector<std::int64_t>> lengths;
     if (!c.lengths.empty()) lengths = c.lengths;
 
@@ -167,7 +173,8 @@ template <class T>
 std::shared_ptr<Recurrent<T>> make_layer(const Config& c, ExecutionPath path, std::uint64_t seed, double dropout = 0) {
     RecurrentOptions options{.input_size = c.input, .hidden_size = c.hidden, .num_layers = c.layers,
                              .bidirectional = c.bidirectional, .dropout = dropout, .batch_first = c.batch_first,
-                             .initial_state = c.initial, .path = path, .seed = seed, .bias = c.bias};
+                             .initial_state = c.initial, .path = path, .seed = seed, .bias = c.bias,
+                             .proj_size = c.proj_size};
     auto layer = std::make_shared<Recurrent<T>>(factory_of<T>(c.cell, {}, options.cell_options()), options);
     if (c.initial == InitialState::learned) {
         // Non-zero learned states, so their gradients are tested on a non-trivial point.
@@ -225,12 +232,15 @@ template <class T>
 void property_test(std::size_t cases, std::uint64_t seed, double tolerance) {
     Generator g(seed);
     double worst = 0;
+    std::size_t projected = 0;
     for (std::size_t i = 0; i < cases; ++i) {
         Config c = random_config(g);
+        projected += c.proj_size > 0;
         worst = std::max(worst, compare_paths<T>(c, seed * 1000 + i, tolerance));
     }
-    BOOST_TEST_MESSAGE(fmt::format("{} configurations, worst relative difference {:.3g} (tolerance {:.0e})", cases,
-                                   worst, tolerance));
+    BOOST_TEST(projected > 0u);  // the draw reaches the output projection
+    BOOST_TEST_MESSAGE(fmt::format("{} configurations ({} with proj_size), worst relative difference {:.3g} (tolerance {:.0e})",
+                                   cases, projected, worst, tolerance));
 }
 
 // The cases that the random draw might miss, run explicitly in both precisions.
@@ -244,6 +254,12 @@ std::vector<Config> corner_cases() {
         c.input = 1;
         c.hidden = 1;
         list.push_back(c);  // the smallest layer
+        if (cell_info_or_null(cell) && cell_info_or_null(cell)->supports_projection) {
+            c.hidden = 2;
+            c.proj_size = 1;
+            list.push_back(c);  // the smallest projected layer
+            c.proj_size = 0;
+        }
         c.steps = 7;
         c.batch = 5;
         c.input = 17;
@@ -257,6 +273,11 @@ std::vector<Config> corner_cases() {
             c.bias = false;
             list.push_back(c);  // the same without biases (GRU's rule then has no b_hn)
             c.bias = true;
+        }
+        if (cell_info_or_null(cell) && cell_info_or_null(cell)->supports_projection) {
+            c.proj_size = 5;
+            list.push_back(c);  // the output projection: h of 5 units, odd against both SIMD widths
+            c.proj_size = 0;
         }
         c.lengths = {1, 1, 1, 1, 1};
         list.push_back(c);  // every sequence one step long
@@ -330,6 +351,7 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         std::vector<std::int64_t> lengths;
         bool given_state;
         bool bias = true;
+        std::size_t proj_size = 0;
     };
     const std::vector<Case> cases{
         {"lstm", 1, false, {}, false},        {"gru", 1, false, {}, true},
@@ -338,26 +360,29 @@ BOOST_AUTO_TEST_CASE(gradcheck_passes_on_the_fused_path) {
         {"mgu", 2, true, {2, 4, 1}, true},    {"indrnn", 2, true, {3, 4, 1}, true},
         {"rnn_tanh", 1, true, {}, true, false}, {"lstm", 2, false, {4, 2, 3}, true, false},
         {"gru", 2, true, {2, 4, 1}, true, false},
+        // The output projection: dW_hr and dm = dh' W_hr in the driver, h0 of width P.
+        {"lstm", 2, true, {4, 2, 3}, true, true, 2}, {"lstm", 3, false, {}, true, false, 3},
     };
     for (const auto& k : cases) {
         const std::size_t steps = 4, batch = k.lengths.empty() ? 2 : k.lengths.size(), input = 3, hidden = 5;
         const RecurrentOptions options{.input_size = input, .hidden_size = hidden, .num_layers = k.layers,
                                        .bidirectional = k.bidirectional, .path = ExecutionPath::fused, .seed = 7,
-                                       .bias = k.bias};
+                                       .bias = k.bias, .proj_size = k.proj_size};
         auto layer = std::make_shared<Recurrent<double>>(factory_of<double>(k.cell, {}, options.cell_options()), options);
         Generator g(11);
         const Tensor<double> x = random_tensor<double>({steps, batch, input}, g, 1.0, true);
         std::vector<Tensor<double>> initial;
         if (k.given_state)
             for (std::size_t s = 0; s < layer->state_names().size(); ++s)
-                initial.push_back(random_tensor<double>({k.layers * (k.bidirectional ? 2 : 1), batch, hidden}, g, 0.5, true));
+                initial.push_back(
+                    random_tensor<double>({k.layers * (k.bidirectional ? 2 : 1), batch, layer->state_size(s)}, g, 0.5, true));
         std::optional<std::vector<std::int64_t>> lengths;
         if (!k.lengths.empty()) lengths = k.lengths;
         BOOST_REQUIRE(layer->options().path == ExecutionPath::fused);
         GradcheckReport report = gradcheck_layer(*layer, x, initial, lengths);
         BOOST_TEST(layer->uses_fused());
         BOOST_TEST(report.passed, k.cell << " L=" << k.layers << (k.bidirectional ? " bi" : "")
-                                         << (k.bias ? "" : " no-bias") << ":\n"
+                                         << (k.bias ? "" : " no-bias") << " P=" << k.proj_size << ":\n"
                                          << report.to_string());
     }
 }
@@ -451,6 +476,10 @@ BOOST_AUTO_TEST_CASE(saved_bytes_per_step_counts_what_backward_keeps) {
     BOOST_TEST(fused::saved_bytes_per_step(cell_info("lstm").layout, 2, 10, 4) == 2u * (40 + 10 + 10) * 4);
     BOOST_TEST(fused::saved_bytes_per_step(cell_info("gru").layout, 2, 10, 8) == 2u * (30 + 10 + 10) * 8);
     BOOST_TEST(fused::saved_bytes_per_step(cell_info("rnn_tanh").layout, 1, 10, 4) == (10u + 10) * 4);
+    // With a projection to P = 3: h before the step has 3 units, and m [H] is kept for dW_hr.
+    fused::CellLayout projected = cell_info("lstm").layout;
+    projected.projection = true;
+    BOOST_TEST(fused::saved_bytes_per_step(projected, 2, 10, 4, false, 3) == 2u * (40 + 3 + 10 + 10) * 4);
 }
 
 // An LSTM's rules under a layout that does not fit its weights.
@@ -536,18 +565,23 @@ BOOST_AUTO_TEST_CASE(fused_on_a_cell_without_rules_runs_step_and_says_so) {
     BOOST_TEST(layer.path_note().empty());
 }
 
-BOOST_AUTO_TEST_CASE(an_lstm_with_proj_size_runs_step_on_the_fused_path_and_says_so) {
+BOOST_AUTO_TEST_CASE(an_lstm_with_proj_size_runs_on_the_fused_path_with_weight_hr_as_an_input) {
     auto layer = make_lstm<double>({.input_size = 3, .hidden_size = 4, .num_layers = 2, .bidirectional = true,
                                     .path = ExecutionPath::fused, .proj_size = 2});
-    const auto result = layer->forward(Tensor<double>::ones({5, 2, 3}));
-    BOOST_TEST(!layer->uses_fused());
-    BOOST_TEST(layer->path_note() ==
-                   "layer 0 direction 0: an LSTM with proj_size has no fused rules (its projection runs on the generic path)",
-               layer->path_note());
-    BOOST_TEST(result.output.shape() == Shape({5, 2, 4}));
-    auto plain = make_lstm<double>({.input_size = 3, .hidden_size = 4, .path = ExecutionPath::fused});
-    plain->forward(Tensor<double>::ones({5, 2, 3}));
-    BOOST_TEST(plain->uses_fused());
+    Generator g(2);
+    const auto result = layer->forward(random_tensor<double>({5, 2, 3}, g, 1.0, true));
+    BOOST_TEST(layer->uses_fused());
+    BOOST_TEST(layer->path_note().empty(), layer->path_note());
+    BOOST_TEST(result.output.shape() == Shape({5, 2, 4}));  // D * proj_size
+    BOOST_TEST(result.h_n().shape() == Shape({4, 2, 2}));
+    BOOST_TEST(result.c_n().shape() == Shape({4, 2, 4}));
+    // One op per layer and direction, with weight_hr among its inputs: x, 4 parameters, weight_hr, h0, c0.
+    auto one = make_lstm<double>({.input_size = 3, .hidden_size = 4, .proj_size = 2});
+    const auto output = one->forward(random_tensor<double>({5, 2, 3}, g, 1.0, true)).output;
+    BOOST_REQUIRE(output.grad_fn());
+    BOOST_TEST(output.grad_fn()->name() == "fused_lstm");
+    BOOST_TEST(output.grad_fn()->inputs().size() == 8u);
+    BOOST_TEST(output.grad_fn()->inputs().at(5).shape() == Shape({2, 4}));  // weight_hr [P, H]
 }
 
 BOOST_AUTO_TEST_CASE(the_graph_keeps_the_cells_rules_alive_past_the_layer) {
@@ -583,8 +617,14 @@ BOOST_AUTO_TEST_CASE(the_table_of_cells_matches_the_cells_it_makes) {
             BOOST_TEST(cell->kind() == info.name);
             BOOST_TEST(cell->state_names() == info.state_names);
             BOOST_TEST(cell->named_parameters().at(0).second.size(0) == info.gates * 5);
+            // Projections where the cell narrows h for proj_size; its rules then say so in the layout.
+            const auto projected = cell_factory<float>(info.name, {}, {.proj_size = 2})(3, 5, g);
+            BOOST_TEST(info.supports_projection == (projected->state_size(0) == 2));
+            BOOST_TEST(projected->usable_fused_rules()->layout().projection == info.supports_projection);
         }
     }
+    BOOST_TEST(cell_info("lstm").supports_projection);
+    BOOST_TEST(!cell_info("gru").supports_projection);
     BOOST_CHECK_EXCEPTION(cell_info("mgu"), std::invalid_argument, [](const std::invalid_argument& e) {
         return std::string(e.what()).find("rnn_tanh, rnn_relu, lstm, gru") != std::string::npos;
     });

@@ -4,6 +4,8 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <algorithm>
+
 #include <rewind/nn.hpp>
 
 using namespace rw;
@@ -60,6 +62,27 @@ BOOST_AUTO_TEST_CASE(every_built_in_cell_agrees_with_its_step) {
         // Every state and gate block is reported at every step.
         BOOST_TEST(report.directions[0].steps[0].backward.size() == info.gates + info.state_names.size());
     }
+}
+
+BOOST_AUTO_TEST_CASE(a_projected_lstm_agrees_with_its_step_with_h_at_its_own_width) {
+    Generator g(3);
+    const LSTMCell<double> cell(4, 5, g, {}, {.proj_size = 2});
+    const FusedCheckReport report = check_fused_cell(cell, {.steps = 6, .batch = 4});
+    BOOST_TEST(report.passed, report.to_string());
+    // weight_hr's gradient (the driver's dW_proj) is compared with the others.
+    const auto& gradients = report.directions[0].gradients;
+    BOOST_TEST((std::find_if(gradients.begin(), gradients.end(), [](const auto& d) { return d.tensor == "weight_hr"; }) !=
+                gradients.end()));
+}
+
+BOOST_AUTO_TEST_CASE(a_mistake_under_a_projection_is_still_named) {
+    Generator g(1);
+    const ForgetSignFlipped cell(3, 4, g, {}, {.proj_size = 2});
+    const FusedCheckReport report = check_fused_cell(cell, {.steps = 5, .batch = 3});
+    BOOST_TEST(!report.passed);
+    BOOST_TEST(report.pass == "backward");
+    BOOST_TEST(report.step == 4u);
+    BOOST_TEST(report.tensor == "gate forget");
 }
 
 BOOST_AUTO_TEST_CASE(a_flipped_sign_in_a_gate_derivative_is_named_at_the_last_step) {

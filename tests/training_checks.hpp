@@ -1,6 +1,7 @@
 #pragma once
 // What the training tests share (test_optim, test_tbptt, test_layers, test_checkpoint): the
-// reversal task and its model, optimizer fixtures, a TBPTT stream, a probe cell, temp files.
+// reversal task and its model (examples/reverse_task.hpp's), optimizer fixtures, a TBPTT stream,
+// a probe cell, temp files.
 
 #include <boost/test/unit_test.hpp>
 #include <chrono>
@@ -23,6 +24,7 @@
 #include <rewind/nn/train/schedule.hpp>
 #include <rewind/nn/io/state_dict.hpp>
 #include <rewind/nn/train/tbptt.hpp>
+#include "reverse_task.hpp"  // examples/: the reverse task's model, public API only
 #include "test_helpers.hpp"
 
 namespace rw::training_checks {
@@ -48,73 +50,21 @@ struct TempFile {
     fs::path path;
 };
 
-// ---- the reverse task: read L symbols, then emit them backwards during L blank steps ----
+// ---- the reverse task and its model: examples/reverse_task.hpp, as the examples use them ----
 
-constexpr std::size_t kLength = 5, kVocab = 6;
+namespace reverse = examples::reverse;
 
-struct ReverseBatch {
-    xt::xarray<std::int64_t> inputs, targets;  // [2L, B]
-    xt::xarray<float> mask;                     // [2L, B]: 1 on the answer steps
-};
-
-inline ReverseBatch reverse_batch(std::size_t batch, Generator& data) {
-    ReverseBatch out{xt::xarray<std::int64_t>::from_shape({2 * kLength, batch}),
-                     xt::xarray<std::int64_t>::from_shape({2 * kLength, batch}), xt::zeros<float>({2 * kLength, batch})};
-    for (std::size_t b = 0; b < batch; ++b)
-        for (std::size_t t = 0; t < kLength; ++t) {
-            const auto symbol = std::int64_t(std::min(kVocab - 1, std::size_t(data.uniform() * kVocab)));
-            out.inputs(t, b) = symbol;
-            out.inputs(kLength + t, b) = kVocab;  // the blank token
-            out.targets(t, b) = -1;               // padding, masked out
-            out.targets(2 * kLength - 1 - t, b) = symbol;
-            out.mask(kLength + t, b) = 1;
-        }
-    return out;
+// The task with `batch` sequences (5 symbols of 6, the examples' default).
+inline reverse::Batch reverse_batch(std::size_t batch, Generator& data) {
+    return reverse::random_batch(reverse::Task{.batch = batch}, data);
 }
 
-struct ReverserConfig {
-    std::size_t embedding = 16, hidden = 48;
-    double dropout = 0.0;      // on the embeddings
-    double variational = 0.0;  // on the LSTM's input and recurrent h
-};
-
-// Embedding -> Dropout -> LSTM -> Linear.
-struct Reverser : Module<float> {
-    Reverser(const ReverserConfig& config, std::uint64_t seed) {
-        Generator generator(seed);
-        embedding = register_module("embedding", std::make_shared<Embedding<float>>(kVocab + 1, config.embedding, generator));
-        dropout = register_module("dropout", std::make_shared<Dropout<float>>(config.dropout, seed + 1));
-        const RecurrentOptions options{.input_size = config.embedding, .hidden_size = config.hidden, .seed = seed + 2};
-        lstm = register_module("lstm", config.variational > 0
-                                           ? make_variational_recurrent<float>("lstm", options, {config.variational, config.variational})
-                                           : make_lstm<float>(options));
-        head = register_module("head", std::make_shared<Linear<float>>(config.hidden, kVocab, generator));
-    }
-    Tensor<float> loss(const ReverseBatch& batch) {
-        const Tensor<float> x = dropout->forward(embedding->forward(batch.inputs));
-        return sequence_cross_entropy(head->forward(lstm->forward(x).output), batch.targets,
-                                      std::optional<xt::xarray<float>>(batch.mask));
-    }
-    double accuracy(const ReverseBatch& batch) {
-        NoGradGuard no_grad;
-        const auto logits = head->forward(lstm->forward(embedding->forward(batch.inputs)).output).value();
-        double right = 0, total = 0;
-        for (std::size_t t = kLength; t < 2 * kLength; ++t)
-            for (std::size_t b = 0; b < batch.inputs.shape()[1]; ++b) {
-                auto row = xt::view(logits, t, b, xt::all());
-                right += std::int64_t(xt::argmax(row)()) == batch.targets(t, b);
-                ++total;
-            }
-        return right / total;
-    }
-    std::shared_ptr<Embedding<float>> embedding;
-    std::shared_ptr<Dropout<float>> dropout;
-    std::shared_ptr<Recurrent<float>> lstm;
-    std::shared_ptr<Linear<float>> head;
-};
+inline std::unique_ptr<reverse::Model> make_reverser(const reverse::ModelOptions& options, std::uint64_t seed) {
+    return std::make_unique<reverse::Model>(reverse::Task{}, options, seed);
+}
 
 // One training step: backward, clip, update.
-inline float train_step(Reverser& model, Optimizer<float>& optimizer, Generator& data, std::size_t batch) {
+inline float train_step(reverse::Model& model, Optimizer<float>& optimizer, Generator& data, std::size_t batch) {
     optimizer.zero_grad();
     const Tensor<float> loss = model.loss(reverse_batch(batch, data));
     loss.backward();
@@ -129,7 +79,7 @@ struct Learned {
     double loss = 0, accuracy = 0;
 };
 
-inline Learned learn_to_reverse(Reverser& model, Optimizer<float>& optimizer, double threshold, std::size_t budget) {
+inline Learned learn_to_reverse(reverse::Model& model, Optimizer<float>& optimizer, double threshold, std::size_t budget) {
     Generator data(99);
     std::vector<float> recent;
     Learned result;
@@ -141,7 +91,9 @@ inline Learned learn_to_reverse(Reverser& model, Optimizer<float>& optimizer, do
     }
     Generator held_out(12345);
     model.eval();
-    result.accuracy = model.accuracy(reverse_batch(256, held_out));
+    const reverse::Batch test = reverse_batch(256, held_out);
+    NoGradGuard no_grad;
+    result.accuracy = reverse::accuracy(model.logits(test), test);
     BOOST_TEST_MESSAGE(fmt::format("  {}: {} steps, mean loss {:.4f}, held-out accuracy {:.3f}", optimizer.kind(),
                                    result.steps, result.loss, result.accuracy));
     return result;

@@ -82,9 +82,10 @@ std::vector<GateSaturation> gate_saturation(Recurrent<double>& layer, std::size_
     const auto kinds = cell ? gate_kinds(*cell) : std::vector<GateKind>{};
     if (kinds.empty()) return {};
     NoGradGuard no_grad;
+    // The gates have hidden_size units; h has state_size(0) (proj_size for a projected LSTM).
     const std::size_t steps = input.size(0), batch = input.size(1), hidden = layer.options().hidden_size;
     const Tensor<double> x = l == 0 ? input.detach() : stack(run.hidden[l - 1], 0).detach();
-    Array previous = Array::from_shape({steps, batch, hidden});
+    Array previous = Array::from_shape({steps, batch, layer.state_size(0)});
     for (std::size_t t = 0; t < steps; ++t) {
         if (t > 0) {
             xt::view(previous, t) = run.hidden[l][t - 1].value();
@@ -95,8 +96,12 @@ std::vector<GateSaturation> gate_saturation(Recurrent<double>& layer, std::size_
             xt::view(previous, 0) = 0.0;
         }
     }
-    const Array from_x = add(gemm(x, cell->weight_ih(), false, true), cell->bias_ih()).value();
-    const Array from_h = add(gemm(Tensor<double>(previous), cell->weight_hh(), false, true), cell->bias_hh()).value();
+    auto affine = [](const Tensor<double>& input, const Tensor<double>& weight, const Tensor<double>& bias) {
+        const Tensor<double> product = gemm(input, weight, false, true);
+        return Array(bias.defined() ? add(product, bias).value() : product.value());  // bias=False: none
+    };
+    const Array from_x = affine(x, cell->weight_ih(), cell->bias_ih());
+    const Array from_h = affine(Tensor<double>(previous), cell->weight_hh(), cell->bias_hh());
 
     std::vector<GateSaturation> gates(kinds.size());
     for (std::size_t g = 0; g < kinds.size(); ++g) {
@@ -151,7 +156,7 @@ std::vector<std::size_t> analysed_steps(std::size_t steps, std::size_t wanted) {
 // all of them at once (copies never mix), and one backward of that backward (create_graph) gives
 // J_k w_k: the Jacobian-vector products that power iteration on J_k J_k^T needs.
 std::vector<double> singular_values(Recurrent<double>& layer, const Tensor<double>& input, const FlowOptions& options) {
-    const std::size_t steps = input.size(0), batch = input.size(1), hidden = layer.options().hidden_size;
+    const std::size_t steps = input.size(0), batch = input.size(1), hidden = layer.state_size(0);
     const std::size_t top = layer.options().num_layers - 1;
     std::vector<double> sigma(steps, not_analysed);
     const std::vector<std::size_t> analysed = analysed_steps(steps, std::min(options.singular_value_steps, steps));
@@ -256,7 +261,7 @@ FlowReport gradient_flow(Recurrent<double>& layer, const Tensor<double>& input, 
     if (config.batch_first) throw std::invalid_argument("gradient_flow: expects a time-major layer (batch_first off)");
     if (input.dim() != 3 || input.size(2) != config.input_size || input.size(0) == 0 || input.size(1) == 0)
         throw_shape_error("gradient_flow", fmt::format("expects input [T, B, {}]", config.input_size), input.shape());
-    const std::size_t steps = input.size(0), batch = input.size(1), hidden = config.hidden_size;
+    const std::size_t steps = input.size(0), batch = input.size(1), hidden = layer.state_size(0);  // h's width
 
     FlowReport report;
     report.cell = layer.cell(0, 0).kind();

@@ -53,12 +53,13 @@ bool active(const std::vector<std::int64_t>& lengths, std::size_t t, std::size_t
     return lengths.empty() || std::int64_t(t) < lengths[b];
 }
 
+// Widths follow the cell's state_size(s): h may be narrower than H (LSTM with proj_size).
 struct Data {
     Array x;                                 // [T, B, I]
-    std::vector<Array> initial;              // per state [B, H]
+    std::vector<Array> initial;              // per state [B, width]
     std::vector<std::int64_t> lengths;       // empty or per row
-    Array out_weight;                        // [T, B, H]
-    std::vector<Array> final_weight;         // per state [B, H]
+    Array out_weight;                        // [T, B, h's width]
+    std::vector<Array> final_weight;         // per state [B, width]
 };
 
 // The fused side: forward, loss, backward, per-step values from the probe.
@@ -68,8 +69,8 @@ struct FusedRun {
 };
 
 struct TapeRun {
-    std::vector<Array> states_after;        // per state [T, B, H]
-    std::vector<Array> grad_states_before;  // per state [T, B, H]
+    std::vector<Array> states_after;        // per state [T, B, width]
+    std::vector<Array> grad_states_before;  // per state [T, B, width]
     Array grad_prepared;                    // [T, B, W]
     std::vector<Array> gradients;
 };
@@ -112,14 +113,16 @@ FusedRun run_fused(const RecurrentCell<double>& cell, const fused::CellRules<dou
 
 TapeRun run_tape(const RecurrentCell<double>& cell, const Data& data, bool reverse) {
     zero_parameter_grads(cell);
-    const std::size_t T = data.x.shape(0), B = data.x.shape(1), H = cell.hidden_size(), S = data.initial.size();
+    const std::size_t T = data.x.shape(0), B = data.x.shape(1), S = data.initial.size();
     Tensor<double> x(data.x, true);
     const Tensor<double> prepared = cell.prepare_input(x);
     const Array prepared_value = prepared.value();
 
     TapeRun run;
-    run.states_after.assign(S, Array::from_shape({T, B, H}));
-    run.grad_states_before.assign(S, Array::from_shape({T, B, H}));
+    for (std::size_t s = 0; s < S; ++s) {
+        run.states_after.push_back(Array::from_shape({T, B, cell.state_size(s)}));
+        run.grad_states_before.push_back(Array::from_shape({T, B, cell.state_size(s)}));
+    }
     // Forward, each step on leaves so that its gradients can be read one by one.
     struct Step {
         Tensor<double> input;
@@ -191,13 +194,13 @@ FusedCheckReport check_fused_cell(const RecurrentCell<double>& cell, const Fused
     Generator g(options.seed);
     Data data;
     data.x = random_array({T, B, cell.input_size()}, g, 1.0);
-    for (std::size_t s = 0; s < S; ++s) data.initial.push_back(random_array({B, H}, g, 0.8));
+    for (std::size_t s = 0; s < S; ++s) data.initial.push_back(random_array({B, cell.state_size(s)}, g, 0.8));
     if (options.with_lengths) {
         for (std::size_t b = 0; b < B; ++b) data.lengths.push_back(1 + std::int64_t(g.uniform(0, 1) * double(T)) % std::int64_t(T));
         data.lengths[std::size_t(g.uniform(0, 1) * double(B)) % B] = std::int64_t(T);
     }
-    data.out_weight = random_array({T, B, H}, g, 1.0);
-    for (std::size_t s = 0; s < S; ++s) data.final_weight.push_back(random_array({B, H}, g, 1.0));
+    data.out_weight = random_array({T, B, cell.state_size(0)}, g, 1.0);
+    for (std::size_t s = 0; s < S; ++s) data.final_weight.push_back(random_array({B, cell.state_size(s)}, g, 1.0));
 
     std::vector<std::string> gradient_names;
     for (const auto& [name, p] : cell.named_parameters()) gradient_names.push_back(name);

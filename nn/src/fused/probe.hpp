@@ -15,8 +15,8 @@ namespace rw::nn::fused::detail {
 
 template <class T>
 struct SequenceProbe {
-    std::vector<xt::xarray<T>> states_after;        // per state [T, B, H], after step t
-    std::vector<xt::xarray<T>> grad_states_before;  // per state [T, B, H]: dL/d(state before step t)
+    std::vector<xt::xarray<T>> states_after;        // per state [T, B, width], after step t
+    std::vector<xt::xarray<T>> grad_states_before;  // per state [T, B, width]: dL/d(state before step t)
     xt::xarray<T> grad_gates;                       // [T, B, G*H]: dL/d(gate pre-activations) at step t
 };
 

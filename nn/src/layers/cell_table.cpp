@@ -72,6 +72,10 @@ const std::vector<CellInfo>& cell_table() {
                 info.gates = info.layout.gates;
                 info.gate_names = rules->gate_names();
             }
+            // A cell takes proj_size when it then really narrows h (the others ignore the option,
+            // and the layer refuses the mismatch).
+            const auto projected = row.make_double(1, 2, generator, {}, {.proj_size = 1});
+            info.supports_projection = projected->state_size(0) == 1;
             infos.push_back(std::move(info));
         }
         return infos;

@@ -172,7 +172,8 @@ std::string LSTMCell<T>::kind() const {
     return "lstm";
 }
 
-// The gate row becomes i, f, g, o (activations) for backward.
+// The gate row becomes i, f, g, o (activations) for backward. With proj_size, next_state[0] is
+// m = o tanh(c') and the driver makes h' = m W_hr^T; the rule itself is the same.
 template <class T>
 void LSTMCell<T>::forward(const fused::ForwardRow<T>& row) const {
     const std::size_t H = row.hidden;
@@ -199,6 +200,7 @@ void LSTMCell<T>::forward(const fused::ForwardRow<T>& row) const {
     });
 }
 
+// dh' (or, with proj_size, dm = dh' W_hr from the driver) in grad_state[0].
 template <class T>
 void LSTMCell<T>::backward(const fused::BackwardRow<T>& row) const {
     const std::size_t H = row.hidden;

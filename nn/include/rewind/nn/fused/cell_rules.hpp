@@ -10,9 +10,12 @@
 //     in its own buffer with b_hh beside it (GRU: r ⊙ (W_hn h + b_hn))
 //   - for two-stage cells a second, dependent product q W_2^T where q is a gated state the
 //     stage-1 rule writes (MGU: q = f ⊙ h), handed to forward_second()
+//   - optionally an output projection (layout.projection): the rule's output m [B, H] becomes
+//     h' = m W_proj^T [B, P] by one GEMM per step, as an LSTM with PyTorch's proj_size (see below)
 //   - lengths with packed semantics (finished rows keep their state, output zeros; the rules
 //     only ever see running rows), the reverse direction, the saved buffers, the backward GEMMs
-//     for dx, dW_ih, dW_hh, dW_2 and dh, bias sums, float and double, one tape op per sequence.
+//     for dx, dW_ih, dW_hh, dW_2, dW_proj and dh, bias sums, float and double, one tape op per
+//     sequence.
 // Stacking, directions, initial states, dropout and truncated BPTT come from the layer as usual.
 //
 // Rules see one row of the batch at a time through raw pointers of length H (or G*H, R*H):
@@ -28,6 +31,16 @@
 // after stage 2. In backward, backward_second() runs first (it must not change grad_state; it
 // writes grad_second = dL/d(stage-2 product) and its gate blocks of grad_gates), the driver
 // computes grad_gated_state = grad_second W_2, then backward() runs.
+//
+// Output projection (layout.projection, weights.weight_projection [P, H]): h, state 0, has
+// width P (the layer's output, the next step's and the next layer's input), the other states
+// keep H, and W_hh is [R*H, P]. The rule computes the cell's output m [H] as it would compute h'
+// without projection: next_state[0] points at m, which the driver keeps for the backward and
+// turns into h' = m W_proj^T once all rows of the step are done. h reaches the step only through
+// the stage-1 product, so the rule is given no h (state[0] is null) and its direct part of
+// dL/dh is zero: in backward, grad_state[0] holds dL/dm = dL/dh' W_proj (computed by the
+// driver) and what the rule leaves there is not read. The driver adds dW_proj = sum dh'^T m.
+// A projection has no second stage (q would gate an h of another width).
 //
 // Rules are written with xsimd batches through lanes.hpp, templated on the cell's T.
 // They are used only when the cell's dynamic type is exactly rules_cell_type(): a subclass that
@@ -57,31 +70,36 @@ struct CellLayout {
     std::size_t second = 0;             // R_2: blocks of the second-stage product q W_2^T (0: one stage)
     std::size_t saved = 0;              // extra [B, H] buffers per step that forward keeps for backward
     std::size_t units = 0;              // per-unit recurrent vectors [H] (IndRNN's u, peepholes)
+    bool projection = false;            // h' = m W_proj^T, h of width P (above)
 };
 
-// The GEMM flops of one forward step over a batch (backward is about twice that).
-double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden);
+// The GEMM flops of one forward step over a batch (backward is about twice that); `output` is
+// h's width P with a projection (0: no projection, h has width `hidden`).
+double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden,
+                              std::size_t output = 0);
 
 // The tensors the driver reads; shapes follow the layout. Undefined tensors are absent.
 template <class T>
 struct CellWeights {
     Tensor<T> weight_ih;           // [G*H, I]
     Tensor<T> bias_ih;             // [G*H] or undefined
-    Tensor<T> weight_hh;           // [R*H, H] when R > 0
+    Tensor<T> weight_hh;           // [R*H, H] when R > 0 ([R*H, P] with a projection)
     Tensor<T> bias_hh;             // [R*H] or undefined
     Tensor<T> weight_second;       // [R_2*H, H] when R_2 > 0
     std::vector<Tensor<T>> units;  // layout.units tensors, each [H]
+    Tensor<T> weight_projection;   // [P, H] when layout.projection
 };
 
 // One row of the batch at one step, forward. Pointers of length H unless said otherwise.
 template <class T>
 struct ForwardRow {
     std::size_t hidden = 0;
+    std::size_t output = 0;               // h's width: P with a projection, else H
     T* gates = nullptr;                   // [G*H]: pre-activations in (stage-1 product added when into gates)
     const T* recurrent = nullptr;         // [R*H] stage-1 product when separate (without b_hh)
     const T* bias_hh = nullptr;           // [R*H] when separate and the cell has b_hh
-    const T* const* state = nullptr;      // [states] before the step
-    T* const* next_state = nullptr;       // [states] after the step
+    const T* const* state = nullptr;      // [states] before the step (state[0] null with a projection)
+    T* const* next_state = nullptr;       // [states] after the step (next_state[0]: m with a projection)
     T* const* saved = nullptr;            // [layout.saved]
     const T* const* units = nullptr;      // [layout.units]
     T* gated_state = nullptr;             // two-stage: q, written by forward()
@@ -91,13 +109,14 @@ struct ForwardRow {
 template <class T>
 struct BackwardRow {
     std::size_t hidden = 0;
+    std::size_t output = 0;               // h's width: P with a projection, else H
     const T* gates = nullptr;             // [G*H] as forward left them
-    const T* const* state = nullptr;      // before the step
-    const T* const* next_state = nullptr; // after the step
+    const T* const* state = nullptr;      // before the step (as in ForwardRow)
+    const T* const* next_state = nullptr; // after the step (next_state[0]: m with a projection)
     const T* const* saved = nullptr;
     const T* const* units = nullptr;
     const T* gated_state = nullptr;       // two-stage
-    T* const* grad_state = nullptr;       // in: dL/d(after); out: direct part of dL/d(before)
+    T* const* grad_state = nullptr;       // in: dL/d(after); out: direct part of dL/d(before) (projection: above)
     T* grad_gates = nullptr;              // [G*H] out
     T* grad_recurrent = nullptr;          // [R*H] out, when the product is separate
     T* grad_second = nullptr;             // [R_2*H] out of backward_second()
@@ -122,12 +141,14 @@ public:
     virtual std::vector<std::string> gate_names() const;
     // GEMM flops of one forward step; the default counts the layout's products.
     virtual double forward_flops(std::size_t batch, std::size_t input, std::size_t hidden) const {
-        return forward_flops_per_step(layout(), batch, input, hidden);
+        const Tensor<T> projection = layout().projection ? weights().weight_projection : Tensor<T>();
+        return forward_flops_per_step(layout(), batch, input, hidden, projection.defined() ? projection.size(0) : 0);
     }
 };
 
 // Runs one layer-direction over the whole sequence as one tape op with the cell's rules.
-// input [T, B, I]; initial_state one [B, H] per state; lengths empty or one per row in 1..T.
+// input [T, B, I]; initial_state one [B, H] per state ([B, P] for h with a projection);
+// lengths empty or one per row in 1..T.
 // recompute_segment k (0 < k < T): recomputation, the op keeps the states only before every k-th
 // step and one window of k steps, and its backward reruns each segment's forward (about one more
 // forward pass); the gradients equal the full-memory run's up to the summation order of the
@@ -151,8 +172,9 @@ struct DriverMemory {
 DriverMemory driver_memory();
 void reset_driver_memory_peak();
 
-// What the op keeps alive for its backward per time step besides its inputs and outputs.
+// What the op keeps alive for its backward per time step besides its inputs and outputs;
+// `output` is h's width P with a projection (0: none).
 std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, std::size_t hidden,
-                                 std::size_t element_size, bool with_lengths = false);
+                                 std::size_t element_size, bool with_lengths = false, std::size_t output = 0);
 
 }  // namespace rw::nn::fused

@@ -12,7 +12,9 @@
 // The first divergence is found by walking forward through the forward pass, then backward from
 // the last step through the backward pass, in the order the steps ran; it names the direction,
 // the time step and the tensor. Gate blocks are compared when prepare_input()'s width is G*H
-// (the cell's prepare_input() is the input projection, as for every built-in cell).
+// (the cell's prepare_input() is the input projection, as for every built-in cell). A cell with an
+// output projection (an LSTM with proj_size) is checked the same way: h at its own width P, and
+// the projection's weight among the parameters' gradients.
 
 #include <cstddef>
 #include <cstdint>

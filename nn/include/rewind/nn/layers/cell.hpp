@@ -34,8 +34,8 @@ using State = std::vector<Tensor<T>>;
 // One layer-direction run over the whole sequence.
 template <class T>
 struct SequenceResult {
-    Tensor<T> output;      // [T, B, H]: each step's hidden state, zeros past a sequence's end
-    State<T> final_state;  // each [B, H], taken at each sequence's own last step
+    Tensor<T> output;      // [T, B, H]: each step's hidden state, zeros past a sequence's end (H: h's width)
+    State<T> final_state;  // each [B, state_size(s)], taken at each sequence's own last step
 };
 
 template <class T>

@@ -19,7 +19,8 @@ struct CellInfo {
     std::vector<std::string> state_names;  // e.g. {"h", "c"}
     std::vector<std::string> gate_names;   // one per block, in weight_ih's order
     bool fused = false;                    // has hand-written fused rules
-    fused::CellLayout layout;              // the fused rules' layout, when fused
+    fused::CellLayout layout;              // the fused rules' layout, when fused (without projection)
+    bool supports_projection = false;      // takes CellOptions::proj_size (PyTorch's LSTM projections)
 };
 
 const std::vector<CellInfo>& cell_table();

@@ -50,7 +50,7 @@ protected:
     // b_ih + b_hh, or undefined without bias.
     Tensor<T> summed_bias() const;
     // The four standard tensors, for the cells' fused rules.
-    fused::CellWeights<T> standard_weights() const { return {weight_ih_, bias_ih_, weight_hh_, bias_hh_, {}, {}}; }
+    fused::CellWeights<T> standard_weights() const { return {weight_ih_, bias_ih_, weight_hh_, bias_hh_, {}, {}, {}}; }
 
     std::size_t gates_;
     Tensor<T> weight_ih_, weight_hh_, bias_ih_, bias_hh_;
@@ -96,16 +96,19 @@ public:
     std::size_t proj_size() const { return weight_hr_.defined() ? weight_hr_.size(0) : 0; }
     const Tensor<T>& weight_hr() const { return weight_hr_; }  // [P, H], undefined without proj_size
 
-    // The rules cover the unprojected LSTM; with proj_size the layer runs step().
-    const fused::CellRules<T>* fused_rules() const override { return proj_size() > 0 ? nullptr : this; }
-    std::string why_no_fused_rules() const override {
-        return proj_size() > 0 ? "an LSTM with proj_size has no fused rules (its projection runs on the generic path)"
-                               : RecurrentCell<T>::why_no_fused_rules();
-    }
+    // With proj_size the rule writes m = σ(o) tanh(c') and the driver's output projection makes
+    // h' = m W_hr^T (fused/cell_rules.hpp): the same rule serves both.
+    const fused::CellRules<T>* fused_rules() const override { return this; }
     const std::type_info& rules_cell_type() const override { return typeid(LSTMCell); }
-    fused::CellLayout layout() const override { return {.gates = 4, .states = 2, .recurrent = 4}; }
+    fused::CellLayout layout() const override {
+        return {.gates = 4, .states = 2, .recurrent = 4, .projection = proj_size() > 0};
+    }
     std::vector<std::string> gate_names() const override { return {"input", "forget", "cell", "output"}; }
-    fused::CellWeights<T> weights() const override { return this->standard_weights(); }
+    fused::CellWeights<T> weights() const override {
+        fused::CellWeights<T> weights = this->standard_weights();
+        weights.weight_projection = weight_hr_;
+        return weights;
+    }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
 

@@ -1,0 +1,138 @@
+// The fused interface's layout in numbers and checks: the defaults of CellRules, the flops and
+// saved bytes a layout implies, and the check of a cell's weights and a run's arguments against
+// its layout (before the driver sizes any buffer from them).
+
+#include <fmt/format.h>
+
+#include <rewind/autograd/errors.hpp>
+
+#include "driver.hpp"
+
+namespace rw::nn::fused {
+
+template <class T>
+void CellRules<T>::forward_second(const ForwardRow<T>&) const {
+    throw std::logic_error("fused rules: the layout has a second stage but forward_second() is not written");
+}
+
+template <class T>
+void CellRules<T>::backward_second(const BackwardRow<T>&) const {
+    throw std::logic_error("fused rules: the layout has a second stage but backward_second() is not written");
+}
+
+template <class T>
+std::vector<std::string> CellRules<T>::gate_names() const {
+    std::vector<std::string> names;
+    for (std::size_t g = 0; g < layout().gates; ++g) names.push_back(fmt::format("gate {}", g));
+    return names;
+}
+
+double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden,
+                              std::size_t output) {
+    const double B = double(batch), H = double(hidden), P = double(output > 0 ? output : hidden);
+    // The stage-1 product reads h (width P); the projection is one more [B, H] x [H, P] product.
+    return 2.0 * B * H * (double(layout.gates) * double(input) + double(layout.recurrent) * P + double(layout.second) * H) +
+           (layout.projection ? 2.0 * B * H * P : 0.0);
+}
+
+std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, std::size_t hidden,
+                                 std::size_t element_size, bool with_lengths, std::size_t output) {
+    // gate buffer [B, G*H], the states before the step (h of width P), the rule's own buffers,
+    // q (two-stage) and m (projection).
+    const std::size_t h_width = output > 0 ? output : hidden;
+    const std::size_t per_row =
+        (layout.gates + layout.states - 1 + layout.saved + (layout.second > 0 ? 1 : 0) + (layout.projection ? 1 : 0)) *
+            hidden +
+        h_width;
+    return batch * per_row * element_size + (with_lengths ? batch : 0);
+}
+
+template class CellRules<float>;
+template class CellRules<double>;
+
+namespace driver {
+
+namespace {
+
+// a * b * ..., or a clear error naming what was being sized.
+std::size_t checked_product(std::initializer_list<std::size_t> factors, const std::string& what) {
+    std::size_t product = 1;
+    for (std::size_t f : factors) {
+        if (f != 0 && product > std::numeric_limits<std::size_t>::max() / f)
+            throw std::length_error(fmt::format("{}: buffer size overflows ({} factors too large)", what, factors.size()));
+        product *= f;
+    }
+    return product;
+}
+
+template <class T>
+void check_shape(const std::string& op, const char* name, const Tensor<T>& tensor, const Shape& expected) {
+    if (!tensor.defined()) throw std::invalid_argument(fmt::format("{}: the cell's {} is missing", op, name));
+    if (tensor.shape() != expected)
+        throw_shape_error(op, fmt::format("{} has the wrong shape for the cell's layout", name), tensor.shape(), expected);
+}
+
+}  // namespace
+
+template <class T>
+void check_arguments(const std::string& op, const CellWeights<T>& w, const Tensor<T>& input,
+                     const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths, Dims& d) {
+    const CellLayout& l = d.layout;
+    if (input.dim() != 3) throw_shape_error(op, "expects a 3-D input [T, B, input_size]", input.shape());
+    if (l.gates == 0 || l.states == 0) throw std::invalid_argument(op + ": the layout needs at least one gate block and one state");
+    if (l.recurrent_into_gates && l.recurrent > l.gates)
+        throw std::invalid_argument(fmt::format("{}: {} recurrent blocks cannot add to {} gate blocks", op, l.recurrent, l.gates));
+    d.steps = input.size(0);
+    d.batch = input.size(1);
+    d.input = input.size(2);
+    if (!w.weight_ih.defined() || w.weight_ih.dim() != 2 || w.weight_ih.size(0) % l.gates != 0)
+        throw std::invalid_argument(op + ": weight_ih must be [G*H, input_size]");
+    d.hidden = w.weight_ih.size(0) / l.gates;
+    const std::size_t H = d.hidden;
+    d.output = H;
+    if (l.projection) {
+        if (l.second > 0) throw std::invalid_argument(op + ": a layout with a projection cannot have a second stage");
+        if (!w.weight_projection.defined() || w.weight_projection.dim() != 2 || w.weight_projection.size(0) == 0)
+            throw std::invalid_argument(op + ": the layout has a projection; weight_projection must be [P, H]");
+        d.output = w.weight_projection.size(0);
+        check_shape(op, "weight_projection", w.weight_projection, Shape{d.output, H});
+    } else if (w.weight_projection.defined()) {
+        throw std::invalid_argument(op + ": weight_projection is given but the layout has no projection");
+    }
+    // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states;
+    // and [T, B, P] for h.
+    const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 2});
+    checked_product({d.steps, d.batch, widest, H}, op);
+    checked_product({d.steps, d.batch, d.output}, op);
+    check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
+    if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
+    if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, d.output});
+    if (w.bias_hh.defined()) check_shape(op, "bias_hh", w.bias_hh, Shape{l.recurrent * H});
+    if (l.second > 0) check_shape(op, "weight_second", w.weight_second, Shape{l.second * H, H});
+    if (w.units.size() != l.units)
+        throw std::invalid_argument(fmt::format("{}: {} per-unit vectors given, the layout has {}", op, w.units.size(), l.units));
+    for (const auto& u : w.units) check_shape(op, "per-unit vector", u, Shape{H});
+    if (initial_state.size() != l.states)
+        throw std::invalid_argument(fmt::format("{}: {} initial state tensors given, expected {}", op,
+                                                initial_state.size(), l.states));
+    for (std::size_t s = 0; s < l.states; ++s)
+        if (initial_state[s].shape() != Shape{d.batch, d.width(s)})
+            throw_wrong_shape(op, fmt::format("initial state {}", s), Shape{d.batch, d.width(s)}, initial_state[s].shape());
+    if (!lengths.empty()) {
+        if (lengths.size() != d.batch)
+            throw std::invalid_argument(fmt::format("{}: {} lengths for a batch of {}", op, lengths.size(), d.batch));
+        for (auto length : lengths)
+            if (length < 1 || length > std::int64_t(d.steps))
+                throw std::invalid_argument(fmt::format("{}: length {} outside 1..{}", op, length, d.steps));
+    }
+    if (d.steps == 0 || d.batch == 0) throw_shape_error(op, "needs at least one step and one row", input.shape());
+}
+
+template void check_arguments(const std::string&, const CellWeights<float>&, const Tensor<float>&,
+                              const std::vector<Tensor<float>>&, const std::vector<std::int64_t>&, Dims&);
+template void check_arguments(const std::string&, const CellWeights<double>&, const Tensor<double>&,
+                              const std::vector<Tensor<double>>&, const std::vector<std::int64_t>&, Dims&);
+
+}  // namespace driver
+
+}  // namespace rw::nn::fused
