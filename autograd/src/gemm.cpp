@@ -6,6 +6,9 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include <cstdlib>
+#include <map>
+#include <memory>
+#include <tuple>
 #include <stdexcept>
 #include <string>
 
@@ -84,51 +87,89 @@ struct PackedImpl<float> : PlainPackedGemm<float> {
     PackedImpl(const PlainPackedGemm<float>& plain, std::int64_t) : PlainPackedGemm<float>(plain) {}
 };
 #else
+namespace {
+
+// The primitives of one packed product shape, made once per thread and shape: creating a matmul
+// primitive and its weight reorder costs tens of microseconds, as much as all the steps of a short
+// sequence at B=1 (a profile of such a training step showed a quarter of it in oneDNN's set-up).
+struct PackedPlan {
+    dnnl::matmul matmul;
+    dnnl::reorder reorder;
+    dnnl::memory::desc weights, a, c, b_user;
+};
+
+const dnnl::engine& cpu_engine() {
+    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    return engine;
+}
+
+std::shared_ptr<const PackedPlan> packed_plan(const PlainPackedGemm<float>& plain) {
+    const auto [transpose_b, m, n, k, b, ldb, beta, lda, ldc] = plain;
+    using Key = std::tuple<bool, std::int64_t, std::int64_t, std::int64_t, std::int64_t, float, std::int64_t, std::int64_t>;
+    thread_local std::map<Key, std::shared_ptr<const PackedPlan>> plans;
+    const Key key{transpose_b, m, n, k, ldb, beta, lda, ldc};
+    if (auto found = plans.find(key); found != plans.end()) return found->second;
+    if (plans.size() >= 64) plans.clear();  // a program with ever new shapes keeps a bounded cache
+
+    auto plan = std::make_shared<PackedPlan>();
+    using dims = dnnl::memory::dims;
+    const auto f32 = dnnl::memory::data_type::f32;
+    plan->a = dnnl::memory::desc(dims{m, k}, f32, dims{lda, 1});
+    plan->c = dnnl::memory::desc(dims{m, n}, f32, dims{ldc, 1});
+    // op(B) is [k, n]: B itself is [n, k] (row stride ldb) when transposed, else [k, n].
+    plan->b_user = dnnl::memory::desc(dims{k, n}, f32, transpose_b ? dims{1, ldb} : dims{ldb, 1});
+    const dnnl::memory::desc b_any(dims{k, n}, f32, dnnl::memory::format_tag::any);
+    dnnl::primitive_attr attr;
+    if (beta != 0) {
+        dnnl::post_ops accumulate;
+        accumulate.append_sum(beta);
+        attr.set_post_ops(accumulate);
+    }
+    const dnnl::matmul::primitive_desc desc(dnnl::matmul::desc(plan->a, b_any, plan->c), attr, cpu_engine());
+    plan->matmul = dnnl::matmul(desc);
+    plan->weights = desc.weights_desc();
+    plan->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), plan->b_user, cpu_engine(), plan->weights));
+    plans.emplace(key, plan);
+    return plan;
+}
+
+void check_status(dnnl_status_t status, const char* what) {
+    if (status != dnnl_success)
+        throw std::runtime_error(std::string("gemm: ") + what + " failed with status " + std::to_string(int(status)));
+}
+
+}  // namespace
+
 template <>
 struct PackedImpl<float> {
     PlainPackedGemm<float> plain;
-    bool packed = false;
-    dnnl::engine engine;
+    std::shared_ptr<const PackedPlan> plan;
     mutable dnnl::stream stream;
-    dnnl::matmul matmul;
     dnnl::memory packed_b;
     mutable dnnl::memory a, c;
 
     PackedImpl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
         if (uses < PackedGemm<float>::packing_threshold) return;
-        packed = true;
-        const auto [transpose_b, m, n, k, b, ldb, beta, lda, ldc] = plain;
-        engine = dnnl::engine(dnnl::engine::kind::cpu, 0);
-        stream = dnnl::stream(engine);
-        using dims = dnnl::memory::dims;
-        const auto f32 = dnnl::memory::data_type::f32;
-        const dnnl::memory::desc a_desc(dims{m, k}, f32, dims{lda, 1});
-        const dnnl::memory::desc c_desc(dims{m, n}, f32, dims{ldc, 1});
-        // op(B) is [k, n]: B itself is [n, k] (row stride ldb) when transposed, else [k, n].
-        const dnnl::memory::desc b_user(dims{k, n}, f32, transpose_b ? dims{1, ldb} : dims{ldb, 1});
-        const dnnl::memory::desc b_any(dims{k, n}, f32, dnnl::memory::format_tag::any);
-        dnnl::primitive_attr attr;
-        if (beta != 0) {
-            dnnl::post_ops accumulate;
-            accumulate.append_sum(beta);
-            attr.set_post_ops(accumulate);
-        }
-        const dnnl::matmul::primitive_desc desc(dnnl::matmul::desc(a_desc, b_any, c_desc), attr, engine);
-        matmul = dnnl::matmul(desc);
-        packed_b = dnnl::memory(desc.weights_desc(), engine);
-        dnnl::memory user_b(b_user, engine, const_cast<float*>(b));
-        dnnl::reorder(user_b, packed_b).execute(stream, user_b, packed_b);
+        plan = packed_plan(plain);
+        stream = dnnl::stream(cpu_engine());
+        packed_b = dnnl::memory(plan->weights, cpu_engine());
+        dnnl::memory user_b(plan->b_user, cpu_engine(), const_cast<float*>(plain.b));
+        plan->reorder.execute(stream, user_b, packed_b);
         stream.wait();
-        a = dnnl::memory(a_desc, engine, DNNL_MEMORY_NONE);
-        c = dnnl::memory(c_desc, engine, DNNL_MEMORY_NONE);
+        a = dnnl::memory(plan->a, cpu_engine(), DNNL_MEMORY_NONE);
+        c = dnnl::memory(plan->c, cpu_engine(), DNNL_MEMORY_NONE);
     }
 
     void run(const float* a_data, float* c_data) const {
-        if (!packed) return plain.run(a_data, c_data);
+        if (!plan) return plain.run(a_data, c_data);
         a.set_data_handle(const_cast<float*>(a_data));
         c.set_data_handle(c_data);
-        matmul.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, packed_b}, {DNNL_ARG_DST, c}});
-        stream.wait();
+        // The C call with a fixed argument array: the C++ execute() builds a hash map of the
+        // arguments on every call, a few percent of a B=1 step.
+        const dnnl_exec_arg_t args[] = {
+            {DNNL_ARG_SRC, a.get()}, {DNNL_ARG_WEIGHTS, packed_b.get()}, {DNNL_ARG_DST, c.get()}};
+        check_status(dnnl_primitive_execute(plan->matmul.get(), stream.get(), 3, args), "the packed matmul");
+        check_status(dnnl_stream_wait(stream.get()), "the packed matmul's stream");
     }
 };
 #endif
