@@ -805,6 +805,34 @@ BOOST_AUTO_TEST_CASE(two_threads_split_the_batch_and_give_the_one_thread_numbers
     }
 }
 
+// float runs its recurrent products on oneDNN's packed matmul: one primitive per shape, executed
+// by both threads at once.
+BOOST_AUTO_TEST_CASE(two_threads_in_float32_give_the_one_thread_numbers) {
+    for (const std::string cell : {"lstm", "gru", "rnn_tanh"}) {
+        Config c;
+        c.cell = cell;
+        c.steps = 30;
+        c.batch = 16;
+        c.input = 24;
+        c.hidden = 40;
+        c.bidirectional = true;
+        c.lengths = {30, 2, 17, 30, 9, 30, 1, 30, 30, 5, 30, 30, 12, 30, 30, 3};
+        RunResult<float> single, split;
+        {
+            ThreadsFor threads(1);
+            single = run<float>(*make_layer<float>(c, ExecutionPath::fused, 5), c, 6);
+        }
+        {
+            ThreadsFor threads(2);
+            BOOST_TEST_REQUIRE(fused::row_groups(c.batch) == 2u);
+            split = run<float>(*make_layer<float>(c, ExecutionPath::fused, 5), c, 6);
+        }
+        for (std::size_t i = 0; i < single.values.size(); ++i)
+            BOOST_TEST(relative_error(split.values[i].second, single.values[i].second) <= 1e-5,
+                       cell << ": " << single.values[i].first);
+    }
+}
+
 BOOST_AUTO_TEST_CASE(groups_keep_at_least_four_rows) {
     ThreadsFor threads(2);
     BOOST_TEST(fused::row_groups(1) == 1u);

@@ -89,11 +89,14 @@ struct PackedImpl<float> : PlainPackedGemm<float> {
 #else
 namespace {
 
-// The primitives of one packed product shape, made once per thread and shape: creating a matmul
-// primitive and its weight reorder costs tens of microseconds, as much as all the steps of a short
-// sequence at B=1 (a profile of such a training step showed a quarter of it in oneDNN's set-up).
+// The set-up of one packed product shape, made once per thread and shape: creating a matmul
+// primitive descriptor and the weight reorder costs tens of microseconds, as much as all the steps
+// of a short sequence at B=1 (a profile of such a training step showed a quarter of it in
+// oneDNN's set-up). The primitive itself is made per PackedGemm from the descriptor (oneDNN's own
+// cache makes that cheap): one primitive object executed by two threads at once gives wrong
+// results (row groups on threads run products of the same shape concurrently).
 struct PackedPlan {
-    dnnl::matmul matmul;
+    dnnl::matmul::primitive_desc matmul;
     dnnl::reorder reorder;
     dnnl::memory::desc weights, a, c, b_user;
 };
@@ -126,7 +129,7 @@ std::shared_ptr<const PackedPlan> packed_plan(const PlainPackedGemm<float>& plai
         attr.set_post_ops(accumulate);
     }
     const dnnl::matmul::primitive_desc desc(dnnl::matmul::desc(plan->a, b_any, plan->c), attr, cpu_engine());
-    plan->matmul = dnnl::matmul(desc);
+    plan->matmul = desc;
     plan->weights = desc.weights_desc();
     plan->reorder = dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), plan->b_user, cpu_engine(), plan->weights));
     plans.emplace(key, plan);
@@ -144,6 +147,7 @@ template <>
 struct PackedImpl<float> {
     PlainPackedGemm<float> plain;
     std::shared_ptr<const PackedPlan> plan;
+    dnnl::matmul matmul;
     mutable dnnl::stream stream;
     dnnl::memory packed_b;
     mutable dnnl::memory a, c;
@@ -151,6 +155,7 @@ struct PackedImpl<float> {
     PackedImpl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
         if (uses < PackedGemm<float>::packing_threshold) return;
         plan = packed_plan(plain);
+        matmul = dnnl::matmul(plan->matmul);
         stream = dnnl::stream(cpu_engine());
         packed_b = dnnl::memory(plan->weights, cpu_engine());
         dnnl::memory user_b(plan->b_user, cpu_engine(), const_cast<float*>(plain.b));
@@ -168,7 +173,7 @@ struct PackedImpl<float> {
         // arguments on every call, a few percent of a B=1 step.
         const dnnl_exec_arg_t args[] = {
             {DNNL_ARG_SRC, a.get()}, {DNNL_ARG_WEIGHTS, packed_b.get()}, {DNNL_ARG_DST, c.get()}};
-        check_status(dnnl_primitive_execute(plan->matmul.get(), stream.get(), 3, args), "the packed matmul");
+        check_status(dnnl_primitive_execute(matmul.get(), stream.get(), 3, args), "the packed matmul");
         check_status(dnnl_stream_wait(stream.get()), "the packed matmul's stream");
     }
 };
