@@ -529,11 +529,14 @@ private:
 // summed over segments. Note: for a tall dW (m >= 2n: the gate rows of W_ih and W_hh against their
 // input columns) oneDNN's sgemm computes the transposed product X^T dG markedly faster (measured
 // here for LSTM and GRU at T=100, B=32, H=256: 128-158 against 167-184 GFLOP/s), so then dW^T is
-// summed and transposed once at the end.
+// summed and transposed once at the end. Not for large weights (LSTM at H=1024: 5% slower in
+// paired runs), where the gain is small and the transpose of megabytes is not.
 template <class T>
 class WeightGradient {
 public:
-    WeightGradient(xt::xarray<T>& out, std::size_t m, std::size_t n) : out_(out), m_(m), n_(n), transposed_(m >= 2 * n) {
+    static constexpr std::size_t transposed_limit = std::size_t(1) << 19;  // elements
+    WeightGradient(xt::xarray<T>& out, std::size_t m, std::size_t n)
+        : out_(out), m_(m), n_(n), transposed_(m >= 2 * n && m * n <= transposed_limit) {
         if (transposed_) sum_t_ = Buffer<T>(m * n);
     }
     void add(const T* grad, std::size_t ld_grad, const T* input, std::size_t ld_input, std::size_t rows, T beta) {
