@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/function.hpp>
 #include <rewind/autograd/gemm.hpp>
@@ -52,17 +53,6 @@ std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, st
 }
 
 namespace {
-
-// a * b * ..., or a clear error naming what was being sized.
-std::size_t checked_product(std::initializer_list<std::size_t> factors, const std::string& what) {
-    std::size_t product = 1;
-    for (std::size_t f : factors) {
-        if (f != 0 && product > std::numeric_limits<std::size_t>::max() / f)
-            throw std::length_error(fmt::format("{}: buffer size overflows ({} factors too large)", what, factors.size()));
-        product *= f;
-    }
-    return product;
-}
 
 // Uninitialised, 64-byte aligned storage: the buffers are written before they are read, and
 // zeroing tens of megabytes for nothing would show up in the timings.
@@ -179,8 +169,10 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
     d.hidden = w.weight_ih.size(0) / l.gates;
     const std::size_t H = d.hidden;
     // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states.
+    // Checked before any is sized from these numbers (a product that wraps would make a buffer
+    // smaller than the loops that fill it), in bytes, as every tensor's size is.
     const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 1});
-    checked_product({d.steps, d.batch, widest, H}, op);
+    checked_element_count(op, {d.steps, d.batch, widest, H}, sizeof(T));
     check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
     if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
     if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, H});
