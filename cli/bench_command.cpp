@@ -6,7 +6,8 @@
 //
 // FLOPs of a step: 3x the forward GEMMs the cells' fused rules state (2 * T * B * G * H * (I + H)
 // per layer and direction for the built-in cells, G = 4 LSTM, 3 GRU, 1 RNN). The sgemm reference
-// is [T*B, I+H] x [I+H, G*H], the shape of all the forward GEMMs of a step as one product.
+// is [T*B, I+H] x [I+H, G*H] (at most 8192 rows), the shape of all the forward GEMMs of a step as
+// one product.
 
 #include <algorithm>
 #include <chrono>
@@ -15,6 +16,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <sys/resource.h>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -47,6 +50,8 @@ struct BenchRequest {
     std::string peer;
     bool json = false;
     bool skip_generic = false;
+    bool recompute = false;
+    std::size_t recompute_every = 0;  // 0: about sqrt(T)
     bool suite = false;
     bool list = false;
 };
@@ -59,7 +64,9 @@ public:
                                                           .hidden_size = r.layer.hidden_size,
                                                           .num_layers = r.layer.layers,
                                                           .bidirectional = r.layer.bidirectional,
-                                                          .seed = 1});
+                                                          .seed = 1,
+                                                          .recompute = {.enabled = r.recompute || r.recompute_every > 0,
+                                                                        .segment = r.recompute_every}});
         Generator generator(2);
         xt::xarray<float> x = checked_array<float>("bench input", {r.steps, r.batch, r.layer.input_size});
         for (auto& v : x) v = static_cast<float>(generator.uniform(-1, 1));
@@ -94,6 +101,13 @@ private:
     std::vector<float> a_, b_, c_;
 };
 
+// The process's resident-set high-water mark (getrusage gives KiB on Linux).
+std::size_t peak_rss_bytes() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return std::size_t(usage.ru_maxrss) * 1024;
+}
+
 double max_abs_difference(const float* a, const float* b, std::size_t n) {
     double worst = 0;
     for (std::size_t i = 0; i < n; ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
@@ -121,7 +135,9 @@ nlohmann::json run_case(const BenchRequest& r) {
     const std::size_t G = cell.gates, D = config.directions(), H = config.hidden_size;
 
     RewindStep rewind(r);
-    SgemmStep sgemm(r.steps * r.batch, G * H, config.input_size + H);
+    // The peak reference needs the shape, not the length: capped rows keep a long sequence's run
+    // from allocating gigabytes for it (and from inflating the peak RSS reported).
+    SgemmStep sgemm(std::min<std::size_t>(r.steps * r.batch, 8192), G * H, config.input_size + H);
     std::unique_ptr<OnednnRnnStep> peer;
     nlohmann::json j;
     if (r.peer == "onednn") {
@@ -177,6 +193,10 @@ nlohmann::json run_case(const BenchRequest& r) {
     j["sgemm_gflops"] = sgemm_gflops;
     j["fraction_of_sgemm_peak"] = timing.fused_gflops / sgemm_gflops;
     j["saved_bytes_per_step"] = nn::fused::saved_bytes_per_step(cell.layout, r.batch, H, sizeof(float)) * D * config.layers;
+    j["recompute_segment"] = timing.recompute_segment;
+    j["fused_saved_bytes"] = timing.fused_saved_bytes;
+    j["fused_peak_bytes"] = timing.fused_peak_bytes;
+    j["peak_rss_bytes"] = peak_rss_bytes();
     if (peer) {
         j["onednn_ms"] = nn::median_of(onednn_ms);
         j["onednn_primitives_ms"] = nn::median_of(onednn_primitive_ms);
@@ -206,7 +226,13 @@ void print_text(const nlohmann::json& j) {
                    j["onednn_dx_max_abs_diff"].get<double>());
     if (j.contains("peer_note")) fmt::print("  note: {}\n", j["peer_note"].get<std::string>());
     if (j.contains("path_note")) fmt::print("  note: the fused rounds ran step(): {}\n", j["path_note"].get<std::string>());
-    fmt::print("  saved for backward: {} bytes per time step\n", j["saved_bytes_per_step"].get<std::size_t>());
+    const auto segment = j["recompute_segment"].get<std::size_t>();
+    fmt::print("  saved for backward: {} bytes per time step; measured on the fused path: {} kept from forward to "
+               "backward, {} at the step's peak ({}); process peak RSS {}\n",
+               j["saved_bytes_per_step"].get<std::size_t>(), j["fused_saved_bytes"].get<std::size_t>(),
+               j["fused_peak_bytes"].get<std::size_t>(),
+               segment ? fmt::format("recomputing segments of {} steps", segment) : std::string("every step kept"),
+               j["peak_rss_bytes"].get<std::size_t>());
 }
 
 // The sizes of the README's table.
@@ -276,6 +302,10 @@ Command add_bench_command(CLI::App& app) {
     command->add_option("--peer", request->peer, "also time oneDNN's fused RNN primitives, interleaved")
         ->check(CLI::IsMember({"onednn"}));
     command->add_flag("--no-generic", request->skip_generic, "skip the generic path (slow at large sizes)");
+    command->add_flag("--recompute", request->recompute,
+                      "recomputation: keep the states every k steps and rerun segments in backward (both paths)");
+    command->add_option("--recompute-every", request->recompute_every, "k for --recompute (implies it; default: about sqrt(T))")
+        ->check(integer_in(1, max_size));
     command->add_flag("--suite", request->suite,
                       "the README's sizes: LSTM/GRU/RNN at T=100,B=32,I=H=256 and T=100,B=1,I=H=128, "
                       "LSTM at T=50,B=64,I=H=1024 (the size options are then ignored)");

@@ -78,7 +78,10 @@ Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape) {
         // A row (or a scalar) repeated: whole-row copies rather than xtensor's broadcast stepper.
         value = checked_array<T>("broadcast_to", shape);
         T* out = value.data();
-        for (std::size_t r = 0, rows = value.size() / n; r < rows; ++r) std::copy_n(x.value().data(), n, out + r * n);
+        const T* row = x.value().data();
+        if (n == 1) std::fill_n(out, value.size(), row[0]);  // a scalar (a loss's seed): one fill
+        else
+            for (std::size_t r = 0, rows = value.size() / n; r < rows; ++r) std::copy_n(row, n, out + r * n);
     } else {
         value = xt::broadcast(x.value(), shape);
     }

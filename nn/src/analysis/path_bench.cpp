@@ -6,6 +6,8 @@
 
 #include <rewind/autograd/ops.hpp>
 
+#include "rewind/nn/fused/cell_rules.hpp"
+
 namespace rw::nn {
 
 double median_of(std::vector<double> values) {
@@ -34,12 +36,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// One step; the fused driver's bytes kept between forward and backward, and its high-water mark
+// over the step, go to `memory` (beyond what the driver held before).
 template <class T>
-double training_step(Recurrent<T>& layer, Tensor<T>& x) {
+double training_step(Recurrent<T>& layer, Tensor<T>& x, fused::DriverMemory& memory) {
     layer.zero_grad();
     x.zero_grad();
+    const std::size_t before = fused::driver_memory().live;
+    fused::reset_driver_memory_peak();
     Tensor<T> loss = sum(layer.forward(x).output);
+    memory.live = fused::driver_memory().live - before;
     loss.backward();
+    memory.peak = fused::driver_memory().peak - before;
     return double(loss.item()) + double(x.grad().value().data()[0]);
 }
 
@@ -48,14 +56,21 @@ double training_step(Recurrent<T>& layer, Tensor<T>& x) {
 template <class T>
 PathBenchResult bench_paths(Recurrent<T>& layer, const Tensor<T>& input, const PathBenchOptions& options) {
     const ExecutionPath before = layer.path();
-    Tensor<T> x(input.value(), true);
+    // The caller's leaf itself when it already asks for a gradient: a copy of a long sequence's
+    // input would show in the memory the rounds measure.
+    Tensor<T> x = input.is_leaf() && input.requires_grad() ? input : Tensor<T>(input.value(), true);
     const bool batch_first = layer.options().batch_first;
     PathBenchResult result;
     result.flops = training_flops(layer, input.size(batch_first ? 1 : 0), input.size(batch_first ? 0 : 1));
     auto timed = [&](ExecutionPath path, std::vector<double>* samples) {
         layer.set_path(path);
+        fused::DriverMemory memory;
         const auto start = Clock::now();
-        result.checksum += training_step(layer, x);
+        result.checksum += training_step(layer, x, memory);
+        if (path == ExecutionPath::fused) {
+            result.fused_saved_bytes = std::max(result.fused_saved_bytes, memory.live);
+            result.fused_peak_bytes = std::max(result.fused_peak_bytes, memory.peak);
+        }
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
         if (samples) samples->push_back(ms);
     };
@@ -65,6 +80,7 @@ PathBenchResult bench_paths(Recurrent<T>& layer, const Tensor<T>& input, const P
         if (round == 0) {
             result.fused_ran = layer.uses_fused();
             result.path_note = layer.path_note();
+            result.recompute_segment = layer.last_recompute_segment();
         }
         if (options.generic) timed(ExecutionPath::generic, record ? &result.generic_ms : nullptr);
         if (options.each_round) options.each_round(record);

@@ -21,11 +21,13 @@ struct SequenceProbe {
 };
 
 // run_sequence, recording into *probe when given (filled by the forward and by the backward);
-// `owner` lives as long as the op's backward may run the rules.
+// `owner` lives as long as the op's backward may run the rules; `segment` as run_sequence's
+// recompute_segment (ignored while probing).
 template <class T>
 SequenceResult<T> run_sequence_probed(const CellRules<T>& rules, const Tensor<T>& input,
                                       const std::vector<Tensor<T>>& initial_state,
                                       const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
-                                      std::shared_ptr<SequenceProbe<T>> probe, std::shared_ptr<const void> owner = nullptr);
+                                      std::shared_ptr<SequenceProbe<T>> probe, std::shared_ptr<const void> owner = nullptr,
+                                      std::size_t segment = 0);
 
 }  // namespace rw::nn::fused::detail

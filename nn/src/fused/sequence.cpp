@@ -2,6 +2,9 @@
 // the saved buffers and the tape op around a cell's point-wise rules (cell_rules.hpp).
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <exception>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -54,28 +57,42 @@ std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, st
 
 namespace {
 
+// The bytes all driver buffers hold now and their high-water mark (driver_memory()).
+std::atomic<std::size_t> live_bytes{0}, peak_bytes{0};
+
+void count_allocation(std::size_t bytes) {
+    const std::size_t now = live_bytes.fetch_add(bytes) + bytes;
+    std::size_t peak = peak_bytes.load();
+    while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {}
+}
+
 // Uninitialised, 64-byte aligned storage: the buffers are written before they are read, and
 // zeroing tens of megabytes for nothing would show up in the timings.
 template <class T>
 class Buffer {
 public:
     Buffer() = default;
-    explicit Buffer(std::size_t count) : count_(count) {
+    explicit Buffer(std::size_t count) {
         if (count == 0) return;
         if (count > (std::numeric_limits<std::size_t>::max() - 63) / sizeof(T)) throw std::bad_alloc();
         const std::size_t bytes = (count * sizeof(T) + 63) / 64 * 64;
         data_.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
         if (!data_) throw std::bad_alloc();
+        data_.get_deleter().bytes = bytes;
+        count_allocation(bytes);
     }
     T* data() { return data_.get(); }
     const T* data() const { return data_.get(); }
 
 private:
     struct Free {
-        void operator()(T* p) const { std::free(p); }
+        std::size_t bytes = 0;
+        void operator()(T* p) const {
+            live_bytes.fetch_sub(bytes);
+            std::free(p);
+        }
     };
     std::unique_ptr<T, Free> data_;
-    std::size_t count_ = 0;
 };
 
 struct Dims {
@@ -89,13 +106,20 @@ struct Dims {
     std::size_t recurrent_stride() const { return separate() ? recurrent_width() : gate_width(); }
 };
 
+// Rows [begin, end) of the batch.
+struct Rows {
+    std::size_t begin = 0, end = 0;
+    std::size_t count() const { return end - begin; }
+};
+
 // Tape-op input positions: x, weights present in the layout, units, initial states.
 struct InputIndex {
     int x = 0, weight_ih = 1, bias_ih = -1, weight_hh = -1, bias_hh = -1, weight_second = -1, units = -1, states = -1;
 };
 
-// Everything the backward needs besides the op's inputs, in time order (index t is step t
-// whatever the direction).
+// Everything the backward needs besides the op's inputs. The step buffers form a window over
+// the steps, in time order (slot t - window_t0 is step t whatever the direction): all of them,
+// or one segment of `segment` steps when recomputing (note: Recomputation).
 template <class T>
 struct Saved {
     const CellRules<T>* rules = nullptr;
@@ -103,11 +127,16 @@ struct Saved {
     Dims dims;
     InputIndex index;
     bool reverse = false;
-    Buffer<T> gates;                  // [T, B, G*H] as the forward rule left them
-    std::vector<Buffer<T>> states;    // per state: [T, B, H] before step t
+    std::size_t segment = 0;          // steps per window: dims.steps unless recomputing
+    Buffer<T> gates;                  // [W, B, G*H] as the forward rule left them
+    std::vector<Buffer<T>> states;    // per state: [W, B, H] before step t
     std::vector<Buffer<T>> finals;    // per state: [B, H] after the last processed step
-    std::vector<Buffer<T>> extra;     // per saved buffer: [T, B, H]
-    Buffer<T> gated;                  // two-stage: q [T, B, H]
+    std::vector<Buffer<T>> extra;     // per saved buffer: [W, B, H]
+    Buffer<T> gated;                  // two-stage: q [W, B, H]
+    std::vector<Buffer<T>> checkpoints;  // recomputing: per state [segments, B, H], before each segment
+    std::size_t window_t0 = 0;           // the first step the window holds
+    std::size_t window_segment = 0;      // which segment it holds
+    std::vector<Rows> groups;            // the batch's row groups, one per thread (note: Threads)
     std::vector<std::uint8_t> active;  // [T, B], empty when every row runs every step
     std::vector<bool> all_active;      // per step
     std::shared_ptr<detail::SequenceProbe<T>> probe;  // null unless checking
@@ -115,21 +144,52 @@ struct Saved {
     bool row_active(std::size_t t, std::size_t b) const {
         return active.empty() || all_active[t] || active[t * dims.batch + b];
     }
+    std::size_t segments() const { return (dims.steps + segment - 1) / segment; }
+    bool recomputing() const { return segments() > 1; }
+    // Segment j covers the processing positions k in [first_k(j), end_k(j)).
+    std::size_t first_k(std::size_t j) const { return j * segment; }
+    std::size_t end_k(std::size_t j) const { return std::min(dims.steps, (j + 1) * segment); }
+    // The lowest step t of segment j (its last in the reverse direction).
+    std::size_t first_t(std::size_t j) const { return reverse ? dims.steps - end_k(j) : first_k(j); }
+    // Where the states before segment j's first step are kept, or end up after the last segment.
+    const T* boundary(std::size_t s, std::size_t j) const {
+        return j == segments() ? finals[s].data() : checkpoints[s].data() + j * dims.batch * dims.hidden;
+    }
 };
 
 std::size_t step_at(std::size_t k, std::size_t steps, bool reverse) { return reverse ? steps - 1 - k : k; }
 
-// sums[j] = sum over rows of matrix[row, j] for j < cols; rows `stride` apart.
+// The weights as the steps read them: from the cell's tensors in forward, from the op's inputs
+// when backward recomputes.
 template <class T>
-void column_sums(const T* matrix, std::size_t rows, std::size_t cols, std::size_t stride, T* sums) {
-    std::fill_n(sums, cols, T(0));
+struct StepWeights {
+    const T* weight_ih = nullptr;
+    const T* bias_ih = nullptr;
+    const T* weight_hh = nullptr;
+    const T* bias_hh = nullptr;
+    const T* weight_second = nullptr;
+    std::vector<const T*> units;
+};
+
+// sums[j] (+)= sum over rows of matrix[row, j] for j < cols; rows `stride` apart. Accumulating
+// sums into `scratch` [cols] first, so a segment's sum is added as one number per column.
+template <class T>
+void column_sums(const T* matrix, std::size_t rows, std::size_t cols, std::size_t stride, bool accumulate, T* sums,
+                 T* scratch) {
+    T* into = accumulate ? scratch : sums;
+    std::fill_n(into, cols, T(0));
     for (std::size_t r = 0; r < rows; ++r) {
         const T* row = matrix + r * stride;
         lanes<T>(cols, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            store_lane(sums + j, load_lane<V>(sums + j) + load_lane<V>(row + j));
+            store_lane(into + j, load_lane<V>(into + j) + load_lane<V>(row + j));
         });
     }
+    if (accumulate)
+        lanes<T>(cols, [&](std::size_t j, auto tag) {
+            using V = decltype(tag);
+            store_lane(sums + j, load_lane<V>(sums + j) + load_lane<V>(scratch + j));
+        });
 }
 
 // out [rows, cols] = a (+ b on the first b_cols columns) on every row; a or b may be null.
@@ -198,108 +258,235 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
 
 // ---- forward ----
 
+// Note: Recomputation. A long sequence's step buffers grow with T (LSTM, B=32, H=256: 196 KB a
+// step). With a segment of k steps, forward keeps only the states before each segment and one
+// window of k steps; backward walks the segments from last to first, reruns each one's forward
+// from its checkpoint into the window (the last segment is still there from forward), then runs
+// its backward steps and its share of the weight GEMMs. Memory ~ (T/k + k) steps instead of T
+// (k = sqrt(T) at best) for one more forward pass. The rerun repeats the forward's arithmetic
+// exactly, so only the weight gradients' summation order (per segment) differs.
+//
+// Note: Threads. The rows of a batch are independent until the weight gradients sum over them,
+// so with blas::num_threads() > 1 the driver splits the batch into row groups, one per thread,
+// each running the step loop with its own recurrent GEMMs on its rows (single-threaded GEMMs
+// inside the parallel region); the products over all steps stay whole and use the threads
+// inside the GEMM. Small multithreaded GEMMs per step lose to thread wake-ups; this does not.
+
+// At least min_rows_per_thread rows per group: smaller GEMMs lose more than a thread gains.
+constexpr std::size_t min_rows_per_thread = 4;
+
+std::vector<Rows> split_rows(std::size_t batch, std::size_t threads) {
+    const std::size_t groups = std::max<std::size_t>(1, std::min(threads, batch / min_rows_per_thread));
+    std::vector<Rows> rows;
+    for (std::size_t g = 0; g < groups; ++g) rows.push_back({batch * g / groups, batch * (g + 1) / groups});
+    return rows;
+}
+
+// Runs work(g) for every group, in parallel when there are several; an exception (a user's rule
+// may throw) is carried out of the parallel region and rethrown here.
+template <class Work>
+void for_each_group(std::size_t groups, Work&& work) {
+    if (groups == 1) return work(0);
+    std::vector<std::exception_ptr> errors(groups);
+#pragma omp parallel for num_threads(int(groups)) schedule(static, 1)
+    for (std::size_t g = 0; g < groups; ++g) {
+        try {
+            work(g);
+        } catch (...) {
+            errors[g] = std::current_exception();
+        }
+    }
+    for (auto& error : errors)
+        if (error) std::rethrow_exception(error);
+}
+
+// The step loop of one window for one group of rows: the recurrent GEMMs and the cell's forward
+// rules, row by row.
+template <class T>
+class ForwardSteps {
+public:
+    ForwardSteps(Saved<T>& saved, const StepWeights<T>& w, Rows rows) : saved_(saved), d_(saved.dims), w_(w), rows_(rows) {
+        const CellLayout& l = d_.layout;
+        const std::size_t m = rows.count(), H = d_.hidden;
+        if (d_.separate()) recurrent_out_ = Buffer<T>(m * d_.recurrent_width());
+        if (l.second > 0) second_out_ = Buffer<T>(m * d_.second_width());
+        // h W_hh^T every step with the same W_hh: packed once for all steps (gemm.hpp).
+        if (l.recurrent > 0)
+            recurrent_ = std::make_unique<blas::PackedGemm<T>>(true, m, d_.recurrent_width(), H, w_.weight_hh, H,
+                                                               d_.separate() ? T(0) : T(1), H,
+                                                               d_.separate() ? d_.recurrent_width() : d_.gate_width(),
+                                                               d_.steps);
+        if (l.second > 0)
+            second_ = std::make_unique<blas::PackedGemm<T>>(true, m, d_.second_width(), H, w_.weight_second, H, T(0), H,
+                                                            d_.second_width(), d_.steps);
+        state_.resize(l.states);
+        next_.resize(l.states);
+        extra_.resize(l.saved);
+        row_.hidden = H;
+        row_.state = state_.data();
+        row_.next_state = next_.data();
+        row_.saved = extra_.data();
+        row_.units = w_.units.data();
+    }
+
+    // Segment j's steps, the window already holding its projections and first states; the states
+    // after its last step go to `after`, each step's output h to `output` [T, B, H] when given.
+    void run(std::size_t j, const std::vector<T*>& after, T* output) {
+        const std::size_t B = d_.batch, H = d_.hidden, GH = d_.gate_width(), S = d_.layout.states, b0 = rows_.begin;
+        const std::size_t k0 = saved_.first_k(j), k1 = saved_.end_k(j), t0 = saved_.first_t(j);
+        for (std::size_t k = k0; k < k1; ++k) {
+            const std::size_t t = step_at(k, d_.steps, saved_.reverse), slot = t - t0;
+            const bool last = k + 1 == k1;
+            const std::size_t next_slot = last ? 0 : step_at(k + 1, d_.steps, saved_.reverse) - t0;
+            if (recurrent_)
+                recurrent_->operator()(saved_.states[0].data() + (slot * B + b0) * H,
+                                       d_.separate() ? recurrent_out_.data() : saved_.gates.data() + (slot * B + b0) * GH);
+            for (std::size_t b = b0; b < rows_.end; ++b) {
+                point(slot, next_slot, last ? &after : nullptr, b);
+                if (saved_.row_active(t, b)) {
+                    saved_.rules->forward(row_);
+                    continue;
+                }
+                // A finished row keeps its state; q is zeroed so the dW_2 GEMM reads no garbage.
+                for (std::size_t s = 0; s < S; ++s) std::copy_n(state_[s], H, next_[s]);
+                if (row_.gated_state) std::fill_n(row_.gated_state, H, T(0));
+            }
+            if (second_) {
+                second_->operator()(saved_.gated.data() + (slot * B + b0) * H, second_out_.data());
+                for (std::size_t b = b0; b < rows_.end; ++b)
+                    if (saved_.row_active(t, b)) {
+                        point(slot, next_slot, last ? &after : nullptr, b);
+                        saved_.rules->forward_second(row_);
+                    }
+            }
+            if (!output) continue;
+            // The output is h after the step, zeros in finished rows.
+            const T* h = last ? after[0] : saved_.states[0].data() + next_slot * B * H;
+            T* out = output + t * B * H;
+            for (std::size_t b = b0; b < rows_.end; ++b) {
+                if (saved_.row_active(t, b)) std::copy_n(h + b * H, H, out + b * H);
+                else std::fill_n(out + b * H, H, T(0));
+            }
+        }
+    }
+
+private:
+    // Points the row at row b of the window's slot; `after` when the step is the window's last.
+    void point(std::size_t slot, std::size_t next_slot, const std::vector<T*>* after, std::size_t b) {
+        const CellLayout& l = d_.layout;
+        const std::size_t B = d_.batch, H = d_.hidden, local = b - rows_.begin;
+        row_.gates = saved_.gates.data() + (slot * B + b) * d_.gate_width();
+        for (std::size_t s = 0; s < l.states; ++s) {
+            state_[s] = saved_.states[s].data() + (slot * B + b) * H;
+            next_[s] = (after ? (*after)[s] : saved_.states[s].data() + next_slot * B * H) + b * H;
+        }
+        for (std::size_t e = 0; e < l.saved; ++e) extra_[e] = saved_.extra[e].data() + (slot * B + b) * H;
+        row_.recurrent = d_.separate() ? recurrent_out_.data() + local * d_.recurrent_width() : nullptr;
+        row_.bias_hh = d_.separate() ? w_.bias_hh : nullptr;
+        row_.gated_state = l.second > 0 ? saved_.gated.data() + (slot * B + b) * H : nullptr;
+        row_.second = l.second > 0 ? second_out_.data() + local * d_.second_width() : nullptr;
+    }
+
+    Saved<T>& saved_;
+    const Dims& d_;
+    const StepWeights<T>& w_;
+    Rows rows_;
+    Buffer<T> recurrent_out_, second_out_;
+    std::unique_ptr<blas::PackedGemm<T>> recurrent_, second_;
+    std::vector<const T*> state_;
+    std::vector<T*> next_, extra_;
+    ForwardRow<T> row_;
+};
+
+// One window of the whole batch: the input projections of its steps as one GEMM, then the step
+// loop of every row group.
+template <class T>
+class ForwardPass {
+public:
+    ForwardPass(Saved<T>& saved, StepWeights<T> w, const T* x, const std::vector<Rows>& groups)
+        : saved_(saved), w_(std::move(w)), x_(x) {
+        for (const Rows& rows : groups) groups_.push_back(std::make_unique<ForwardSteps<T>>(saved, w_, rows));
+    }
+
+    // Segment j from the states `before` (per state [B, H]), as ForwardSteps::run.
+    void run(std::size_t j, const std::vector<const T*>& before, const std::vector<T*>& after, T* output) {
+        const Dims& d = saved_.dims;
+        const std::size_t B = d.batch, H = d.hidden, k0 = saved_.first_k(j), t0 = saved_.first_t(j);
+        saved_.window_t0 = t0;
+        saved_.window_segment = j;
+        project(t0, saved_.end_k(j) - k0);
+        const std::size_t first_slot = step_at(k0, d.steps, saved_.reverse) - t0;
+        for (std::size_t s = 0; s < d.layout.states; ++s)
+            std::copy_n(before[s], B * H, saved_.states[s].data() + first_slot * B * H);
+        for_each_group(groups_.size(), [&](std::size_t g) { groups_[g]->run(j, after, output); });
+    }
+
+private:
+    // The projections of steps [t0, t0 + count), on top of the biases outside the recurrence.
+    void project(std::size_t t0, std::size_t count) {
+        const Dims& d = saved_.dims;
+        const std::size_t rows = count * d.batch, GH = d.gate_width();
+        T* gates = saved_.gates.data();
+        fill_rows(gates, rows, GH, w_.bias_ih, d.separate() ? nullptr : w_.bias_hh, d.recurrent_width());
+        blas::gemm(false, true, rows, GH, d.input, T(1), x_ + t0 * d.batch * d.input, d.input, w_.weight_ih, d.input,
+                   T(1), gates, GH);
+    }
+
+    Saved<T>& saved_;
+    StepWeights<T> w_;
+    const T* x_;
+    std::vector<std::unique_ptr<ForwardSteps<T>>> groups_;
+};
+
 template <class T>
 std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, const T* x,
                                    const std::vector<const T*>& initial) {
     const Dims& d = saved.dims;
     const CellLayout& l = d.layout;
-    const std::size_t B = d.batch, H = d.hidden, GH = d.gate_width(), TB = d.steps * d.batch, S = l.states;
-    const T* b_hh = w.bias_hh.defined() ? w.bias_hh.value().data() : nullptr;
+    const std::size_t B = d.batch, H = d.hidden, W = saved.segment, S = l.states;
 
     xt::xarray<T> output = xt::xarray<T>::from_shape({d.steps, B, H});
     std::vector<xt::xarray<T>> finals(S);
     for (auto& f : finals) f = xt::xarray<T>::from_shape({B, H});
+    saved.gates = Buffer<T>(W * B * d.gate_width());
+    for (std::size_t s = 0; s < S; ++s) saved.states.emplace_back(W * B * H);
+    for (std::size_t e = 0; e < l.saved; ++e) saved.extra.emplace_back(W * B * H);
+    if (l.second > 0) saved.gated = Buffer<T>(W * B * H);
 
-    // All input projections at once, on top of the biases outside the recurrence.
-    saved.gates = Buffer<T>(TB * GH);
-    T* gates = saved.gates.data();
-    fill_rows(gates, TB, GH, w.bias_ih.defined() ? w.bias_ih.value().data() : nullptr,
-              d.separate() ? nullptr : b_hh, d.recurrent_width());
-    blas::gemm(false, true, TB, GH, d.input, T(1), x, d.input, w.weight_ih.value().data(), d.input, T(1), gates, GH);
+    StepWeights<T> weights{w.weight_ih.value().data(),
+                           w.bias_ih.defined() ? w.bias_ih.value().data() : nullptr,
+                           l.recurrent > 0 ? w.weight_hh.value().data() : nullptr,
+                           w.bias_hh.defined() ? w.bias_hh.value().data() : nullptr,
+                           l.second > 0 ? w.weight_second.value().data() : nullptr,
+                           {}};
+    for (const auto& u : w.units) weights.units.push_back(u.value().data());
+    ForwardPass<T> pass(saved, std::move(weights), x, saved.groups);
 
-    const std::size_t first = step_at(0, d.steps, saved.reverse);
-    for (std::size_t s = 0; s < S; ++s) {
-        saved.states.emplace_back(TB * H);
-        std::copy_n(initial[s], B * H, saved.states[s].data() + first * B * H);
-    }
-    for (std::size_t e = 0; e < l.saved; ++e) saved.extra.emplace_back(TB * H);
-    if (l.second > 0) saved.gated = Buffer<T>(TB * H);
-    Buffer<T> recurrent_out, second_out;
-    if (d.separate()) recurrent_out = Buffer<T>(B * d.recurrent_width());
-    if (l.second > 0) second_out = Buffer<T>(B * d.second_width());
-    std::vector<const T*> units;
-    for (const auto& u : w.units) units.push_back(u.value().data());
-
-    // h W_hh^T every step with the same W_hh: packed once for all steps (gemm.hpp).
-    std::unique_ptr<blas::PackedGemm<T>> recurrent, second;
-    if (l.recurrent > 0)
-        recurrent = std::make_unique<blas::PackedGemm<T>>(true, B, d.recurrent_width(), H, w.weight_hh.value().data(), H,
-                                                          d.separate() ? T(0) : T(1), H,
-                                                          d.separate() ? d.recurrent_width() : GH, d.steps);
-    if (l.second > 0)
-        second = std::make_unique<blas::PackedGemm<T>>(true, B, d.second_width(), H, w.weight_second.value().data(), H,
-                                                       T(0), H, d.second_width(), d.steps);
-
-    std::vector<const T*> state(S);
-    std::vector<T*> next(S), extra(l.saved);
-    ForwardRow<T> row;
-    row.hidden = H;
-    row.state = state.data();
-    row.next_state = next.data();
-    row.saved = extra.data();
-    row.units = units.data();
-    // Points the row at row b of step t (next_at: where step t's states go).
-    auto point = [&](std::size_t t, std::size_t next_at, bool last, std::size_t b) {
-        row.gates = gates + (t * B + b) * GH;
+    std::vector<T*> final_rows(S);
+    for (std::size_t s = 0; s < S; ++s) final_rows[s] = finals[s].data();
+    if (!saved.recomputing()) {
+        pass.run(0, initial, final_rows, output.data());
+    } else {
+        const std::size_t segments = saved.segments();
         for (std::size_t s = 0; s < S; ++s) {
-            state[s] = saved.states[s].data() + (t * B + b) * H;
-            next[s] = (last ? finals[s].data() : saved.states[s].data() + next_at * B * H) + b * H;
+            saved.checkpoints.emplace_back(segments * B * H);
+            std::copy_n(initial[s], B * H, saved.checkpoints[s].data());
         }
-        for (std::size_t e = 0; e < l.saved; ++e) extra[e] = saved.extra[e].data() + (t * B + b) * H;
-        row.recurrent = d.separate() ? recurrent_out.data() + b * d.recurrent_width() : nullptr;
-        row.bias_hh = d.separate() ? b_hh : nullptr;
-        row.gated_state = l.second > 0 ? saved.gated.data() + (t * B + b) * H : nullptr;
-        row.second = l.second > 0 ? second_out.data() + b * d.second_width() : nullptr;
-    };
-
-    for (std::size_t k = 0; k < d.steps; ++k) {
-        const std::size_t t = step_at(k, d.steps, saved.reverse);
-        const bool last = k + 1 == d.steps;
-        const std::size_t next_at = last ? 0 : step_at(k + 1, d.steps, saved.reverse);
-        if (recurrent)
-            recurrent->operator()(saved.states[0].data() + t * B * H,
-                                  d.separate() ? recurrent_out.data() : gates + t * B * GH);
-        for (std::size_t b = 0; b < B; ++b) {
-            point(t, next_at, last, b);
-            if (saved.row_active(t, b)) {
-                saved.rules->forward(row);
-                continue;
+        std::vector<const T*> before(S);
+        std::vector<T*> after(S);
+        for (std::size_t j = 0; j < segments; ++j) {
+            for (std::size_t s = 0; s < S; ++s) {
+                before[s] = saved.checkpoints[s].data() + j * B * H;
+                after[s] = j + 1 == segments ? final_rows[s] : saved.checkpoints[s].data() + (j + 1) * B * H;
             }
-            // A finished row keeps its state; q is zeroed so the dW_2 GEMM reads no garbage.
-            for (std::size_t s = 0; s < S; ++s) std::copy_n(state[s], H, next[s]);
-            if (row.gated_state) std::fill_n(row.gated_state, H, T(0));
-        }
-        if (second) {
-            second->operator()(saved.gated.data() + t * B * H, second_out.data());
-            for (std::size_t b = 0; b < B; ++b)
-                if (saved.row_active(t, b)) {
-                    point(t, next_at, last, b);
-                    saved.rules->forward_second(row);
-                }
-        }
-        // The output is h after the step, zeros in finished rows.
-        const T* h = last ? finals[0].data() : saved.states[0].data() + next_at * B * H;
-        T* out = output.data() + t * B * H;
-        for (std::size_t b = 0; b < B; ++b) {
-            if (saved.row_active(t, b)) std::copy_n(h + b * H, H, out + b * H);
-            else std::fill_n(out + b * H, H, T(0));
+            pass.run(j, before, after, output.data());
         }
     }
     for (std::size_t s = 0; s < S; ++s) {
         saved.finals.emplace_back(B * H);
         std::copy_n(finals[s].data(), B * H, saved.finals[s].data());
     }
-    if (saved.probe)
+    if (saved.probe)  // the probe runs without recomputation: the window holds every step
         for (std::size_t s = 0; s < S; ++s) {
             xt::xarray<T> after = xt::xarray<T>::from_shape({d.steps, B, H});
             for (std::size_t k = 0; k < d.steps; ++k) {
@@ -319,8 +506,137 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
 
 // ---- backward ----
 
+// What the row groups' backward step loops share; each writes only its own rows.
 template <class T>
-Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
+struct BackwardShared {
+    Saved<T>* saved = nullptr;
+    T* grad_gates = nullptr;      // [W, B, G*H]: dL/d(gate pre-activations) of the window's steps
+    T* grad_recurrent = nullptr;  // [W, B, R*H] of the separate stage-1 product, or grad_gates
+    T* grad_second = nullptr;     // [W, B, R_2*H] of the stage-2 product
+    std::vector<T*> grad_state;   // per state [B, H]: dL/d(state after the step being run)
+    const T* grad_output = nullptr;
+    std::vector<const T*> units;
+    const T* weight_hh = nullptr;
+    const T* weight_second = nullptr;
+    bool need_h0 = false;
+};
+
+// The backward step loop of one window for one group of rows.
+template <class T>
+class BackwardSteps {
+public:
+    BackwardSteps(const BackwardShared<T>& shared, Rows rows) : sh_(shared), d_(shared.saved->dims), rows_(rows) {
+        const CellLayout& l = d_.layout;
+        const std::size_t m = rows.count(), H = d_.hidden;
+        // dh_{t-1} += dR W_hh and dq = dR_2 W_2 every step: the weights packed once (gemm.hpp).
+        if (l.recurrent > 0)
+            recurrent_ = std::make_unique<blas::PackedGemm<T>>(false, m, H, d_.recurrent_width(), sh_.weight_hh, H, T(1),
+                                                               d_.recurrent_stride(), H, d_.steps);
+        if (l.second > 0) {
+            second_ = std::make_unique<blas::PackedGemm<T>>(false, m, H, d_.second_width(), sh_.weight_second, H, T(0),
+                                                            d_.second_width(), H, d_.steps);
+            grad_gated_ = Buffer<T>(m * H);
+        }
+        for (std::size_t u = 0; u < l.units; ++u) grad_units_.push_back(xt::zeros<T>({H}));
+        for (auto& g : grad_units_) grad_unit_ptrs_.push_back(g.data());
+        state_.resize(l.states);
+        next_.resize(l.states);
+        extra_.resize(l.saved);
+        dstate_.resize(l.states);
+        row_.hidden = H;
+        row_.state = state_.data();
+        row_.next_state = next_.data();
+        row_.saved = extra_.data();
+        row_.units = sh_.units.data();
+        row_.grad_state = dstate_.data();
+        row_.grad_units = grad_unit_ptrs_.data();
+    }
+
+    // Segment j's steps from last to first; `after` holds the states after its last step.
+    void run(std::size_t j, const std::vector<const T*>& after) {
+        const Saved<T>& saved = *sh_.saved;
+        const CellLayout& l = d_.layout;
+        const std::size_t B = d_.batch, H = d_.hidden, GH = d_.gate_width(), b0 = rows_.begin;
+        const std::size_t k0 = saved.first_k(j), k1 = saved.end_k(j), t0 = saved.first_t(j);
+        for (std::size_t k = k1; k-- > k0;) {
+            const std::size_t t = step_at(k, d_.steps, saved.reverse), slot = t - t0;
+            const bool last = k + 1 == k1;
+            const std::size_t next_slot = last ? 0 : step_at(k + 1, d_.steps, saved.reverse) - t0;
+            const T* const* after_step = last ? after.data() : nullptr;
+            for (std::size_t b = b0; b < rows_.end; ++b) {
+                point(slot, next_slot, after_step, b);
+                if (saved.row_active(t, b)) {
+                    if (sh_.grad_output) {
+                        const T* dout = sh_.grad_output + (t * B + b) * H;
+                        T* dh = dstate_[0];
+                        lanes<T>(H, [&](std::size_t i, auto tag) {
+                            using V = decltype(tag);
+                            store_lane(dh + i, load_lane<V>(dh + i) + load_lane<V>(dout + i));
+                        });
+                    }
+                    if (l.second > 0) saved.rules->backward_second(row_);
+                    continue;
+                }
+                // A finished row: the state gradients pass through unchanged, nothing reaches the weights.
+                std::fill_n(row_.grad_gates, GH, T(0));
+                if (row_.grad_recurrent) std::fill_n(row_.grad_recurrent, d_.recurrent_width(), T(0));
+                if (row_.grad_second) std::fill_n(row_.grad_second, d_.second_width(), T(0));
+            }
+            if (second_)
+                second_->operator()(sh_.grad_second + (slot * B + b0) * d_.second_width(), grad_gated_.data());
+            for (std::size_t b = b0; b < rows_.end; ++b)
+                if (saved.row_active(t, b)) {
+                    point(slot, next_slot, after_step, b);
+                    saved.rules->backward(row_);
+                }
+            // dh_{t-1} += dR W_hh; after the first step only the initial state's gradient would remain.
+            if (recurrent_ && (k > 0 || sh_.need_h0 || saved.probe))
+                recurrent_->operator()(sh_.grad_recurrent + (slot * B + b0) * d_.recurrent_stride(),
+                                       sh_.grad_state[0] + b0 * H);
+            if (saved.probe)
+                for (std::size_t s = 0; s < l.states; ++s)
+                    std::copy_n(sh_.grad_state[s] + b0 * H, rows_.count() * H,
+                                saved.probe->grad_states_before[s].data() + (t * B + b0) * H);
+        }
+    }
+
+    // This group's sums for the per-unit vectors.
+    const std::vector<xt::xarray<T>>& grad_units() const { return grad_units_; }
+
+private:
+    // Row b of the window's slot; `after` holds the states after the window's last step.
+    void point(std::size_t slot, std::size_t next_slot, const T* const* after, std::size_t b) {
+        const Saved<T>& saved = *sh_.saved;
+        const CellLayout& l = d_.layout;
+        const std::size_t B = d_.batch, H = d_.hidden, at = slot * B + b;
+        row_.gates = saved.gates.data() + at * d_.gate_width();
+        for (std::size_t s = 0; s < l.states; ++s) {
+            state_[s] = saved.states[s].data() + at * H;
+            next_[s] = (after ? after[s] : saved.states[s].data() + next_slot * B * H) + b * H;
+            dstate_[s] = sh_.grad_state[s] + b * H;
+        }
+        for (std::size_t e = 0; e < l.saved; ++e) extra_[e] = saved.extra[e].data() + at * H;
+        row_.grad_gates = sh_.grad_gates + at * d_.gate_width();
+        row_.grad_recurrent = d_.separate() ? sh_.grad_recurrent + at * d_.recurrent_width() : nullptr;
+        row_.gated_state = l.second > 0 ? saved.gated.data() + at * H : nullptr;
+        row_.grad_second = l.second > 0 ? sh_.grad_second + at * d_.second_width() : nullptr;
+        row_.grad_gated_state = l.second > 0 ? grad_gated_.data() + (b - rows_.begin) * H : nullptr;
+    }
+
+    const BackwardShared<T>& sh_;
+    const Dims& d_;
+    Rows rows_;
+    std::unique_ptr<blas::PackedGemm<T>> recurrent_, second_;
+    Buffer<T> grad_gated_;  // dq = dR_2 W_2 of this group's rows
+    std::vector<xt::xarray<T>> grad_units_;
+    std::vector<T*> grad_unit_ptrs_;
+    std::vector<const T*> state_, next_, extra_;
+    std::vector<T*> dstate_;
+    BackwardRow<T> row_;
+};
+
+template <class T>
+Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
     if (ctx.create_graph())
         throw GraphError(fmt::format(
             "backward of '{}' with create_graph=true: the fused recurrent kernel's backward is hand-written and "
@@ -330,7 +646,8 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
     const Dims& d = saved.dims;
     const CellLayout& l = d.layout;
     const InputIndex& in = saved.index;
-    const std::size_t B = d.batch, H = d.hidden, GH = d.gate_width(), TB = d.steps * d.batch, I = d.input, S = l.states;
+    const std::size_t B = d.batch, H = d.hidden, GH = d.gate_width(), I = d.input, S = l.states;
+    const std::size_t WB = saved.segment * B, RH = d.recurrent_width(), R2H = d.second_width();
     const T* x = ctx.input(in.x).value().data();
     const T* w_ih = ctx.input(in.weight_ih).value().data();
 
@@ -338,143 +655,108 @@ Gradients<T> backward(const Saved<T>& saved, const BackwardContext<T>& ctx) {
         saved.probe->grad_states_before.assign(S, xt::xarray<T>::from_shape({d.steps, B, H}));
         saved.probe->grad_gates = xt::xarray<T>::from_shape({d.steps, B, GH});
     }
+    BackwardShared<T> shared;
+    shared.saved = &saved;
     std::vector<xt::xarray<T>> grad_state(S);
     for (std::size_t s = 0; s < S; ++s) {
         grad_state[s] = xt::xarray<T>::from_shape({B, H});
         if (ctx.has_grad_output(1 + s)) std::copy_n(ctx.grad_output(1 + s).value().data(), B * H, grad_state[s].data());
         else std::fill_n(grad_state[s].data(), B * H, T(0));
+        shared.grad_state.push_back(grad_state[s].data());
     }
-    const T* grad_output = ctx.has_grad_output(0) ? ctx.grad_output(0).value().data() : nullptr;
-    bool need_h0 = false;
-    for (std::size_t s = 0; s < S; ++s) need_h0 = need_h0 || ctx.needs_input_grad(in.states + s);
+    shared.grad_output = ctx.has_grad_output(0) ? ctx.grad_output(0).value().data() : nullptr;
+    for (std::size_t s = 0; s < S; ++s) shared.need_h0 = shared.need_h0 || ctx.needs_input_grad(in.states + s);
 
-    Buffer<T> grad_gates(TB * GH), grad_recurrent, grad_second, grad_gated;
-    if (d.separate()) grad_recurrent = Buffer<T>(TB * d.recurrent_width());
-    if (l.second > 0) {
-        grad_second = Buffer<T>(TB * d.second_width());
-        grad_gated = Buffer<T>(B * H);
-    }
+    Buffer<T> grad_gates(WB * GH), grad_recurrent, grad_second;
+    if (d.separate()) grad_recurrent = Buffer<T>(WB * RH);
+    if (l.second > 0) grad_second = Buffer<T>(WB * R2H);
     T* dgx = grad_gates.data();
     T* dgh = d.separate() ? grad_recurrent.data() : dgx;
-    std::vector<xt::xarray<T>> grad_units(l.units);
-    std::vector<const T*> units;
-    std::vector<T*> grad_unit_ptrs;
-    for (std::size_t u = 0; u < l.units; ++u) {
-        grad_units[u] = xt::zeros<T>({H});
-        grad_unit_ptrs.push_back(grad_units[u].data());
-        units.push_back(ctx.input(in.units + u).value().data());
+    shared.grad_gates = dgx;
+    shared.grad_recurrent = dgh;
+    shared.grad_second = grad_second.data();
+    for (std::size_t u = 0; u < l.units; ++u) shared.units.push_back(ctx.input(in.units + u).value().data());
+    shared.weight_hh = in.weight_hh >= 0 ? ctx.input(in.weight_hh).value().data() : nullptr;
+    shared.weight_second = in.weight_second >= 0 ? ctx.input(in.weight_second).value().data() : nullptr;
+    std::vector<std::unique_ptr<BackwardSteps<T>>> groups;
+    for (const Rows& rows : saved.groups) groups.push_back(std::make_unique<BackwardSteps<T>>(shared, rows));
+
+    // Reruns a segment's forward into the window (note: Recomputation).
+    std::unique_ptr<ForwardPass<T>> rerun;
+    std::vector<Buffer<T>> rerun_after;
+    if (saved.recomputing()) {
+        StepWeights<T> weights{w_ih,
+                               in.bias_ih >= 0 ? ctx.input(in.bias_ih).value().data() : nullptr,
+                               shared.weight_hh,
+                               in.bias_hh >= 0 ? ctx.input(in.bias_hh).value().data() : nullptr,
+                               shared.weight_second,
+                               shared.units};
+        rerun = std::make_unique<ForwardPass<T>>(saved, std::move(weights), x, saved.groups);
+        for (std::size_t s = 0; s < S; ++s) rerun_after.emplace_back(B * H);
     }
 
-    // dh_{t-1} += dR W_hh and dq = dR_2 W_2 every step: the weights packed once (gemm.hpp).
-    std::unique_ptr<blas::PackedGemm<T>> recurrent_backward, second_backward;
-    if (l.recurrent > 0)
-        recurrent_backward = std::make_unique<blas::PackedGemm<T>>(false, B, H, d.recurrent_width(),
-                                                                   ctx.input(in.weight_hh).value().data(), H, T(1),
-                                                                   d.recurrent_stride(), H, d.steps);
-    if (l.second > 0)
-        second_backward = std::make_unique<blas::PackedGemm<T>>(false, B, H, d.second_width(),
-                                                                ctx.input(in.weight_second).value().data(), H, T(0),
-                                                                d.second_width(), H, d.steps);
-
-    std::vector<const T*> state(S), next(S), extra(l.saved);
-    std::vector<T*> dstate(S);
-    BackwardRow<T> row;
-    row.hidden = H;
-    row.state = state.data();
-    row.next_state = next.data();
-    row.saved = extra.data();
-    row.units = units.data();
-    row.grad_state = dstate.data();
-    row.grad_units = grad_unit_ptrs.data();
-    auto point = [&](std::size_t t, std::size_t next_at, bool last, std::size_t b) {
-        row.gates = saved.gates.data() + (t * B + b) * GH;
-        for (std::size_t s = 0; s < S; ++s) {
-            state[s] = saved.states[s].data() + (t * B + b) * H;
-            next[s] = (last ? saved.finals[s].data() : saved.states[s].data() + next_at * B * H) + b * H;
-            dstate[s] = grad_state[s].data() + b * H;
-        }
-        for (std::size_t e = 0; e < l.saved; ++e) extra[e] = saved.extra[e].data() + (t * B + b) * H;
-        row.grad_gates = dgx + (t * B + b) * GH;
-        row.grad_recurrent = d.separate() ? dgh + (t * B + b) * d.recurrent_width() : nullptr;
-        row.gated_state = l.second > 0 ? saved.gated.data() + (t * B + b) * H : nullptr;
-        row.grad_second = l.second > 0 ? grad_second.data() + (t * B + b) * d.second_width() : nullptr;
-        row.grad_gated_state = l.second > 0 ? grad_gated.data() + b * H : nullptr;
+    // The weight gradients, summed over the segments' GEMMs (one segment without recomputation).
+    auto maybe = [&](int index, Shape shape) {
+        return index >= 0 && ctx.needs_input_grad(index) ? xt::xarray<T>::from_shape(shape) : xt::xarray<T>();
     };
+    auto wanted = [](const xt::xarray<T>& gradient) { return gradient.dimension() > 0; };  // 0-D: not asked for
+    const bool want_dx = ctx.needs_input_grad(in.x);
+    xt::xarray<T> dx = want_dx ? xt::xarray<T>::from_shape({d.steps, B, I}) : xt::xarray<T>();
+    xt::xarray<T> dw_ih = maybe(in.weight_ih, {GH, I}), db_ih = maybe(in.bias_ih, {GH});
+    xt::xarray<T> dw_hh = maybe(in.weight_hh, {RH, H}), db_hh = maybe(in.bias_hh, {RH});
+    xt::xarray<T> dw_2 = maybe(in.weight_second, {R2H, H});
+    // b_hh adds to the same pre-activations as b_ih: same gradient, summed once.
+    const bool db_hh_is_db_ih = !d.separate() && RH == GH && wanted(db_ih);
+    Buffer<T> sums(std::max(GH, RH));
 
-    for (std::size_t k = d.steps; k-- > 0;) {
-        const std::size_t t = step_at(k, d.steps, saved.reverse);
-        const bool last = k + 1 == d.steps;
-        const std::size_t next_at = last ? 0 : step_at(k + 1, d.steps, saved.reverse);
-        for (std::size_t b = 0; b < B; ++b) {
-            point(t, next_at, last, b);
-            if (saved.row_active(t, b)) {
-                if (grad_output) {
-                    const T* dout = grad_output + (t * B + b) * H;
-                    T* dh = dstate[0];
-                    lanes<T>(H, [&](std::size_t j, auto tag) {
-                        using V = decltype(tag);
-                        store_lane(dh + j, load_lane<V>(dh + j) + load_lane<V>(dout + j));
-                    });
-                }
-                if (l.second > 0) saved.rules->backward_second(row);
-                continue;
+    std::vector<const T*> after(S);
+    for (std::size_t j = saved.segments(); j-- > 0;) {
+        if (saved.window_segment != j) {
+            std::vector<const T*> before(S);
+            std::vector<T*> scratch(S);
+            for (std::size_t s = 0; s < S; ++s) {
+                before[s] = saved.boundary(s, j);
+                scratch[s] = rerun_after[s].data();
             }
-            // A finished row: the state gradients pass through unchanged, nothing reaches the weights.
-            std::fill_n(row.grad_gates, GH, T(0));
-            if (row.grad_recurrent) std::fill_n(row.grad_recurrent, d.recurrent_width(), T(0));
-            if (row.grad_second) std::fill_n(row.grad_second, d.second_width(), T(0));
+            rerun->run(j, before, scratch, nullptr);
         }
-        if (second_backward) second_backward->operator()(grad_second.data() + t * B * d.second_width(), grad_gated.data());
-        for (std::size_t b = 0; b < B; ++b)
-            if (saved.row_active(t, b)) {
-                point(t, next_at, last, b);
-                saved.rules->backward(row);
-            }
-        // dh_{t-1} += dR W_hh; after the first step only the initial state's gradient would remain.
-        if (recurrent_backward && (k > 0 || need_h0 || saved.probe))
-            recurrent_backward->operator()(dgh + t * B * d.recurrent_stride(), grad_state[0].data());
-        if (saved.probe)
-            for (std::size_t s = 0; s < S; ++s)
-                std::copy_n(grad_state[s].data(), B * H, saved.probe->grad_states_before[s].data() + t * B * H);
+        for (std::size_t s = 0; s < S; ++s) after[s] = saved.boundary(s, j + 1);
+        const std::size_t k0 = saved.first_k(j), k1 = saved.end_k(j), t0 = saved.first_t(j), rows = (k1 - k0) * B;
+        for_each_group(groups.size(), [&](std::size_t g) { groups[g]->run(j, after); });
+        if (saved.probe) std::copy_n(dgx, rows * GH, saved.probe->grad_gates.data() + t0 * B * GH);
+
+        // This segment's share of the products over all steps; the first segment done sets them.
+        const T beta = j + 1 == saved.segments() ? T(0) : T(1);
+        const T* x_rows = x + t0 * B * I;
+        if (want_dx) blas::gemm(false, false, rows, I, GH, T(1), dgx, GH, w_ih, I, T(0), dx.data() + t0 * B * I, I);
+        if (wanted(dw_ih)) blas::gemm(true, false, GH, I, rows, T(1), dgx, GH, x_rows, I, beta, dw_ih.data(), I);
+        if (wanted(db_ih)) column_sums(dgx, rows, GH, GH, beta != T(0), db_ih.data(), sums.data());
+        if (wanted(dw_hh))
+            blas::gemm(true, false, RH, H, rows, T(1), dgh, d.recurrent_stride(), saved.states[0].data(), H, beta,
+                       dw_hh.data(), H);
+        if (wanted(db_hh) && !db_hh_is_db_ih)
+            column_sums(dgh, rows, RH, d.recurrent_stride(), beta != T(0), db_hh.data(), sums.data());
+        if (wanted(dw_2))
+            blas::gemm(true, false, R2H, H, rows, T(1), grad_second.data(), R2H, saved.gated.data(), H, beta, dw_2.data(), H);
     }
-    if (saved.probe) std::copy_n(dgx, TB * GH, saved.probe->grad_gates.data());
+    if (db_hh_is_db_ih && wanted(db_hh)) db_hh = db_ih;
 
     Gradients<T> gradients(ctx.num_inputs());
-    if (ctx.needs_input_grad(in.x)) {
-        xt::xarray<T> dx = xt::xarray<T>::from_shape({d.steps, B, I});
-        blas::gemm(false, false, TB, I, GH, T(1), dgx, GH, w_ih, I, T(0), dx.data(), I);
-        gradients[in.x] = Tensor<T>(std::move(dx));
-    }
-    if (ctx.needs_input_grad(in.weight_ih)) {
-        xt::xarray<T> dw = xt::xarray<T>::from_shape({GH, I});
-        blas::gemm(true, false, GH, I, TB, T(1), dgx, GH, x, I, T(0), dw.data(), I);
-        gradients[in.weight_ih] = Tensor<T>(std::move(dw));
-    }
-    if (in.bias_ih >= 0 && ctx.needs_input_grad(in.bias_ih)) {
-        xt::xarray<T> db = xt::xarray<T>::from_shape({GH});
-        column_sums(dgx, TB, GH, GH, db.data());
-        gradients[in.bias_ih] = Tensor<T>(std::move(db));
-    }
-    const std::size_t RH = d.recurrent_width();
-    if (in.weight_hh >= 0 && ctx.needs_input_grad(in.weight_hh)) {
-        xt::xarray<T> dw = xt::xarray<T>::from_shape({RH, H});
-        blas::gemm(true, false, RH, H, TB, T(1), dgh, d.recurrent_stride(), saved.states[0].data(), H, T(0), dw.data(), H);
-        gradients[in.weight_hh] = Tensor<T>(std::move(dw));
-    }
-    if (in.bias_hh >= 0 && ctx.needs_input_grad(in.bias_hh)) {
-        xt::xarray<T> db = xt::xarray<T>::from_shape({RH});
-        if (!d.separate() && RH == GH && gradients[in.bias_ih].defined()) db = gradients[in.bias_ih].value();
-        else column_sums(dgh, TB, RH, d.recurrent_stride(), db.data());
-        gradients[in.bias_hh] = Tensor<T>(std::move(db));
-    }
-    if (in.weight_second >= 0 && ctx.needs_input_grad(in.weight_second)) {
-        const std::size_t R2H = d.second_width();
-        xt::xarray<T> dw = xt::xarray<T>::from_shape({R2H, H});
-        blas::gemm(true, false, R2H, H, TB, T(1), grad_second.data(), R2H, saved.gated.data(), H, T(0), dw.data(), H);
-        gradients[in.weight_second] = Tensor<T>(std::move(dw));
-    }
+    auto give = [&](int index, xt::xarray<T>& value) {
+        if (index >= 0 && wanted(value)) gradients[index] = Tensor<T>(std::move(value));
+    };
+    give(in.x, dx);
+    give(in.weight_ih, dw_ih);
+    give(in.bias_ih, db_ih);
+    give(in.weight_hh, dw_hh);
+    give(in.bias_hh, db_hh);
+    give(in.weight_second, dw_2);
     for (std::size_t u = 0; u < l.units; ++u)
-        if (ctx.needs_input_grad(in.units + u)) gradients[in.units + u] = Tensor<T>(std::move(grad_units[u]));
+        if (ctx.needs_input_grad(in.units + u)) {
+            xt::xarray<T> sum = groups[0]->grad_units()[u];
+            for (std::size_t g = 1; g < groups.size(); ++g) sum += groups[g]->grad_units()[u];
+            gradients[in.units + u] = Tensor<T>(std::move(sum));
+        }
     for (std::size_t s = 0; s < S; ++s)
         if (ctx.needs_input_grad(in.states + s)) gradients[in.states + s] = Tensor<T>(std::move(grad_state[s]));
     return gradients;
@@ -487,7 +769,7 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
                                               const std::vector<Tensor<T>>& initial_state,
                                               const std::vector<std::int64_t>& lengths, bool reverse,
                                               const std::string& name, std::shared_ptr<SequenceProbe<T>> probe,
-                                              std::shared_ptr<const void> owner) {
+                                              std::shared_ptr<const void> owner, std::size_t segment) {
     auto saved = std::make_shared<Saved<T>>();
     saved->owner = std::move(owner);
     saved->probe = std::move(probe);
@@ -498,6 +780,10 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     const std::string op = "fused_" + (name.empty() ? std::string("cell") : name);
     check_arguments(op, w, input, initial_state, lengths, saved->dims);
     const Dims& d = saved->dims;
+    // The probe reads every step's buffers after the forward: it runs without recomputation.
+    saved->segment = segment == 0 || segment > d.steps || saved->probe ? d.steps : segment;
+    // The probe's step records are written by one thread (note: Threads).
+    saved->groups = split_rows(d.batch, saved->probe ? 1 : std::size_t(std::max(1, blas::num_threads())));
     if (!lengths.empty()) {
         bool any_short = false;
         for (auto length : lengths) any_short = any_short || length < std::int64_t(d.steps);
@@ -546,9 +832,19 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
 
 template <class T>
 SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
-                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name) {
-    return detail::run_sequence_probed<T>(rules, input, initial_state, lengths, reverse, name, nullptr);
+                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
+                               std::size_t recompute_segment) {
+    return detail::run_sequence_probed<T>(rules, input, initial_state, lengths, reverse, name, nullptr, nullptr,
+                                          recompute_segment);
 }
+
+std::size_t row_groups(std::size_t batch) {
+    return split_rows(batch, std::size_t(std::max(1, blas::num_threads()))).size();
+}
+
+DriverMemory driver_memory() { return {live_bytes.load(), peak_bytes.load()}; }
+
+void reset_driver_memory_peak() { peak_bytes.store(live_bytes.load()); }
 
 template class CellRules<float>;
 template class CellRules<double>;
@@ -556,16 +852,16 @@ template SequenceResult<float> detail::run_sequence_probed(const CellRules<float
                                                            const std::vector<Tensor<float>>&,
                                                            const std::vector<std::int64_t>&, bool, const std::string&,
                                                            std::shared_ptr<detail::SequenceProbe<float>>,
-                                                           std::shared_ptr<const void>);
+                                                           std::shared_ptr<const void>, std::size_t);
 template SequenceResult<double> detail::run_sequence_probed(const CellRules<double>&, const Tensor<double>&,
                                                             const std::vector<Tensor<double>>&,
                                                             const std::vector<std::int64_t>&, bool, const std::string&,
                                                             std::shared_ptr<detail::SequenceProbe<double>>,
-                                                            std::shared_ptr<const void>);
+                                                            std::shared_ptr<const void>, std::size_t);
 template SequenceResult<float> run_sequence(const CellRules<float>&, const Tensor<float>&, const std::vector<Tensor<float>>&,
-                                            const std::vector<std::int64_t>&, bool, const std::string&);
+                                            const std::vector<std::int64_t>&, bool, const std::string&, std::size_t);
 template SequenceResult<double> run_sequence(const CellRules<double>&, const Tensor<double>&,
                                              const std::vector<Tensor<double>>&, const std::vector<std::int64_t>&, bool,
-                                             const std::string&);
+                                             const std::string&, std::size_t);
 
 }  // namespace rw::nn::fused

@@ -7,6 +7,7 @@
 
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/checked_size.hpp>
+#include <rewind/autograd/checkpoint.hpp>
 #include <rewind/autograd/ops.hpp>
 
 #include "rewind/nn/layers/cell_table.hpp"
@@ -165,29 +166,31 @@ RecurrentResult<T> Recurrent<T>::step(const Tensor<T>& x, const std::vector<Tens
 }
 
 template <class T>
-SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
-                                              const Sequence& sequence, std::size_t layer, std::size_t direction) {
-    if (options_.path == ExecutionPath::fused) {
-        std::string why_not = observer_ ? "a step observer needs every step on the tape"
-                                        : "a step probe needs every step on the tape";
-        const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
-        // The cell's shared_ptr keeps its rules alive for the op's backward, even past the layer.
-        if (rules)
-            return fused::detail::run_sequence_probed<T>(*rules, input, state, sequence.lengths, direction == 1, cell.kind(),
-                                                      nullptr, cells_[layer * num_directions() + direction]);
-        if (path_note_.empty()) path_note_ = fmt::format("layer {} direction {}: {}", layer, direction, why_not);
-    }
-    last_fused_ = false;
-    // One node for all steps: its backward stacks the step gradients once, where a slice per
-    // step would zero-pad each gradient to the whole sequence.
-    const std::vector<Tensor<T>> prepared = unstack(cell.prepare_input(input), 0);
-    std::vector<Tensor<T>> outputs(sequence.steps);
-    for (std::size_t i = 0; i < sequence.steps; ++i) {
+std::size_t Recurrent<T>::segment_for(const RecurrentCell<T>& cell, const Sequence& sequence) const {
+    if (!options_.recompute.enabled || observer_ || probe_) return 0;
+    // Bytes per step as the fused driver keeps them; the generic path keeps more per step, so a
+    // budget sized this way is a lower bound there.
+    const fused::CellRules<T>* rules = cell.fused_rules();
+    std::size_t checkpoint = 0;
+    for (std::size_t s = 0; s < state_names().size(); ++s) checkpoint += sequence.batch * cell.state_size(s) * sizeof(T);
+    const std::size_t step =
+        rules ? fused::saved_bytes_per_step(rules->layout(), sequence.batch, options_.hidden_size, sizeof(T)) : 0;
+    return recompute_segment(options_.recompute, sequence.steps, step, checkpoint);
+}
+
+// Steps k0..k1-1 (in the direction's order) of the generic path; prepared[t - first_t] is step
+// t's prepared input, outputs[t - first_t] receives its output.
+template <class T>
+State<T> Recurrent<T>::run_steps(const RecurrentCell<T>& cell, const std::vector<Tensor<T>>& prepared, std::size_t first_t,
+                                 State<T> state, const Sequence& sequence, std::size_t layer, std::size_t direction,
+                                 std::size_t k0, std::size_t k1, std::vector<Tensor<T>>& outputs,
+                                 const StepProbe<T>* probe, const StepObserver<T>* observer) {
+    for (std::size_t i = k0; i < k1; ++i) {
         const std::size_t t = direction == 0 ? i : sequence.steps - 1 - i;
-        State<T> next = cell.step(prepared[t], state);
+        State<T> next = cell.step(prepared[t - first_t], state);
         if (next.size() != state.size())
             throw std::logic_error(fmt::format("recurrent cell returned {} state tensors, expected {}", next.size(), state.size()));
-        if (probe_) next[0] = probe_(layer, direction, t, next[0]);
+        if (probe && *probe) next[0] = (*probe)(layer, direction, t, next[0]);
         Tensor<T> output = next[0];
         if (!sequence.all_active(t)) {
             // Finished sequences keep their state (so h_n is taken at each one's own last step) and
@@ -199,9 +202,70 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
             output = mul_mask(next[0], sequence.active_mask(t, cell.state_size(0)));
         }
         state = std::move(next);
-        if (observer_) observer_(layer, direction, t, state[0]);
-        outputs[t] = output;
+        if (observer && *observer) (*observer)(layer, direction, t, state[0]);
+        outputs[t - first_t] = output;
     }
+    return state;
+}
+
+// The generic path with recomputation: each segment of steps is one checkpoint op, whose backward
+// reruns the segment's steps (from its input rows, its initial states and the cell's parameters).
+// The op's backward may run after the layer and this forward's locals are gone: the rerun holds
+// the cell and a copy of the sequence's lengths itself.
+template <class T>
+SequenceResult<T> Recurrent<T>::run_segments(std::size_t layer, std::size_t direction, const Tensor<T>& input,
+                                             State<T> state, const Sequence& sequence, std::size_t segment) const {
+    const std::shared_ptr<RecurrentCell<T>> cell = cells_[layer * num_directions() + direction];
+    const std::size_t S = state.size(), T_ = sequence.steps;
+    const std::vector<Tensor<T>> parameters = cell->parameters();
+    std::vector<Tensor<T>> pieces;  // segment outputs, in processing order
+    for (std::size_t k0 = 0; k0 < T_; k0 += segment) {
+        const std::size_t k1 = std::min(T_, k0 + segment);
+        const std::size_t first_t = direction == 0 ? k0 : T_ - k1;
+        CheckpointFn<T> steps = [cell, sequence, layer, direction, k0, k1, first_t, S](const std::vector<Tensor<T>>& in) {
+            const std::vector<Tensor<T>> prepared = unstack(cell->prepare_input(in[S]), 0);
+            std::vector<Tensor<T>> outputs(k1 - k0);
+            State<T> last = run_steps(*cell, prepared, first_t, State<T>(in.begin(), in.begin() + S), sequence, layer,
+                                      direction, k0, k1, outputs);
+            std::vector<Tensor<T>> results{stack(outputs, 0)};
+            results.insert(results.end(), last.begin(), last.end());
+            return results;
+        };
+        std::vector<Tensor<T>> inputs(state.begin(), state.end());
+        inputs.push_back(slice(input, 0, first_t, first_t + (k1 - k0)));
+        std::vector<Tensor<T>> results =
+            rw::checkpoint<T>(fmt::format("{}_l{}_steps_{}_{}", cell->kind().empty() ? "cell" : cell->kind(), layer, k0, k1),
+                          steps, inputs, parameters);
+        pieces.push_back(results[0]);
+        state.assign(results.begin() + 1, results.end());
+    }
+    if (direction == 1) std::reverse(pieces.begin(), pieces.end());
+    return {concat(pieces, 0), std::move(state)};
+}
+
+template <class T>
+SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
+                                              const Sequence& sequence, std::size_t layer, std::size_t direction) {
+    const std::size_t segment = segment_for(cell, sequence);
+    last_segment_ = std::max(last_segment_, segment);
+    if (options_.path == ExecutionPath::fused) {
+        std::string why_not = observer_ ? "a step observer needs every step on the tape"
+                                        : "a step probe needs every step on the tape";
+        const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
+        // The cell's shared_ptr keeps its rules alive for the op's backward, even past the layer.
+        if (rules)
+            return fused::detail::run_sequence_probed<T>(*rules, input, state, sequence.lengths, direction == 1, cell.kind(),
+                                                      nullptr, cells_[layer * num_directions() + direction], segment);
+        if (path_note_.empty()) path_note_ = fmt::format("layer {} direction {}: {}", layer, direction, why_not);
+    }
+    last_fused_ = false;
+    if (segment > 0) return run_segments(layer, direction, input, std::move(state), sequence, segment);
+    // One node for all steps: its backward stacks the step gradients once, where a slice per
+    // step would zero-pad each gradient to the whole sequence.
+    const std::vector<Tensor<T>> prepared = unstack(cell.prepare_input(input), 0);
+    std::vector<Tensor<T>> outputs(sequence.steps);
+    state = run_steps(cell, prepared, 0, std::move(state), sequence, layer, direction, 0, sequence.steps, outputs, &probe_,
+                      &observer_);
     return {stack(outputs, 0), std::move(state)};
 }
 
@@ -239,6 +303,7 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
     }
 
     last_fused_ = options_.path == ExecutionPath::fused;
+    last_segment_ = 0;
     path_note_.clear();
     std::vector<std::vector<Tensor<T>>> finals(state_names().size());
     for (std::size_t layer = 0; layer < options_.num_layers; ++layer) {

@@ -32,6 +32,11 @@ struct PathBenchResult {
     double fused_gflops = 0, generic_gflops = 0;
     bool fused_ran = false;  // the "fused" rounds really ran fused (else path_note says why)
     std::string path_note;
+    std::size_t recompute_segment = 0;  // the layer's, on the fused rounds (0: every step kept)
+    // Measured on the fused rounds (fused::driver_memory()): the most bytes its driver kept from a
+    // forward to its backward (saved activations, checkpoints), and its high-water mark over a
+    // training step (with the backward's scratch).
+    std::size_t fused_saved_bytes = 0, fused_peak_bytes = 0;
     double checksum = 0;     // keeps the work from being optimised away
 };
 

@@ -128,9 +128,28 @@ public:
 
 // Runs one layer-direction over the whole sequence as one tape op with the cell's rules.
 // input [T, B, I]; initial_state one [B, H] per state; lengths empty or one per row in 1..T.
+// recompute_segment k (0 < k < T): recomputation, the op keeps the states only before every k-th
+// step and one window of k steps, and its backward reruns each segment's forward (about one more
+// forward pass); the gradients equal the full-memory run's up to the summation order of the
+// weight gradients over segments. 0 (or k >= T): every step is kept.
 template <class T>
 SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
-                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name);
+                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
+                               std::size_t recompute_segment = 0);
+
+// How many row groups the driver splits a batch of `batch` rows into, one per thread: up to
+// blas::num_threads(), with at least 4 rows each (rows are independent until the weight
+// gradients sum over them). Rules are then called concurrently for different rows, so they
+// must not write anything but the row's own buffers (grad_units are per thread, summed after).
+std::size_t row_groups(std::size_t batch);
+
+// The bytes the driver's buffers (saved steps, windows, checkpoints, backward scratch) hold now
+// and at most since the last reset, over all threads: measured, for benchmarks and tests.
+struct DriverMemory {
+    std::size_t live = 0, peak = 0;
+};
+DriverMemory driver_memory();
+void reset_driver_memory_peak();
 
 // What the op keeps alive for its backward per time step besides its inputs and outputs.
 std::size_t saved_bytes_per_step(const CellLayout& layout, std::size_t batch, std::size_t hidden,

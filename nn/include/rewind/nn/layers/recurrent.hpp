@@ -17,6 +17,7 @@
 
 #include "rewind/nn/layers/cell.hpp"
 #include "rewind/nn/layers/cells.hpp"
+#include "rewind/nn/layers/recompute.hpp"
 
 namespace rw::nn {
 
@@ -49,6 +50,9 @@ struct RecurrentOptions {
     // LSTM only, PyTorch's proj_size: h (and so the output and the next layer's input) has
     // proj_size units, c keeps hidden_size; adds weight_hr_l<k> [proj_size, hidden_size].
     std::size_t proj_size = 0;
+    // Training on long sequences in bounded memory (recompute.hpp), on either path. Not used
+    // with a step observer or probe, which need every step on the tape.
+    RecomputeOptions recompute = {};
 
     CellOptions cell_options() const { return {.bias = bias, .proj_size = proj_size}; }
 };
@@ -109,6 +113,9 @@ public:
     // A probe, like an observer, needs every step on the tape: it implies the generic path.
     void set_step_probe(StepProbe<T> probe) { probe_ = std::move(probe); }
     void set_path(ExecutionPath path) { options_.path = path; }
+    void set_recompute(const RecomputeOptions& recompute) { options_.recompute = recompute; }
+    // The segment length the last forward() recomputed with (0: every step was kept).
+    std::size_t last_recompute_segment() const { return last_segment_; }
     ExecutionPath path() const { return options_.path; }
     // Whether every layer and direction of the last forward() ran on fused rules.
     bool uses_fused() const { return last_fused_; }
@@ -121,6 +128,13 @@ private:
     struct Sequence;
     SequenceResult<T> run_direction(const RecurrentCell<T>& cell, const Tensor<T>& input, State<T> state,
                                          const Sequence& sequence, std::size_t layer, std::size_t direction);
+    static State<T> run_steps(const RecurrentCell<T>& cell, const std::vector<Tensor<T>>& prepared, std::size_t first_t,
+                              State<T> state, const Sequence& sequence, std::size_t layer, std::size_t direction,
+                              std::size_t k0, std::size_t k1, std::vector<Tensor<T>>& outputs,
+                              const StepProbe<T>* probe = nullptr, const StepObserver<T>* observer = nullptr);
+    SequenceResult<T> run_segments(std::size_t layer, std::size_t direction, const Tensor<T>& input, State<T> state,
+                                   const Sequence& sequence, std::size_t segment) const;
+    std::size_t segment_for(const RecurrentCell<T>& cell, const Sequence& sequence) const;
     State<T> initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
                                std::size_t batch) const;
     void check_given_state(const std::vector<Tensor<T>>& given, std::size_t batch) const;
@@ -132,6 +146,7 @@ private:
     StepObserver<T> observer_;
     StepProbe<T> probe_;
     bool last_fused_ = false;
+    std::size_t last_segment_ = 0;
     std::string path_note_;
 };
 
