@@ -4,10 +4,14 @@
 # Then it builds the examples the package ships (share/rewind/examples) the same way.
 #
 #   cmake -DREWIND_BUILD_DIR=<build> -DCONSUMER_SOURCE_DIR=<tests/consumer> -DWORK_DIR=<scratch>
-#         [-DCXX_COMPILER=<c++>] [-DBUILD_TYPE=Release] [-DCXX_FLAGS=<flags>] -P tests/install_consumer.cmake
+#         [-DCXX_COMPILER=<c++>] [-DBUILD_TYPE=Release] [-DCXX_FLAGS=<flags>] [-DCXX_FLAGS_BUILD_TYPE=<flags>]
+#         [-DEXAMPLES=ON|OFF] -P tests/install_consumer.cmake
 #
-# CXX_FLAGS are the build's own CMAKE_CXX_FLAGS, so a sanitizer build's consumer is compiled and
-# linked with the same -fsanitize flags (a sanitized library needs its runtime in the program).
+# CXX_FLAGS and CXX_FLAGS_BUILD_TYPE are the build's own CMAKE_CXX_FLAGS and
+# CMAKE_CXX_FLAGS_<BUILD_TYPE>, so a sanitizer build's consumer is compiled and linked with the same
+# -fsanitize flags and optimisation (a sanitized library needs its runtime in the program), and is
+# then checked to carry the sanitizer runtimes itself. EXAMPLES=OFF (REWIND_BUILD_EXAMPLES=OFF, as
+# in scripts/check-sanitizers) is a build that ships no examples: only the consumer is built then.
 
 foreach(variable REWIND_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR)
   if(NOT ${variable})
@@ -54,6 +58,10 @@ function(build_against_prefix name source build)
   if(CXX_FLAGS)
     list(APPEND configure_args "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}")
   endif()
+  if(CXX_FLAGS_BUILD_TYPE)
+    string(TOUPPER "${BUILD_TYPE}" build_type_upper)
+    list(APPEND configure_args "-DCMAKE_CXX_FLAGS_${build_type_upper}=${CXX_FLAGS_BUILD_TYPE}")
+  endif()
   run("configure ${name}" ${CMAKE_COMMAND} ${configure_args})
   file(STRINGS ${build}/CMakeCache.txt rewind_dir REGEX "^rewind_DIR:")
   string(REGEX REPLACE "^rewind_DIR:[A-Z]+=" "" rewind_dir "${rewind_dir}")
@@ -68,8 +76,29 @@ function(build_against_prefix name source build)
 endfunction()
 
 build_against_prefix(consumer ${CONSUMER_SOURCE_DIR} ${consumer_build})
+# A sanitized library's consumer must link the sanitizer runtimes itself (GCC: libasan, libubsan
+# as its own DT_NEEDED entries), not only reach them through librewind.
+foreach(sanitizer address:libasan undefined:libubsan thread:libtsan)
+  string(REPLACE ":" ";" sanitizer "${sanitizer}")
+  list(GET sanitizer 0 name)
+  list(GET sanitizer 1 runtime)
+  if(CXX_FLAGS MATCHES "-fsanitize=[a-z,]*${name}")
+    execute_process(COMMAND readelf -d ${consumer_build}/consumer OUTPUT_VARIABLE dynamic RESULT_VARIABLE result)
+    if(NOT result EQUAL 0 OR NOT dynamic MATCHES "NEEDED[^\n]*${runtime}")
+      message(FATAL_ERROR "install_consumer: the consumer was built without -fsanitize=${name} (no ${runtime} in readelf -d)")
+    endif()
+  endif()
+endforeach()
 run(run ${consumer_build}/consumer)
 
+if(DEFINED EXAMPLES AND NOT EXAMPLES)
+  if(EXISTS ${prefix}/share/rewind/examples)
+    message(FATAL_ERROR "install_consumer: a build without examples installed ${prefix}/share/rewind/examples")
+  endif()
+  message(STATUS "install_consumer: passed (rewind from ${rewind_dir}; consumer built with \"${CXX_FLAGS}\"; "
+                 "this build ships no examples, REWIND_BUILD_EXAMPLES=OFF)")
+  return()
+endif()
 if(NOT EXISTS ${prefix}/share/rewind/examples/CMakeLists.txt)
   message(FATAL_ERROR "install_consumer: no examples under ${prefix}/share/rewind/examples")
 endif()

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <xtensor/xview.hpp>
 
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/engine.hpp>
 #include <rewind/autograd/ops.hpp>
 #include <rewind/autograd/random.hpp>
@@ -23,8 +24,9 @@ namespace {
 
 using Array = xt::xarray<double>;
 
+// The shapes come from the caller's steps and batch: checked before anything is allocated.
 Array random_array(const Shape& shape, Generator& g, double scale) {
-    Array a = Array::from_shape(shape);
+    Array a = checked_array<double>("check_fused_cell", shape);
     for (auto& v : a) v = g.uniform(-scale, scale);
     return a;
 }

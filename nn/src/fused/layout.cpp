@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/errors.hpp>
 
 #include "driver.hpp"
@@ -54,17 +55,6 @@ namespace driver {
 
 namespace {
 
-// a * b * ..., or a clear error naming what was being sized.
-std::size_t checked_product(std::initializer_list<std::size_t> factors, const std::string& what) {
-    std::size_t product = 1;
-    for (std::size_t f : factors) {
-        if (f != 0 && product > std::numeric_limits<std::size_t>::max() / f)
-            throw std::length_error(fmt::format("{}: buffer size overflows ({} factors too large)", what, factors.size()));
-        product *= f;
-    }
-    return product;
-}
-
 template <class T>
 void check_shape(const std::string& op, const char* name, const Tensor<T>& tensor, const Shape& expected) {
     if (!tensor.defined()) throw std::invalid_argument(fmt::format("{}: the cell's {} is missing", op, name));
@@ -100,10 +90,11 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
         throw std::invalid_argument(op + ": weight_projection is given but the layout has no projection");
     }
     // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states;
-    // and [T, B, P] for h.
+    // and [T, B, P] for h. Checked before any is sized from these numbers (a product that wraps
+    // would make a buffer smaller than the loops that fill it), in bytes, as every tensor's size is.
     const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 2});
-    checked_product({d.steps, d.batch, widest, H}, op);
-    checked_product({d.steps, d.batch, d.output}, op);
+    checked_element_count(op, {d.steps, d.batch, widest, H}, sizeof(T));
+    checked_element_count(op, {d.steps, d.batch, d.output}, sizeof(T));
     check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
     if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
     if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, d.output});

@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/function.hpp>
 #include <rewind/autograd/gemm.hpp>
