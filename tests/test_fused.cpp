@@ -169,6 +169,18 @@ double relative_error(const xt::xarray<T>& a, const xt::xarray<T>& b) {
     return scale == 0 ? difference : difference / scale;
 }
 
+// Every output and gradient of `got` within `tolerance` (relative) of `expected`, each failure
+// named with `what` (the configuration, the variant).
+template <class T>
+void expect_same_results(const RunResult<T>& got, const RunResult<T>& expected, double tolerance, const std::string& what) {
+    BOOST_REQUIRE_EQUAL(got.values.size(), expected.values.size());
+    for (std::size_t i = 0; i < expected.values.size(); ++i) {
+        const double error = relative_error(got.values[i].second, expected.values[i].second);
+        BOOST_CHECK_MESSAGE(error <= tolerance, fmt::format("{}: {} differs by {:.3g} (relative)", what,
+                                                            expected.values[i].first, error));
+    }
+}
+
 template <class T>
 std::shared_ptr<Recurrent<T>> make_layer(const Config& c, ExecutionPath path, std::uint64_t seed, double dropout = 0) {
     RecurrentOptions options{.input_size = c.input, .hidden_size = c.hidden, .num_layers = c.layers,
@@ -438,9 +450,7 @@ BOOST_AUTO_TEST_CASE(dropout_between_layers_matches_generic_with_the_same_seed) 
         RunResult<double> a = run<double>(*fused, c, 5);
         BOOST_TEST_REQUIRE(fused->uses_fused());
         RunResult<double> b = run<double>(*generic, c, 5);
-        for (std::size_t i = 0; i < a.values.size(); ++i)
-            BOOST_TEST(relative_error(a.values[i].second, b.values[i].second) <= 1e-12,
-                       cell << ": " << a.values[i].first);
+        expect_same_results(a, b, 1e-12, cell);
         // The masks really were drawn: a second training forward differs from the first.
         RunResult<double> again = run<double>(*fused, c, 5);
         BOOST_TEST(relative_error(again.values[0].second, a.values[0].second) > 1e-6);
@@ -649,11 +659,7 @@ void compare_recomputation(const Config& c, ExecutionPath path, std::size_t segm
     const RunResult<double> rerun = run<double>(*layer, c, seed + 1);
     BOOST_TEST_REQUIRE(layer->last_recompute_segment() == segment, c.to_string());
     BOOST_TEST_REQUIRE(layer->uses_fused() == (path == ExecutionPath::fused), c.to_string() << layer->path_note());
-    for (std::size_t i = 0; i < kept.values.size(); ++i) {
-        const double error = relative_error(rerun.values[i].second, kept.values[i].second);
-        BOOST_CHECK_MESSAGE(error <= 1e-12, fmt::format("segment {}: {} differs by {:.3g} on {}", segment,
-                                                        kept.values[i].first, error, c.to_string()));
-    }
+    expect_same_results(rerun, kept, 1e-12, fmt::format("segment {} on {}", segment, c.to_string()));
 }
 
 // Random configurations of at least two steps, each with a random segment length below T.
@@ -796,11 +802,7 @@ BOOST_AUTO_TEST_CASE(two_threads_split_the_batch_and_give_the_one_thread_numbers
             split = run<double>(*two, c, 800 + checked);
         }
         BOOST_TEST_REQUIRE(two->uses_fused());
-        for (std::size_t i = 0; i < single.values.size(); ++i) {
-            const double error = relative_error(split.values[i].second, single.values[i].second);
-            BOOST_CHECK_MESSAGE(error <= 1e-12, fmt::format("two threads: {} differs by {:.3g} on {}",
-                                                            single.values[i].first, error, c.to_string()));
-        }
+        expect_same_results(split, single, 1e-12, "two threads on " + c.to_string());
         ++checked;
     }
 }
@@ -827,9 +829,7 @@ BOOST_AUTO_TEST_CASE(two_threads_in_float32_give_the_one_thread_numbers) {
             BOOST_TEST_REQUIRE(fused::row_groups(c.batch) == 2u);
             split = run<float>(*make_layer<float>(c, ExecutionPath::fused, 5), c, 6);
         }
-        for (std::size_t i = 0; i < single.values.size(); ++i)
-            BOOST_TEST(relative_error(split.values[i].second, single.values[i].second) <= 1e-5,
-                       cell << ": " << single.values[i].first);
+        expect_same_results(split, single, 1e-5, "two threads, float32, " + cell);
     }
 }
 
