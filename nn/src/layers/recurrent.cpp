@@ -174,7 +174,9 @@ std::size_t Recurrent<T>::segment_for(const RecurrentCell<T>& cell, const Sequen
     std::size_t checkpoint = 0;
     for (std::size_t s = 0; s < state_names().size(); ++s) checkpoint += sequence.batch * cell.state_size(s) * sizeof(T);
     const std::size_t step =
-        rules ? fused::saved_bytes_per_step(rules->layout(), sequence.batch, options_.hidden_size, sizeof(T)) : 0;
+        rules ? fused::saved_bytes_per_step(rules->layout(), sequence.batch, options_.hidden_size, sizeof(T), false,
+                                            cell.state_size(0))
+              : 0;
     return recompute_segment(options_.recompute, sequence.steps, step, checkpoint);
 }
 
