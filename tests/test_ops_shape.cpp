@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <xtensor/xio.hpp>
@@ -173,7 +174,8 @@ std::pair<Shape, Shape> three_axis_operands(bool transpose_a, bool transpose_b) 
 }
 
 // The packed entry of the GEMM layer against plain gemm(): sizes that are not multiples of any
-// block, B transposed or not, beta 0 and 1, strided A and C, packed (many uses) or not.
+// block, B transposed or not, beta 0 and 1, strided A and C, packed (many uses, packing forced or
+// decided by timing) or not.
 template <class T>
 void check_packed_gemm(double tolerance) {
     Generator generator(3);
@@ -183,12 +185,18 @@ void check_packed_gemm(double tolerance) {
         return values;
     };
     const std::int64_t m = 5, n = 37, k = 19, lda = k + 3, ldc = n + 2;
+    for (const auto policy : {rw::blas::Packing::always, rw::blas::Packing::never, rw::blas::Packing::when_faster})
     for (const bool transpose_b : {false, true})
         for (const T beta : {T(0), T(1)})
             for (const std::int64_t uses : {std::int64_t(1), std::int64_t(100)}) {
                 const std::int64_t ldb = (transpose_b ? k : n) + 1;
                 const auto b = random(std::size_t((transpose_b ? n : k) * ldb));
+                rw::blas::set_packing(policy);
                 const rw::blas::PackedGemm<T> packed(transpose_b, m, n, k, b.data(), ldb, beta, lda, ldc, uses);
+                rw::blas::set_packing(rw::blas::Packing::when_faster);
+                if (policy != rw::blas::Packing::when_faster)
+                    BOOST_TEST(packed.packed() == (policy == rw::blas::Packing::always && uses > 1 &&
+                                                   std::is_same_v<T, float> && rw::blas::float_backend() == std::string("onednn")));
                 for (int call = 0; call < 3; ++call) {
                     const auto a = random(std::size_t(m * lda));
                     auto expected = random(std::size_t(m * ldc));

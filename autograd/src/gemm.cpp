@@ -5,18 +5,24 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <tuple>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace rw::blas {
 
 namespace {
 
 int thread_count = 1;
+std::atomic<Packing> packing_policy{Packing::when_faster};
 
 // One thread unless the program asks for more: small recurrent GEMMs lose to thread start-up
 // costs, and timings stay repeatable.
@@ -79,12 +85,14 @@ struct PackedImpl;
 template <>
 struct PackedImpl<double> : PlainPackedGemm<double> {
     PackedImpl(const PlainPackedGemm<double>& plain, std::int64_t) : PlainPackedGemm<double>(plain) {}
+    bool packed() const { return false; }
 };
 
 #ifdef REWIND_FLOAT_GEMM_OPENBLAS
 template <>
 struct PackedImpl<float> : PlainPackedGemm<float> {
     PackedImpl(const PlainPackedGemm<float>& plain, std::int64_t) : PlainPackedGemm<float>(plain) {}
+    bool packed() const { return false; }
 };
 #else
 namespace {
@@ -99,6 +107,7 @@ struct PackedPlan {
     dnnl::matmul::primitive_desc matmul;
     dnnl::reorder reorder;
     dnnl::memory::desc weights, a, c, b_user;
+    std::optional<bool> packing_wins;  // decided by the first PackedGemm of this shape (note: Packing)
 };
 
 const dnnl::engine& cpu_engine() {
@@ -106,10 +115,10 @@ const dnnl::engine& cpu_engine() {
     return engine;
 }
 
-std::shared_ptr<const PackedPlan> packed_plan(const PlainPackedGemm<float>& plain) {
+std::shared_ptr<PackedPlan> packed_plan(const PlainPackedGemm<float>& plain) {
     const auto [transpose_b, m, n, k, b, ldb, beta, lda, ldc] = plain;
     using Key = std::tuple<bool, std::int64_t, std::int64_t, std::int64_t, std::int64_t, float, std::int64_t, std::int64_t>;
-    thread_local std::map<Key, std::shared_ptr<const PackedPlan>> plans;
+    thread_local std::map<Key, std::shared_ptr<PackedPlan>> plans;
     const Key key{transpose_b, m, n, k, ldb, beta, lda, ldc};
     if (auto found = plans.find(key); found != plans.end()) return found->second;
     if (plans.size() >= 64) plans.clear();  // a program with ever new shapes keeps a bounded cache
@@ -143,6 +152,14 @@ void check_status(dnnl_status_t status, const char* what) {
 
 }  // namespace
 
+// Note: Packing. Whether the packed product beats a plain sgemm depends on the machine: where
+// oneDNN has a blocked (brgemm) matmul for the CPU, the packed one skips sgemm's packing of B on
+// every call (an AVX-512 machine: 89 instead of 110 us for 32x256 by 256x1024); where its matmul
+// is itself an sgemm ("gemm:jit", as on AVX2 machines), the "packed" weights are only B
+// transposed, which helps at one row (a Zen 1 machine: 4.9 instead of 6.2 us for 1x128 by
+// 128x512) and hurts at 32 (520 instead of 415 us for 32x256 by 256x1024). So the first
+// PackedGemm of each shape times both on scratch rows, alternately, and the faster minimum is
+// kept for that shape on that thread: a choice of speed only (both are the same product).
 template <>
 struct PackedImpl<float> {
     PlainPackedGemm<float> plain;
@@ -153,8 +170,11 @@ struct PackedImpl<float> {
     mutable dnnl::memory a, c;
 
     PackedImpl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
-        if (uses < PackedGemm<float>::packing_threshold) return;
-        plan = packed_plan(plain);
+        const Packing policy = packing_policy.load();
+        if (uses < PackedGemm<float>::packing_threshold || policy == Packing::never) return;
+        auto shape_plan = packed_plan(plain);
+        if (policy == Packing::when_faster && shape_plan->packing_wins == false) return;
+        plan = shape_plan;
         matmul = dnnl::matmul(plan->matmul);
         stream = dnnl::stream(cpu_engine());
         packed_b = dnnl::memory(plan->weights, cpu_engine());
@@ -163,10 +183,20 @@ struct PackedImpl<float> {
         stream.wait();
         a = dnnl::memory(plan->a, cpu_engine(), DNNL_MEMORY_NONE);
         c = dnnl::memory(plan->c, cpu_engine(), DNNL_MEMORY_NONE);
+        if (policy == Packing::always) return;
+        if (!shape_plan->packing_wins) shape_plan->packing_wins = packing_is_faster();
+        if (!*shape_plan->packing_wins) plan.reset();
     }
+
+    bool packed() const { return plan != nullptr; }
 
     void run(const float* a_data, float* c_data) const {
         if (!plan) return plain.run(a_data, c_data);
+        run_packed(a_data, c_data);
+    }
+
+private:
+    void run_packed(const float* a_data, float* c_data) const {
         a.set_data_handle(const_cast<float*>(a_data));
         c.set_data_handle(c_data);
         // The C call with a fixed argument array: the C++ execute() builds a hash map of the
@@ -175,6 +205,25 @@ struct PackedImpl<float> {
             {DNNL_ARG_SRC, a.get()}, {DNNL_ARG_WEIGHTS, packed_b.get()}, {DNNL_ARG_DST, c.get()}};
         check_status(dnnl_primitive_execute(matmul.get(), stream.get(), 3, args), "the packed matmul");
         check_status(dnnl_stream_wait(stream.get()), "the packed matmul's stream");
+    }
+
+    bool packing_is_faster() const {
+        using clock = std::chrono::steady_clock;
+        const std::vector<float> rows(std::size_t(plain.m * plain.lda), 0.5f);
+        std::vector<float> out(std::size_t(plain.m * plain.ldc), 0.0f);
+        auto best = clock::duration::max(), best_packed = best;
+        // Several rounds, alternating: the first call of each warms its code and caches.
+        for (int round = 0; round < 6; ++round) {
+            auto start = clock::now();
+            plain.run(rows.data(), out.data());
+            const auto middle = clock::now();
+            run_packed(rows.data(), out.data());
+            const auto end = clock::now();
+            if (round == 0) continue;
+            best = std::min(best, middle - start);
+            best_packed = std::min(best_packed, end - middle);
+        }
+        return best_packed <= best;
     }
 };
 #endif
@@ -199,6 +248,11 @@ void PackedGemm<T>::operator()(const T* a, T* c) const {
     impl_->run(a, c);
 }
 
+template <class T>
+bool PackedGemm<T>::packed() const {
+    return impl_->packed();
+}
+
 template class PackedGemm<float>;
 template class PackedGemm<double>;
 
@@ -210,6 +264,9 @@ void set_num_threads(int threads) {
 }
 
 int num_threads() { return thread_count; }
+
+void set_packing(Packing policy) { packing_policy = policy; }
+Packing packing() { return packing_policy; }
 
 const char* float_backend() {
 #ifdef REWIND_FLOAT_GEMM_OPENBLAS
