@@ -29,6 +29,7 @@
 #include <rewind/nn/layers/cell_table.hpp>
 
 #include "commands.hpp"
+#include "fma_peak.hpp"
 #include "onednn_peer.hpp"
 
 namespace rw::cli {
@@ -196,6 +197,8 @@ nlohmann::json run_case(const BenchRequest& r) {
     j["fused_gflops"] = timing.fused_gflops;
     j["sgemm_gflops"] = sgemm_gflops;
     j["fraction_of_sgemm_peak"] = timing.fused_gflops / sgemm_gflops;
+    j["fma_peak_gflops"] = fma_peak_gflops(r.threads);
+    j["fraction_of_fma_peak"] = timing.fused_gflops / j["fma_peak_gflops"].get<double>();
     nn::fused::CellLayout layout = cell.layout;
     layout.projection = config.proj_size > 0;
     j["saved_bytes_per_step"] =
@@ -221,8 +224,10 @@ void print_text(const nlohmann::json& j) {
                proj_size > 0 ? fmt::format(" P={}", proj_size) : "", j["layers"].get<std::size_t>(),
                j["bidirectional"].get<bool>() ? " bidirectional" : "", j["bias"].get<bool>() ? "" : " no-bias",
                j["threads"].get<int>(), j["repeats"].get<int>(), j["gemm_backend"].get<std::string>());
-    fmt::print("  fused    {:9.3f} ms  {:7.1f} GFLOP/s  {:5.1f}% of the sgemm peak ({:.1f} GFLOP/s)\n",
+    fmt::print("  fused    {:9.3f} ms  {:7.1f} GFLOP/s  {:5.1f}% of the FMA peak ({:.1f} GFLOP/s), {:5.1f}% of "
+               "sgemm's ({:.1f} GFLOP/s)\n",
                j["fused_ms"].get<double>(), j["fused_gflops"].get<double>(),
+               100 * j["fraction_of_fma_peak"].get<double>(), j["fma_peak_gflops"].get<double>(),
                100 * j["fraction_of_sgemm_peak"].get<double>(), j["sgemm_gflops"].get<double>());
     if (j.contains("generic_ms"))
         fmt::print("  generic  {:9.3f} ms  {:7.1f} GFLOP/s  generic/fused = {:.2f}x\n", j["generic_ms"].get<double>(),
