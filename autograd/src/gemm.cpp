@@ -22,7 +22,7 @@ namespace rw::blas {
 namespace {
 
 int thread_count = 1;
-std::atomic<Packing> packing_policy{Packing::when_faster};
+std::atomic<RepeatedGemm> repeated_gemm_policy{RepeatedGemm::fastest};
 
 // One thread unless the program asks for more: small recurrent GEMMs lose to thread start-up
 // costs, and timings stay repeatable.
@@ -85,17 +85,35 @@ struct PackedImpl;
 template <>
 struct PackedImpl<double> : PlainPackedGemm<double> {
     PackedImpl(const PlainPackedGemm<double>& plain, std::int64_t) : PlainPackedGemm<double>(plain) {}
-    bool packed() const { return false; }
+    RepeatedGemm used() const { return RepeatedGemm::plain; }
 };
 
 #ifdef REWIND_FLOAT_GEMM_OPENBLAS
 template <>
 struct PackedImpl<float> : PlainPackedGemm<float> {
     PackedImpl(const PlainPackedGemm<float>& plain, std::int64_t) : PlainPackedGemm<float>(plain) {}
-    bool packed() const { return false; }
+    RepeatedGemm used() const { return RepeatedGemm::plain; }
 };
 #else
 namespace {
+
+// Note: Repeated products. Which way of computing c = a op(B) many times with the same B is
+// fastest depends on the machine and the shape. Where oneDNN has a blocked (brgemm) matmul for the
+// CPU, packing B once skips sgemm's packing of it on every call (an AVX-512 machine: 89 instead
+// of 110 us for 32x256 by 256x1024). Where its matmul is itself an sgemm ("gemm:jit", as on AVX2
+// machines), the "packed" weights are only B transposed, which helps at one row (a Zen 1 machine:
+// 4.9 instead of 6.2 us for 1x128 by 128x512) and loses at 32 (520 instead of 415 us for 32x256
+// by 256x1024), while the transposed product c^T = op(B)^T a^T, added into c in tiles, runs at
+// 44 instead of 40 GFLOP/s there for a [32, 256] a against a [1024, 256] B (38 -> 44 at 16 rows).
+// So the first PackedGemm of each shape on a thread times the three on scratch rows, alternately,
+// and keeps the fastest for that shape: a choice of speed only (the same product, rounded in
+// another order).
+struct PackedPlan {
+    dnnl::matmul::primitive_desc matmul;
+    dnnl::reorder reorder;
+    dnnl::memory::desc weights, a, c, b_user;
+    std::optional<RepeatedGemm> fastest;  // decided by the first PackedGemm of this shape
+};
 
 // The set-up of one packed product shape, made once per thread and shape: creating a matmul
 // primitive descriptor and the weight reorder costs tens of microseconds, as much as all the steps
@@ -103,13 +121,6 @@ namespace {
 // oneDNN's set-up). The primitive itself is made per PackedGemm from the descriptor (oneDNN's own
 // cache makes that cheap): one primitive object executed by two threads at once gives wrong
 // results (row groups on threads run products of the same shape concurrently).
-struct PackedPlan {
-    dnnl::matmul::primitive_desc matmul;
-    dnnl::reorder reorder;
-    dnnl::memory::desc weights, a, c, b_user;
-    std::optional<bool> packing_wins;  // decided by the first PackedGemm of this shape (note: Packing)
-};
-
 const dnnl::engine& cpu_engine() {
     static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
     return engine;
@@ -152,29 +163,52 @@ void check_status(dnnl_status_t status, const char* what) {
 
 }  // namespace
 
-// Note: Packing. Whether the packed product beats a plain sgemm depends on the machine: where
-// oneDNN has a blocked (brgemm) matmul for the CPU, the packed one skips sgemm's packing of B on
-// every call (an AVX-512 machine: 89 instead of 110 us for 32x256 by 256x1024); where its matmul
-// is itself an sgemm ("gemm:jit", as on AVX2 machines), the "packed" weights are only B
-// transposed, which helps at one row (a Zen 1 machine: 4.9 instead of 6.2 us for 1x128 by
-// 128x512) and hurts at 32 (520 instead of 415 us for 32x256 by 256x1024). So the first
-// PackedGemm of each shape times both on scratch rows, alternately, and the faster minimum is
-// kept for that shape on that thread: a choice of speed only (both are the same product).
 template <>
 struct PackedImpl<float> {
     PlainPackedGemm<float> plain;
+    RepeatedGemm strategy = RepeatedGemm::plain;
     std::shared_ptr<const PackedPlan> plan;
     dnnl::matmul matmul;
     mutable dnnl::stream stream;
     dnnl::memory packed_b;
     mutable dnnl::memory a, c;
+    mutable std::vector<float> transposed;  // c^T [n, m] of the transposed product
 
     PackedImpl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
-        const Packing policy = packing_policy.load();
-        if (uses < PackedGemm<float>::packing_threshold || policy == Packing::never) return;
+        const RepeatedGemm policy = repeated_gemm_policy.load();
+        if (uses < PackedGemm<float>::packing_threshold || policy == RepeatedGemm::plain) return;
+        if (policy == RepeatedGemm::transposed) {
+            use_transposed();
+            return;
+        }
         auto shape_plan = packed_plan(plain);
-        if (policy == Packing::when_faster && shape_plan->packing_wins == false) return;
+        if (policy == RepeatedGemm::fastest && shape_plan->fastest) {
+            if (*shape_plan->fastest == RepeatedGemm::transposed) use_transposed();
+            if (*shape_plan->fastest != RepeatedGemm::packed) return;
+        }
+        use_packed(shape_plan);
+        if (policy == RepeatedGemm::packed || shape_plan->fastest) return;
+        shape_plan->fastest = fastest();
+        if (*shape_plan->fastest == RepeatedGemm::packed) return;
+        plan.reset();
+        strategy = RepeatedGemm::plain;
+        if (*shape_plan->fastest == RepeatedGemm::transposed) use_transposed();
+    }
+
+    RepeatedGemm used() const { return strategy; }
+
+    void run(const float* a_data, float* c_data) const {
+        switch (strategy) {
+            case RepeatedGemm::packed: return run_packed(a_data, c_data);
+            case RepeatedGemm::transposed: return run_transposed(a_data, c_data);
+            default: return plain.run(a_data, c_data);
+        }
+    }
+
+private:
+    void use_packed(const std::shared_ptr<PackedPlan>& shape_plan) {
         plan = shape_plan;
+        strategy = RepeatedGemm::packed;
         matmul = dnnl::matmul(plan->matmul);
         stream = dnnl::stream(cpu_engine());
         packed_b = dnnl::memory(plan->weights, cpu_engine());
@@ -183,19 +217,13 @@ struct PackedImpl<float> {
         stream.wait();
         a = dnnl::memory(plan->a, cpu_engine(), DNNL_MEMORY_NONE);
         c = dnnl::memory(plan->c, cpu_engine(), DNNL_MEMORY_NONE);
-        if (policy == Packing::always) return;
-        if (!shape_plan->packing_wins) shape_plan->packing_wins = packing_is_faster();
-        if (!*shape_plan->packing_wins) plan.reset();
     }
 
-    bool packed() const { return plan != nullptr; }
-
-    void run(const float* a_data, float* c_data) const {
-        if (!plan) return plain.run(a_data, c_data);
-        run_packed(a_data, c_data);
+    void use_transposed() {
+        strategy = RepeatedGemm::transposed;
+        transposed.assign(std::size_t(plain.n * plain.m), 0.0f);
     }
 
-private:
     void run_packed(const float* a_data, float* c_data) const {
         a.set_data_handle(const_cast<float*>(a_data));
         c.set_data_handle(c_data);
@@ -207,23 +235,55 @@ private:
         check_status(dnnl_stream_wait(stream.get()), "the packed matmul's stream");
     }
 
-    bool packing_is_faster() const {
+    // c^T [n, m] = op(B)^T a^T, then c = c^T^T + beta c in tiles (both sides stay in cache).
+    void run_transposed(const float* a_data, float* c_data) const {
+        const auto [transpose_b, m, n, k, b, ldb, beta, lda, ldc] = plain;
+        float* t = transposed.data();
+        gemm(!transpose_b, true, n, m, k, 1.0f, b, ldb, a_data, lda, 0.0f, t, m);
+        constexpr std::int64_t tile = 16;
+        for (std::int64_t j0 = 0; j0 < n; j0 += tile) {
+            const std::int64_t j1 = std::min(n, j0 + tile);
+            for (std::int64_t i = 0; i < m; ++i) {
+                float* row = c_data + i * ldc;
+                if (beta == 0.0f)
+                    for (std::int64_t j = j0; j < j1; ++j) row[j] = t[j * m + i];
+                else
+                    for (std::int64_t j = j0; j < j1; ++j) row[j] = t[j * m + i] + beta * row[j];
+            }
+        }
+    }
+
+    RepeatedGemm fastest() {
         using clock = std::chrono::steady_clock;
         const std::vector<float> rows(std::size_t(plain.m * plain.lda), 0.5f);
         std::vector<float> out(std::size_t(plain.m * plain.ldc), 0.0f);
-        auto best = clock::duration::max(), best_packed = best;
-        // Several rounds, alternating: the first call of each warms its code and caches.
-        for (int round = 0; round < 6; ++round) {
-            auto start = clock::now();
-            plain.run(rows.data(), out.data());
-            const auto middle = clock::now();
-            run_packed(rows.data(), out.data());
-            const auto end = clock::now();
-            if (round == 0) continue;
-            best = std::min(best, middle - start);
-            best_packed = std::min(best_packed, end - middle);
+        transposed.assign(std::size_t(plain.n * plain.m), 0.0f);
+        const RepeatedGemm ways[] = {RepeatedGemm::plain, RepeatedGemm::packed, RepeatedGemm::transposed};
+        std::vector<clock::duration> times[3];
+        auto round = [&] {
+            for (int w = 0; w < 3; ++w) {
+                strategy = ways[w];
+                const auto start = clock::now();
+                run(rows.data(), out.data());
+                times[w].push_back(clock::now() - start);
+            }
+        };
+        // A warm-up round, then alternating rounds within about 20 ms (3 to 11 of them), the
+        // median of each way compared: single calls of a few hundred microseconds are noisy.
+        round();
+        const auto warm_up = times[0][0] + times[1][0] + times[2][0];
+        const auto budget = std::chrono::duration_cast<clock::duration>(std::chrono::milliseconds(20));
+        const int rounds = int(std::clamp<std::int64_t>(budget / std::max(warm_up, clock::duration(1)), 3, 11));
+        for (auto& t : times) t.clear();
+        for (int r = 0; r < rounds; ++r) round();
+        clock::duration median[3];
+        for (int w = 0; w < 3; ++w) {
+            std::nth_element(times[w].begin(), times[w].begin() + rounds / 2, times[w].end());
+            median[w] = times[w][std::size_t(rounds / 2)];
         }
-        return best_packed <= best;
+        strategy = RepeatedGemm::packed;
+        transposed = {};
+        return ways[std::min_element(median, median + 3) - median];
     }
 };
 #endif
@@ -249,8 +309,8 @@ void PackedGemm<T>::operator()(const T* a, T* c) const {
 }
 
 template <class T>
-bool PackedGemm<T>::packed() const {
-    return impl_->packed();
+RepeatedGemm PackedGemm<T>::used() const {
+    return impl_->used();
 }
 
 template class PackedGemm<float>;
@@ -265,8 +325,8 @@ void set_num_threads(int threads) {
 
 int num_threads() { return thread_count; }
 
-void set_packing(Packing policy) { packing_policy = policy; }
-Packing packing() { return packing_policy; }
+void set_repeated_gemm(RepeatedGemm policy) { repeated_gemm_policy = policy; }
+RepeatedGemm repeated_gemm() { return repeated_gemm_policy; }
 
 const char* float_backend() {
 #ifdef REWIND_FLOAT_GEMM_OPENBLAS

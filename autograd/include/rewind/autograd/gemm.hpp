@@ -17,16 +17,21 @@ void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, st
           const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c,
           std::int64_t ldc);
 
+// How PackedGemm computes its products (note: Repeated products, gemm.cpp): fastest (the
+// default: the three below timed once per shape and thread, the fastest kept), or one of them
+// pinned (tests of each way; benchmarks that want it fixed): packed (B reordered once into
+// oneDNN's layout for a matmul primitive), plain (a gemm() per call), transposed (c^T = op(B)^T
+// a^T by gemm(), added into c in tiles).
+enum class RepeatedGemm { fastest, packed, plain, transposed };
+void set_repeated_gemm(RepeatedGemm policy);
+RepeatedGemm repeated_gemm();
+
 // C = A op(B) + beta C repeated with the same B and sizes and a new A and C each time: the
-// recurrent weight over the time steps of a sequence. For float on oneDNN, B is reordered once
-// into oneDNN's blocked layout for a matmul primitive, which then skips the packing that every
-// sgemm call repeats (measured on an AVX-512 machine: 89 instead of 110 us for 32x256 by
-// 256x1024, 3.0 instead of 4.3 ms for 64x1024 by 1024x4096). The reorder and the primitive cost
-// about 25-100 us, so B is packed only when `uses` (the expected number of calls) is at least
-// packing_threshold, and only where it is faster: the first product of each shape times both
-// ways (on an AVX2 machine packing can lose). Otherwise, and for double (and float on
-// OpenBLAS), each call is a gemm().
-// B is copied when packed, read in place otherwise: it must outlive this object unchanged.
+// recurrent weight over the time steps of a sequence. For float on oneDNN, each product is
+// computed the fastest of three ways, timed on the first PackedGemm of its shape (set-up costs
+// 25-100 us, so only when `uses`, the expected number of calls, is at least packing_threshold).
+// Otherwise, and for double (and float on OpenBLAS), each call is a gemm(). B is copied when
+// packed, read in place otherwise: it must outlive this object unchanged.
 template <class T>
 class PackedGemm {
 public:
@@ -40,8 +45,8 @@ public:
 
     // c [m, n] (row stride ldc) = a [m, k] (row stride lda) op(B) + beta c.
     void operator()(const T* a, T* c) const;
-    // Whether B was packed (false: each call is a gemm()).
-    bool packed() const;
+    // How the products are computed: packed, plain or transposed.
+    RepeatedGemm used() const;
 
 private:
     struct Impl;
@@ -50,12 +55,6 @@ private:
 
 extern template class PackedGemm<float>;
 extern template class PackedGemm<double>;
-
-// When PackedGemm packs B (for float on oneDNN, used many times): when_faster (the default, timed
-// once per shape and thread), or always / never (tests of both ways; benchmarks that pin it).
-enum class Packing { when_faster, always, never };
-void set_packing(Packing policy);
-Packing packing();
 
 // Threads used by both BLAS libraries (oneDNN through OpenMP, OpenBLAS through its own pool).
 void set_num_threads(int threads);
