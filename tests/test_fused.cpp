@@ -104,6 +104,24 @@ BOOST_AUTO_TEST_CASE(corner_cases_match_generic_in_float64_and_float32) {
     }
 }
 
+// Sizes where the driver sums dW_ih and dW_hh as one product over the rows of [x | h] (a tall,
+// small weight over at least 4 (I + H) rows: note "one product for both weights" in
+// nn/src/fused/sequence.cpp), with and without lengths, bias and both directions.
+BOOST_AUTO_TEST_CASE(lstm_weight_gradients_summed_as_one_product_match_generic) {
+    std::uint64_t seed = 700;
+    for (const bool bidirectional : {false, true})
+        for (const bool with_lengths : {false, true})
+            for (const bool bias : {true, false}) {
+                Config c{.cell = "lstm", .bidirectional = bidirectional, .steps = 20, .batch = 5, .input = 3, .hidden = 9};
+                c.bias = bias;
+                if (with_lengths) c.lengths = {20, 7, 13, 1, 20};
+                BOOST_TEST_CHECKPOINT(c.to_string());
+                compare_paths<double>(c, seed, 1e-12);
+                compare_paths<float>(c, seed, 1e-5);
+                ++seed;
+            }
+}
+
 BOOST_AUTO_TEST_CASE(random_configurations_match_generic_float64) { property_test<double>(120, 1, 1e-12); }
 
 BOOST_AUTO_TEST_CASE(random_configurations_match_generic_float32) { property_test<float>(80, 2, 1e-5); }
