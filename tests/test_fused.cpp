@@ -9,7 +9,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
+#include <type_traits>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -120,6 +123,73 @@ BOOST_AUTO_TEST_CASE(lstm_weight_gradients_summed_as_one_product_match_generic) 
                 compare_paths<float>(c, seed, 1e-5);
                 ++seed;
             }
+}
+
+// Pre-activations far past where sigmoid and tanh saturate (weights scaled by 1e30; a fuzzed state
+// dict found such) and NaN in the input: the fused rules give the generic path's values exactly,
+// NaN where it has NaN (note "saturated arguments" in lanes.hpp).
+template <class T>
+void check_saturated_and_nan_inputs() {
+    for (const std::string cell : {"lstm", "gru", "rnn_tanh"}) {
+        BOOST_TEST_CHECKPOINT(cell);
+        auto layer = make_recurrent<T>(cell, {.input_size = 3, .hidden_size = 19, .seed = 4});
+        for (auto& parameter : layer->parameters()) parameter.mutable_value() *= T(1e30);
+        Generator g(5);
+        Tensor<T> x = random_tensor<T>({4, 3, 3}, g, 1.0);
+        x.mutable_value()(2, 1, 0) = std::numeric_limits<T>::quiet_NaN();
+        layer->set_path(ExecutionPath::fused);
+        const xt::xarray<T> fused = layer->forward(x).output.value();
+        BOOST_REQUIRE(layer->uses_fused());
+        layer->set_path(ExecutionPath::generic);
+        const xt::xarray<T> generic = layer->forward(x).output.value();
+        std::size_t nans = 0;
+        for (std::size_t i = 0; i < fused.size(); ++i) {
+            const T f = fused.data()[i], g_value = generic.data()[i];
+            nans += std::isnan(g_value);
+            BOOST_TEST((std::isnan(f) == std::isnan(g_value) && (std::isnan(f) || f == g_value)),
+                       cell << " element " << i << ": fused " << f << " generic " << g_value);
+        }
+        BOOST_TEST(nans > 0u);  // the NaN went through both paths
+    }
+}
+
+// The SIMD lanes of exp, sigmoid and tanh against the scalar formulas at and past saturation, at
+// infinities and NaN (16 values: whole batches, so no scalar tail).
+template <class T>
+void check_lane_functions() {
+    const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+    const std::vector<T> xs{nan, inf, -inf, T(1e30), T(-1e30), T(1000), T(-1000), T(50),
+                            T(-50), T(0.5), T(-0.5), T(0), T(88), T(-104), T(2), T(-2)};
+    std::vector<T> e(xs.size()), s(xs.size()), t(xs.size());
+    fused::lanes<T>(xs.size(), [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        BOOST_TEST(!std::is_arithmetic_v<V>);  // whole batches: the SIMD code is what is checked
+        const V x = fused::load_lane<V>(xs.data() + j);
+        fused::store_lane(e.data() + j, fused::exp_lane(x));
+        fused::store_lane(s.data() + j, fused::sigmoid_lane(x));
+        fused::store_lane(t.data() + j, fused::tanh_lane(x));
+    });
+    auto same = [](T got, T want) {
+        if (std::isnan(want) || std::isnan(got)) return std::isnan(want) && std::isnan(got);
+        if (std::isinf(want) || want == 0) return got == want;
+        return std::abs(got - want) <= 8 * std::numeric_limits<T>::epsilon() * std::abs(want);
+    };
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+        const T x = xs[i];
+        BOOST_TEST(same(e[i], std::exp(x)), "exp(" << x << ") = " << e[i]);
+        BOOST_TEST(same(s[i], T(1) / (T(1) + std::exp(-x))), "sigmoid(" << x << ") = " << s[i]);
+        BOOST_TEST(same(t[i], std::tanh(x)), "tanh(" << x << ") = " << t[i]);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(lane_functions_saturate_and_keep_nan) {
+    check_lane_functions<double>();
+    check_lane_functions<float>();
+}
+
+BOOST_AUTO_TEST_CASE(saturated_and_nan_pre_activations_give_the_generic_values) {
+    check_saturated_and_nan_inputs<double>();
+    check_saturated_and_nan_inputs<float>();
 }
 
 BOOST_AUTO_TEST_CASE(random_configurations_match_generic_float64) { property_test<double>(120, 1, 1e-12); }

@@ -104,7 +104,8 @@ namespace {
 // machines), the "packed" weights are only B transposed, which helps at one row (a Zen 1 machine:
 // 4.9 instead of 6.2 us for 1x128 by 128x512) and loses at 32 (520 instead of 415 us for 32x256
 // by 256x1024), while the transposed product c^T = op(B)^T a^T, added into c in tiles, runs at
-// 44 instead of 40 GFLOP/s there for a [32, 256] a against a [1024, 256] B (38 -> 44 at 16 rows).
+// 42.7 instead of 40.4 GFLOP/s there for a [32, 256] a against a [1024, 256] B (42.5 instead of
+// 38.2 at 16 rows).
 // So the first PackedGemm of each shape on a thread times the three on scratch rows, alternately,
 // and keeps the fastest for that shape: a choice of speed only (the same product, rounded in
 // another order).
@@ -115,17 +116,17 @@ struct PackedPlan {
     std::optional<RepeatedGemm> fastest;  // decided by the first PackedGemm of this shape
 };
 
+const dnnl::engine& cpu_engine() {
+    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    return engine;
+}
+
 // The set-up of one packed product shape, made once per thread and shape: creating a matmul
 // primitive descriptor and the weight reorder costs tens of microseconds, as much as all the steps
 // of a short sequence at B=1 (a profile of such a training step showed a quarter of it in
 // oneDNN's set-up). The primitive itself is made per PackedGemm from the descriptor (oneDNN's own
 // cache makes that cheap): one primitive object executed by two threads at once gives wrong
 // results (row groups on threads run products of the same shape concurrently).
-const dnnl::engine& cpu_engine() {
-    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-    return engine;
-}
-
 std::shared_ptr<PackedPlan> packed_plan(const PlainPackedGemm<float>& plain) {
     const auto [transpose_b, m, n, k, b, ldb, beta, lda, ldc] = plain;
     using Key = std::tuple<bool, std::int64_t, std::int64_t, std::int64_t, std::int64_t, float, std::int64_t, std::int64_t>;

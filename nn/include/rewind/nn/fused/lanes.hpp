@@ -3,8 +3,10 @@
 // body and the scalar tail. Inside `lanes<T>(n, [&](std::size_t j, auto tag) { using V =
 // decltype(tag); ... })` V is xsimd::batch<T> for j = 0, W, 2W, ... and plain T for the tail.
 //
-// sigmoid, tanh, exp and relu use the formulas of the generic ops, so both paths round alike.
+// sigmoid, tanh, exp and relu use the formulas of the generic ops, so both paths round alike
+// (exp and tanh with their arguments clamped where they saturate: note "saturated arguments").
 
+#include <cmath>
 #include <cstddef>
 #include <type_traits>
 
@@ -29,14 +31,39 @@ inline void store_lane(T* p, const V& v) {
     else v.store_unaligned(p);
 }
 
+namespace detail {
+
+// Note: saturated arguments. xsimd's exp and tanh turn x into an integer exponent before they
+// check the range, and far outside it (a fuzzed state dict gave a sigmoid -4.5e102) that
+// conversion overflows: undefined behaviour, which UBSan reports. Past `bound` the function is
+// already saturated (exp 0 or inf, tanh -1 or 1, in float and double), so the argument is clamped
+// to it there, NaN is kept out of the conversion and put back: every result is what the
+// unclamped call returns where it is defined, so the paths still round alike.
+template <class V, class F>
+inline V saturated(const V& x, typename V::value_type bound, F&& f) {
+    using T = typename V::value_type;
+    const auto nan = xsimd::isnan(x);
+    const V clamped = xsimd::select(x > V(bound), V(bound), xsimd::select(x < V(-bound), V(-bound), x));
+    return xsimd::select(nan, x, f(xsimd::select(nan, V(T(0)), clamped)));
+}
+
+}  // namespace detail
+
+template <class V>
+inline V exp_lane(const V& x) {
+    if constexpr (std::is_arithmetic_v<V>) return std::exp(x);
+    else return detail::saturated(x, typename V::value_type(800), [](const V& v) { return xsimd::exp(v); });
+}
+
 template <class V>
 inline V sigmoid_lane(const V& x) {
-    return V(1) / (V(1) + xsimd::exp(-x));
+    return V(1) / (V(1) + exp_lane(-x));
 }
 
 template <class V>
 inline V tanh_lane(const V& x) {
-    return xsimd::tanh(x);
+    if constexpr (std::is_arithmetic_v<V>) return xsimd::tanh(x);
+    else return detail::saturated(x, typename V::value_type(40), [](const V& v) { return xsimd::tanh(v); });
 }
 
 template <class V>
