@@ -176,24 +176,14 @@ struct PackedImpl<float> {
     mutable std::vector<float> transposed;  // c^T [n, m] of the transposed product
 
     PackedImpl(const PlainPackedGemm<float>& plain_gemm, std::int64_t uses) : plain(plain_gemm) {
-        const RepeatedGemm policy = repeated_gemm_policy.load();
-        if (uses < PackedGemm<float>::packing_threshold || policy == RepeatedGemm::plain) return;
-        if (policy == RepeatedGemm::transposed) {
-            use_transposed();
-            return;
+        if (uses < PackedGemm<float>::packing_threshold) return;
+        RepeatedGemm way = repeated_gemm_policy.load();
+        if (way == RepeatedGemm::fastest) {
+            const auto shape_plan = packed_plan(plain);
+            if (!shape_plan->fastest) shape_plan->fastest = fastest();
+            way = *shape_plan->fastest;
         }
-        auto shape_plan = packed_plan(plain);
-        if (policy == RepeatedGemm::fastest && shape_plan->fastest) {
-            if (*shape_plan->fastest == RepeatedGemm::transposed) use_transposed();
-            if (*shape_plan->fastest != RepeatedGemm::packed) return;
-        }
-        use_packed(shape_plan);
-        if (policy == RepeatedGemm::packed || shape_plan->fastest) return;
-        shape_plan->fastest = fastest();
-        if (*shape_plan->fastest == RepeatedGemm::packed) return;
-        plan.reset();
-        strategy = RepeatedGemm::plain;
-        if (*shape_plan->fastest == RepeatedGemm::transposed) use_transposed();
+        use(way);
     }
 
     RepeatedGemm used() const { return strategy; }
@@ -207,9 +197,21 @@ struct PackedImpl<float> {
     }
 
 private:
-    void use_packed(const std::shared_ptr<PackedPlan>& shape_plan) {
-        plan = shape_plan;
-        strategy = RepeatedGemm::packed;
+    // Sets up `way` (packed, plain or transposed) and lets go of what the others hold.
+    void use(RepeatedGemm way) {
+        strategy = way;
+        if (way == RepeatedGemm::packed && !plan) set_up_packed();
+        if (way != RepeatedGemm::packed) {
+            plan.reset();
+            matmul = dnnl::matmul();
+            packed_b = dnnl::memory();
+        }
+        if (way == RepeatedGemm::transposed) transposed.assign(std::size_t(plain.n * plain.m), 0.0f);
+        else transposed = {};
+    }
+
+    void set_up_packed() {
+        plan = packed_plan(plain);
         matmul = dnnl::matmul(plan->matmul);
         stream = dnnl::stream(cpu_engine());
         packed_b = dnnl::memory(plan->weights, cpu_engine());
@@ -218,11 +220,6 @@ private:
         stream.wait();
         a = dnnl::memory(plan->a, cpu_engine(), DNNL_MEMORY_NONE);
         c = dnnl::memory(plan->c, cpu_engine(), DNNL_MEMORY_NONE);
-    }
-
-    void use_transposed() {
-        strategy = RepeatedGemm::transposed;
-        transposed.assign(std::size_t(plain.n * plain.m), 0.0f);
     }
 
     void run_packed(const float* a_data, float* c_data) const {
@@ -258,6 +255,7 @@ private:
         using clock = std::chrono::steady_clock;
         const std::vector<float> rows(std::size_t(plain.m * plain.lda), 0.5f);
         std::vector<float> out(std::size_t(plain.m * plain.ldc), 0.0f);
+        set_up_packed();
         transposed.assign(std::size_t(plain.n * plain.m), 0.0f);
         const RepeatedGemm ways[] = {RepeatedGemm::plain, RepeatedGemm::packed, RepeatedGemm::transposed};
         std::vector<clock::duration> times[3];
@@ -282,8 +280,6 @@ private:
             std::nth_element(times[w].begin(), times[w].begin() + rounds / 2, times[w].end());
             median[w] = times[w][std::size_t(rounds / 2)];
         }
-        strategy = RepeatedGemm::packed;
-        transposed = {};
         return ways[std::min_element(median, median + 3) - median];
     }
 };
