@@ -185,8 +185,10 @@ template <class T>
 class WeightGradient {
 public:
     static constexpr std::size_t transposed_limit = std::size_t(1) << 19;  // elements
+    // Whether dW [m, n] is summed transposed (see above).
+    static bool transposes(std::size_t m, std::size_t n) { return m >= 2 * n && m * n <= transposed_limit; }
     WeightGradient(xt::xarray<T>& out, std::size_t m, std::size_t n)
-        : out_(out), m_(m), n_(n), transposed_(m >= 2 * n && m * n <= transposed_limit) {
+        : out_(out), m_(m), n_(n), transposed_(transposes(m, n)) {
         if (transposed_) sum_t_ = Buffer<T>(m * n);
     }
     void add(const T* grad, std::size_t ld_grad, const T* input, std::size_t ld_input, std::size_t rows, T beta) {

@@ -195,16 +195,16 @@ Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
     };
     // Note: one product for both weights. Where the recurrent product adds into the gates, W_ih and
     // W_hh see the same dL/dG, so [dW_ih | dW_hh] = dG^T [x | h] can be one GEMM over rows of width
-    // I + P, the rows of [x | h] copied per window. On the Zen 1 machine that pays for tall, small
-    // weights over many rows (LSTM at B=32, H=256: 42.6 against 39.3 GFLOP/s, the step 3.7%
-    // faster in paired runs) and loses otherwise (RNN tanh at B=32: 3.4% slower; LSTM at B=1, 100
-    // rows: 41.6 against 42.8 GFLOP/s), so only there.
-    const std::size_t joint_width = I + P;
-    const bool joint = wanted(dw_ih) && wanted(dw_hh) && !d.separate() && RH == GH && GH >= 2 * joint_width &&
-                       GH * joint_width <= WeightGradient<T>::transposed_limit && WB >= 4 * joint_width;
-    xt::xarray<T> dw_joint = joint ? xt::xarray<T>::from_shape({GH, I + P}) : xt::xarray<T>();
-    Buffer<T> joint_rows(joint ? WB * (I + P) : 0);
-    auto weight_joint = weight_gradient(dw_joint, GH, I + P);
+    // I + P, the rows of [x | h] copied per window. On the Zen 1 machine that pays where the joint
+    // weight is summed transposed (tall and small), over many rows (LSTM at B=32, H=256: 42.6
+    // against 39.3 GFLOP/s, the step 3.7% faster in paired runs) and loses otherwise (RNN tanh at
+    // B=32: 3.4% slower; LSTM at B=1, 100 rows: 41.6 against 42.8 GFLOP/s), so only there.
+    const std::size_t IP = I + P;
+    const bool joint = wanted(dw_ih) && wanted(dw_hh) && !d.separate() && RH == GH &&
+                       WeightGradient<T>::transposes(GH, IP) && WB >= 4 * IP;
+    xt::xarray<T> dw_joint = joint ? xt::xarray<T>::from_shape({GH, IP}) : xt::xarray<T>();
+    Buffer<T> joint_rows(joint ? WB * IP : 0);
+    auto weight_joint = weight_gradient(dw_joint, GH, IP);
     auto weight_ih = joint ? nullptr : weight_gradient(dw_ih, GH, I);
     auto weight_hh = joint ? nullptr : weight_gradient(dw_hh, RH, P);
     auto weight_second = weight_gradient(dw_2, R2H, H), weight_projection = weight_gradient(dw_proj, P, H);
@@ -236,10 +236,10 @@ Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
             T* joined = joint_rows.data();
             const T* h_rows = saved.states[0].data();
             for (std::size_t r = 0; r < rows; ++r) {
-                std::copy_n(x_rows + r * I, I, joined + r * (I + P));
-                std::copy_n(h_rows + r * P, P, joined + r * (I + P) + I);
+                std::copy_n(x_rows + r * I, I, joined + r * IP);
+                std::copy_n(h_rows + r * P, P, joined + r * IP + I);
             }
-            weight_joint->add(dgx, GH, joined, I + P, rows, beta);
+            weight_joint->add(dgx, GH, joined, IP, rows, beta);
         }
         if (weight_ih) weight_ih->add(dgx, GH, x_rows, I, rows, beta);
         if (wanted(db_ih)) column_sums(dgx, rows, GH, GH, beta != T(0), db_ih.data(), sums.data());
@@ -253,7 +253,7 @@ Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
         if (weight) weight->finish();
     if (joint)
         for (std::size_t g = 0; g < GH; ++g) {
-            const T* row = dw_joint.data() + g * (I + P);
+            const T* row = dw_joint.data() + g * IP;
             std::copy_n(row, I, dw_ih.data() + g * I);
             std::copy_n(row + I, P, dw_hh.data() + g * P);
         }
