@@ -6,6 +6,7 @@
 #include <atomic>
 #include <exception>
 #include <memory>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -320,7 +321,8 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     for (const auto& u : w.units) add_input(u);
     index.states = int(inputs.size());
     for (const auto& s : initial_state) add_input(s);
-    // The rules live in the cell; `owner` (the cell, when the layer runs it) keeps them alive.
+    // `owner` keeps the rules alive with the graph: the cell when a layer runs it, the rules'
+    // shared owner when run_sequence does.
     auto outputs = record_op<T>(op + (reverse ? "_reverse" : ""), std::move(inputs), std::move(values),
                                 [saved](const BackwardContext<T>& ctx) -> Gradients<T> { return backward(*saved, ctx); });
     SequenceResult<T> result;
@@ -330,10 +332,14 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
 }
 
 template <class T>
-SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
-                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
-                               std::size_t recompute_segment) {
-    return detail::run_sequence_probed<T>(rules, input, initial_state, lengths, reverse, name, nullptr, nullptr,
+SequenceResult<T> run_sequence(std::shared_ptr<const CellRules<T>> rules, const Tensor<T>& input,
+                               const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths,
+                               bool reverse, const std::string& name, std::size_t recompute_segment) {
+    if (!rules)
+        throw std::invalid_argument(fmt::format("fused_{}: run_sequence was given no rules (a null pointer)",
+                                                name.empty() ? std::string("cell") : name));
+    const CellRules<T>& held = *rules;
+    return detail::run_sequence_probed<T>(held, input, initial_state, lengths, reverse, name, nullptr, std::move(rules),
                                           recompute_segment);
 }
 
@@ -355,9 +361,10 @@ template SequenceResult<double> detail::run_sequence_probed(const CellRules<doub
                                                             const std::vector<std::int64_t>&, bool, const std::string&,
                                                             std::shared_ptr<detail::SequenceProbe<double>>,
                                                             std::shared_ptr<const void>, std::size_t);
-template SequenceResult<float> run_sequence(const CellRules<float>&, const Tensor<float>&, const std::vector<Tensor<float>>&,
-                                            const std::vector<std::int64_t>&, bool, const std::string&, std::size_t);
-template SequenceResult<double> run_sequence(const CellRules<double>&, const Tensor<double>&,
+template SequenceResult<float> run_sequence(std::shared_ptr<const CellRules<float>>, const Tensor<float>&,
+                                            const std::vector<Tensor<float>>&, const std::vector<std::int64_t>&, bool,
+                                            const std::string&, std::size_t);
+template SequenceResult<double> run_sequence(std::shared_ptr<const CellRules<double>>, const Tensor<double>&,
                                              const std::vector<Tensor<double>>&, const std::vector<std::int64_t>&, bool,
                                              const std::string&, std::size_t);
 
