@@ -7,7 +7,7 @@
 
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/checked_size.hpp>
-#include <rewind/autograd/checkpoint.hpp>
+#include <rewind/autograd/recompute.hpp>
 #include <rewind/autograd/ops.hpp>
 
 #include "rewind/nn/layers/cell_table.hpp"
