@@ -5,7 +5,7 @@
 //  (b) rw::matmul's forward against the raw rw::blas::gemm call on the same float operands,
 //      interleaved, for 512x512x512 and 32x256 by 256x1024;
 //  (c) the time to free a graph dropped without a backward, per node, for chains of 1e4, 1e5 and
-//      1e6 tanh ops (Note [iterative teardown]: freed in a loop, so the cost per node should not
+//      1e6 tanh ops (freed in a loop, Note [Iterative teardown], so the cost per node should not
 //      grow with the length), sizes alternating within each round, medians.
 //
 // Targets (reported, not asserted): < 1 us per tiny op forward+backward; matmul within 5% of raw.

@@ -2,7 +2,8 @@
 // scalar loop (up to 32 elements) and the vector loop (xsimd, with a scalar tail). The values
 // are the C++ library's (std::exp and friends) wherever those are defined; under
 // scripts/check-sanitizers (UBSan with float-cast-overflow) the same cases show that no
-// argument reaches undefined behaviour (Note [saturated arguments] in ops_elementwise.cpp).
+// argument reaches undefined behaviour (Note [Saturated arguments, generic ops] in
+// ops_elementwise.cpp).
 
 #include <boost/test/unit_test.hpp>
 

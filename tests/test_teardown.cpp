@@ -1,4 +1,4 @@
-// Graphs of any length are freed without recursion (Note [iterative teardown] in
+// Graphs of any length are freed without recursion (Note [Iterative teardown] in
 // autograd/src/tensor.cpp): each case builds a long graph on a thread with a 256 KiB stack and
 // frees it one way or another. Before the fix each of these overflowed that stack (a chain of
 // ~2,000 ops was enough); the assertions check that the graph really was freed, not leaked:

@@ -92,13 +92,13 @@ xt::xarray<T> map_lanes(const xt::xarray<T>& x, Scalar scalar, Batch batch) {
     return out;
 }
 
-// Note [saturated arguments]: xsimd's double exp and tanh convert x / ln 2 to a 64-bit integer
-// before they look at its range; at |x| ~ 1e300, at infinities and at NaN that conversion is
-// undefined behaviour (UBSan's float-cast-overflow: "-1.4427e+300 is outside the range of
-// representable values of type 'long int'"). Past `bound` the function has saturated, in float
-// and double (exp 0 or inf past 800, tanh -1 or 1 past 40), so the argument is clamped there and
-// NaN kept out of the conversion, then put back, as nn's fused lanes do (fused/lanes.hpp): every
-// result the unclamped call defined is unchanged.
+// Note [Saturated arguments, generic ops]: xsimd's double exp and tanh convert x / ln 2 to a
+// 64-bit integer before they look at its range; at |x| ~ 1e300, at infinities and at NaN that
+// conversion is undefined behaviour (UBSan's float-cast-overflow: "-1.4427e+300 is outside the
+// range of representable values of type 'long int'"). Past `bound` the function has saturated, in
+// float and double (exp 0 or inf past 800, tanh -1 or 1 past 40), so the argument is clamped
+// there and NaN kept out of the conversion, then put back, as nn's fused lanes do (Note
+// [Saturated arguments] in fused/lanes.hpp): every result the unclamped call defined is unchanged.
 template <class V, class F>
 V saturated(const V& x, typename V::value_type bound, F f) {
     using T = typename V::value_type;

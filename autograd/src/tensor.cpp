@@ -157,7 +157,7 @@ void Tensor<T>::register_hook(GradientHook<T> hook) {
     checked().hooks.push_back(std::move(hook));
 }
 
-// Note [iterative teardown]: a graph owns itself as a chain: TensorImpl -> grad_fn (Node) ->
+// Note [Iterative teardown]: a graph owns itself as a chain: TensorImpl -> grad_fn (Node) ->
 // inputs_ and the rule's saved tensors -> TensorImpl -> ... Freed the plain way, dropping the
 // last handle of a T-step output recursed once per op and overflowed the stack (a generic LSTM
 // of ~5,000 steps on an 8 MiB stack). As PyTorch's deleteNode (torch/csrc/autograd/function.cpp)
