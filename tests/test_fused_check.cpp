@@ -54,7 +54,7 @@ BOOST_AUTO_TEST_SUITE(fused_check)
 BOOST_AUTO_TEST_CASE(every_built_in_cell_agrees_with_its_step) {
     for (const auto& info : cell_table()) {
         Generator g(3);
-        const auto cell = cell_factory<double>(info.name)(4, 5, g);
+        const auto cell = cell_factory<double>(info.name)({.input_size = 4, .hidden_size = 5}, g);
         const FusedCheckReport report = check_fused_cell(*cell, {.steps = 6, .batch = 4});
         BOOST_TEST(report.passed, info.name << ":\n" << report.to_string());
         BOOST_TEST(report.directions.size() == 2u);

@@ -64,7 +64,10 @@ Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& o
     for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
         const std::size_t layer_input = layer == 0 ? options.input_size : output_size * num_directions();
         for (std::size_t direction = 0; direction < num_directions(); ++direction) {
-            auto cell = factory(layer_input, options.hidden_size, generator_);
+            auto cell = factory({.input_size = layer_input, .hidden_size = options.hidden_size, .layer = layer,
+                                 .direction = direction, .num_layers = options.num_layers,
+                                 .num_directions = num_directions()},
+                                generator_);
             if (cell->state_size(0) != output_size)
                 throw std::invalid_argument(fmt::format(
                     "recurrent layer: the {} cell's output has the wrong size: expected {} ({}), got {}{}",
