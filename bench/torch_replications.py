@@ -13,7 +13,8 @@ settings as rewind's examples (README "Paper replications"), one thread:
           cross-entropy, clip_grad_norm 1, RMSprop (alpha 0.9)
 
 Each iteration is zero_grad, forward, backward, clipping, step (and the clamp), on a batch made
-beforehand; the figure is the median over --repeats iterations after --warmup.
+beforehand; the figures are the median over --repeats iterations after --warmup, of wall time
+and of the process's CPU time (which a shared, loaded machine disturbs less).
 
     /usr/bin/python3 bench/torch_replications.py [--task adding|indrnn|copy|all] [--json]
 """
@@ -157,18 +158,21 @@ def main():
         step = TASKS[name](args, generator)
         for _ in range(args.warmup):
             step()
-        times = []
+        times, cpu_times = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - start)
-        result = {"task": name, "ms_per_iteration": 1e3 * statistics.median(times), "repeats": args.repeats,
+            cpu_times.append(time.process_time() - cpu_start)
+        result = {"task": name, "ms_per_iteration": 1e3 * statistics.median(times),
+                  "cpu_ms_per_iteration": 1e3 * statistics.median(cpu_times), "repeats": args.repeats,
                   "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name()}
         results.append(result)
         if args.json:
             print(json.dumps(result))
         else:
-            print(f"{name}: {result['ms_per_iteration']:.1f} ms per iteration (median of {args.repeats}, "
+            print(f"{name}: {result['ms_per_iteration']:.1f} ms per iteration, CPU {result['cpu_ms_per_iteration']:.1f} ms "
+                  f"(medians of {args.repeats}, "
                   f"{args.threads} thread, torch {torch.__version__}, {result['cpu']})")
         sys.stdout.flush()
     return 0
