@@ -337,8 +337,8 @@ std::shared_ptr<Recurrent<T>> make_rnn(const RecurrentOptions& options, Nonlinea
     CellInit init = options.init;
     CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [nonlinearity, init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<RNNCell<T>>(input_size, hidden_size, nonlinearity, generator, init, cell_options);
+        [nonlinearity, init, cell_options](const CellSite& site, Generator& generator) {
+            return std::make_shared<RNNCell<T>>(site.input_size, site.hidden_size, nonlinearity, generator, init, cell_options);
         },
         options);
 }
@@ -348,8 +348,8 @@ std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options) {
     CellInit init = options.init;
     CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<LSTMCell<T>>(input_size, hidden_size, generator, init, cell_options);
+        [init, cell_options](const CellSite& site, Generator& generator) {
+            return std::make_shared<LSTMCell<T>>(site.input_size, site.hidden_size, generator, init, cell_options);
         },
         options);
 }
@@ -359,8 +359,8 @@ std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options) {
     CellInit init = options.init;
     CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<GRUCell<T>>(input_size, hidden_size, generator, init, cell_options);
+        [init, cell_options](const CellSite& site, Generator& generator) {
+            return std::make_shared<GRUCell<T>>(site.input_size, site.hidden_size, generator, init, cell_options);
         },
         options);
 }
