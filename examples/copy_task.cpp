@@ -10,6 +10,7 @@
 //   build-dir/bin/copy_task [--length 100] [--cells lstm,gru] [--steps N] [--hidden 128] [--json]
 
 #include <cmath>
+#include <ctime>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -70,8 +71,12 @@ struct Model : Module<float> {
     std::shared_ptr<Linear<float>> head;
 };
 
-// The held-out loss after each evaluation interval (first: untrained).
-std::vector<double> train(const std::string& cell, const Settings& s) {
+struct Trained {
+    std::vector<double> curve;  // the held-out loss after each evaluation interval (first: untrained)
+    double cpu_seconds = 0;     // the process's CPU time in the training steps
+};
+
+Trained train(const std::string& cell, const Settings& s) {
     Model model(cell, s);
     RMSprop<float> rmsprop(model.named_parameters(), {.lr = s.lr, .alpha = s.alpha});
     Generator data(s.seed + 1), test_data(s.seed + 1000);
@@ -80,18 +85,23 @@ std::vector<double> train(const std::string& cell, const Settings& s) {
         NoGradGuard no_grad;
         return double(model.loss(held_out).item());
     };
-    std::vector<double> curve{held_out_loss()};
+    Trained out;
+    std::vector<double>& curve = out.curve;
+    curve.push_back(held_out_loss());
     const std::size_t every = std::max<std::size_t>(1, s.steps / s.evaluations);
     examples::Progress progress(cell, s.steps);
     for (std::size_t step = 1; step <= s.steps; ++step) {
+        const Batch batch = random_batch(s.length, s.batch, data);
+        const std::clock_t cpu_start = std::clock();
         rmsprop.zero_grad();
-        model.loss(random_batch(s.length, s.batch, data)).backward();
+        model.loss(batch).backward();
         clip_grad_norm(model.named_parameters(), 1.0);
         rmsprop.step();
+        out.cpu_seconds += double(std::clock() - cpu_start) / CLOCKS_PER_SEC;
         if (step % every == 0 || step == s.steps) curve.push_back(held_out_loss());
         progress.update(step, [&] { return fmt::format("held-out loss {:.4f}", curve.back()); });
     }
-    return curve;
+    return out;
 }
 
 }  // namespace
@@ -126,11 +136,14 @@ int main(int argc, char** argv) {
     nlohmann::json summary{{"length", s.length}, {"steps", s.steps}, {"baseline", baseline}};
     std::vector<std::vector<double>> curves;
     for (const auto& cell : cells) {
-        curves.push_back(train(cell, s));
+        const Trained trained = train(cell, s);
+        curves.push_back(trained.curve);
         const double final_loss = curves.back().back();
         summary["loss"][cell] = final_loss;
-        fmt::print("{:<9} held-out loss {:.4f} -> {:.4f}  ({:.2f} x the baseline{})\n\n", cell, curves.back().front(),
-                   final_loss, final_loss / baseline, final_loss < 0.5 * baseline ? ": beats it" : "");
+        summary["cpu_ms_per_step"][cell] = 1e3 * trained.cpu_seconds / double(s.steps);
+        fmt::print("{:<9} held-out loss {:.4f} -> {:.4f}  ({:.2f} x the baseline{}); CPU {:.1f} ms/step\n\n", cell,
+                   curves.back().front(), final_loss, final_loss / baseline, final_loss < 0.5 * baseline ? ": beats it" : "",
+                   1e3 * trained.cpu_seconds / double(s.steps));
     }
     examples::Curve curve{{"step"}, {}};
     curve.columns.insert(curve.columns.end(), cells.begin(), cells.end());

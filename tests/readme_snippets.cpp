@@ -138,8 +138,8 @@ BOOST_AUTO_TEST_CASE(the_optimizer_snippet_trains_saves_and_refuses_a_bad_option
     loss.backward();
     const xt::xarray<float> before = model->parameter("weight_hh_l0").value();
     optimizer.step();
-    // Every weight moved by exactly lr (the sign of a nonzero gradient's first momentum).
-    BOOST_TEST(xt::amax(xt::abs(model->parameter("weight_hh_l0").value() - before))() == 1e-3f, boost::test_tools::tolerance(1e-6f));
+    // Every weight moved by lr (the sign of a nonzero gradient's first momentum), to float rounding.
+    BOOST_TEST(xt::amax(xt::abs(model->parameter("weight_hh_l0").value() - before))() == 1e-3f, boost::test_tools::tolerance(1e-4f));
     // The checkpoint plumbing came for free: the state round-trips into a fresh optimizer.
     SignMomentum resumed(model->named_parameters(), 0.5, 0.5);
     resumed.load_state(optimizer.state(), "test");
