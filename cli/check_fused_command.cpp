@@ -60,7 +60,7 @@ int run_check_fused(const CheckFusedRequest& request) {
     for (const auto& name : request.chosen_cells()) {
         Generator generator(request.options.seed);
         const auto cell = nn::cell_factory<double>(name, {}, {.bias = request.bias, .proj_size = request.proj_size})(
-            request.input_size, request.hidden_size, generator);
+            {.input_size = request.input_size, .hidden_size = request.hidden_size}, generator);
         const nn::FusedCheckReport report = nn::check_fused_cell(*cell, request.options);
         if (request.json) std::cout << report_json(name, report).dump() << std::endl;
         else std::cout << name << ": " << report.to_string(request.per_step);

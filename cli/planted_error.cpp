@@ -59,9 +59,9 @@ std::shared_ptr<nn::Recurrent<double>> make_layer_with_planted_error(const std::
     // generator as make_recurrent, so the weights are the same as without the planted error.
     auto calls = std::make_shared<std::size_t>(0);
     nn::CellFactory<double> factory = [base = nn::cell_factory<double>(cell, options.init, options.cell_options()), calls, step](
-                                          std::size_t input_size, std::size_t hidden_size,
+                                          const nn::CellSite& site,
                                           Generator& generator) -> std::shared_ptr<nn::RecurrentCell<double>> {
-        auto made = base(input_size, hidden_size, generator);
+        auto made = base(site, generator);
         if ((*calls)++ > 0) return made;
         return std::make_shared<PlantedErrorCell>(std::move(made), step);
     };

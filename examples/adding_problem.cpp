@@ -3,9 +3,15 @@
 // of backpropagation through time. The tanh RNN's vanishes and it stays at the MSE of always
 // predicting 1 (1/6); the gated cells carry it and solve the task.
 //
+// With --target-mse the run stops at the first evaluation below it and reports the steps taken
+// and the wall time of training (the LSTM replication of Hochreiter & Schmidhuber 1997 and Le et
+// al. 2015: README "Paper replications").
+//
 //   build-dir/bin/adding_problem [--length T] [--steps N] [--cells rnn_tanh,lstm,gru] [--hidden H]
-//                                [--csv FILE] [--plot FILE.png] [--json] [--seed S] [--threads N]
+//                                [--target-mse M] [--csv FILE] [--plot FILE.png] [--json] [--seed S] [--threads N]
 
+#include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -28,7 +34,7 @@ namespace {
 
 struct Settings {
     std::size_t length = 100, steps = 600, hidden = 32, batch = 32, evaluations = 20;
-    double lr = 1e-2, forget_bias = 1.0;
+    double lr = 1e-2, forget_bias = 1.0, target_mse = 0;
     std::uint64_t seed = 1;
 };
 
@@ -38,8 +44,14 @@ adding::Model make_model(const std::string& cell, const Settings& s) {
                          s.seed);
 }
 
-// Trains one cell; returns the held-out MSE after every evaluation interval (first: untrained).
-std::vector<double> train(const std::string& cell, const Settings& s) {
+struct Trained {
+    std::vector<double> curve;  // the held-out MSE after every evaluation interval (first: untrained)
+    std::size_t steps = 0;      // taken: all, or up to the first evaluation below the target
+    double seconds = 0;         // of training steps, without the evaluations
+    double cpu_seconds = 0;     // the process's CPU time in them
+};
+
+Trained train(const std::string& cell, const Settings& s) {
     adding::Model model = make_model(cell, s);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = s.lr});
     Generator data(s.seed + 1), test_data(s.seed + 1000);  // the same held-out set for every cell
@@ -48,19 +60,27 @@ std::vector<double> train(const std::string& cell, const Settings& s) {
         NoGradGuard no_grad;
         return double(mse_loss(model.predict(held_out), held_out.target).item());
     };
-    std::vector<double> curve{held_out_mse()};
+    Trained out;
+    std::vector<double>& curve = out.curve;
+    curve.push_back(held_out_mse());
     const std::size_t every = std::max<std::size_t>(1, s.steps / s.evaluations);
     examples::Progress progress(cell, s.steps);
     for (std::size_t step = 1; step <= s.steps; ++step) {
         const adding::Batch a = adding::random_batch(s.length, s.length, s.batch, data);
+        const auto start = std::chrono::steady_clock::now();  // the step, not the data
+        const std::clock_t cpu_start = std::clock();  // CPU time too: wall time on a shared machine says little
         adam.zero_grad();
         mse_loss(model.predict(a), a.target).backward();
         clip_grad_norm(model.named_parameters(), 1.0);
         adam.step();
+        out.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        out.cpu_seconds += double(std::clock() - cpu_start) / CLOCKS_PER_SEC;
+        out.steps = step;
         if (step % every == 0 || step == s.steps) curve.push_back(held_out_mse());
         progress.update(step, [&] { return fmt::format("held-out MSE {:.4f}", curve.back()); });
+        if (s.target_mse > 0 && step % every == 0 && curve.back() < s.target_mse) break;
     }
-    return curve;
+    return out;
 }
 
 }  // namespace
@@ -80,6 +100,11 @@ int main(int argc, char** argv) {
     app.add_option("--hidden", s.hidden, "hidden size")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--batch", s.batch, "batch size")->check(CLI::PositiveNumber)->capture_default_str();
     app.add_option("--lr", s.lr, "Adam learning rate")->capture_default_str();
+    app.add_option("--target-mse", s.target_mse, "stop at the first evaluation below this held-out MSE (0: never)")
+        ->capture_default_str();
+    app.add_option("--evaluations", s.evaluations, "evaluations of the held-out MSE over the run")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
     app.add_option("--forget-bias", s.forget_bias, "added to the LSTM's forget-gate bias at initialisation")
         ->capture_default_str();
     app.add_option("--cells", cells, "cells to compare")
@@ -97,20 +122,29 @@ int main(int argc, char** argv) {
     std::vector<std::vector<double>> curves;
     nlohmann::json summary{{"length", s.length}, {"steps", s.steps}, {"baseline_mse", adding::kMeanBaselineMse}};
     for (const auto& cell : cells) {
-        curves.push_back(train(cell, s));
+        const Trained trained = train(cell, s);
+        curves.push_back(trained.curve);
         const double final_mse = curves.back().back();
         summary["mse"][cell] = final_mse;
-        fmt::print("{:<9} held-out MSE {:.4f} -> {:.4f}  ({:.0f}% of the baseline)\n\n", cell, curves.back().front(),
-                   final_mse, 100 * final_mse / adding::kMeanBaselineMse);
+        summary["steps_taken"][cell] = trained.steps;
+        summary["training_seconds"][cell] = trained.seconds;
+        summary["training_cpu_seconds"][cell] = trained.cpu_seconds;
+        fmt::print("{:<9} held-out MSE {:.4f} -> {:.4f}  ({:.0f}% of the baseline) after {} steps, {:.1f} s of training "
+                   "({:.1f} ms/step; CPU {:.1f} ms/step)\n\n",
+                   cell, curves.back().front(), final_mse, 100 * final_mse / adding::kMeanBaselineMse, trained.steps,
+                   trained.seconds, 1e3 * trained.seconds / double(trained.steps),
+                   1e3 * trained.cpu_seconds / double(trained.steps));
     }
 
     examples::Curve curve{{"step"}, {}};
     curve.columns.insert(curve.columns.end(), cells.begin(), cells.end());
     curve.columns.push_back("always 1");
     const std::size_t every = std::max<std::size_t>(1, s.steps / s.evaluations);
-    for (std::size_t i = 0; i < curves.front().size(); ++i) {
+    std::size_t longest = 0;
+    for (const auto& c : curves) longest = std::max(longest, c.size());
+    for (std::size_t i = 0; i < longest; ++i) {
         std::vector<double> row{double(std::min(i * every, s.steps))};
-        for (const auto& c : curves) row.push_back(c[i]);
+        for (const auto& c : curves) row.push_back(c[std::min(i, c.size() - 1)]);  // a run stopped at its target stays there
         row.push_back(adding::kMeanBaselineMse);
         curve.add(row);
     }

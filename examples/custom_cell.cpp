@@ -103,6 +103,8 @@ int main(int argc, char** argv) {
     // ---- training on the adding problem ----
     Model model(hidden, common.seed);
     Adam<float> adam(model.named_parameters(), AdamOptions{.lr = lr});
+    // IndRNN's constraint |u| <= 1, applied by the optimizer after each update, outside the tape.
+    adam.constrain("rnn.weight_hh_*", constraints::clamp<float>(-1.0, 1.0));
     Generator data(common.seed + 2);
     const adding::Batch held_out = adding::random_batch(max_length / 2, max_length, 256, data);
     auto held_out_mse = [&] {
@@ -120,9 +122,6 @@ int main(int argc, char** argv) {
         mse_loss(model.predict(a), a.target).backward();
         clip_grad_norm(model.named_parameters(), 1.0);
         adam.step();
-        // IndRNN's constraint |u| <= 1, applied after each update, outside the tape.
-        for (auto& [name, tensor] : model.named_parameters())
-            if (name.find("weight_hh") != std::string::npos) tensor.mutable_value() = xt::clip(tensor.value(), -1.0f, 1.0f);
         if (step % std::max<std::size_t>(1, steps / 20) == 0 || step == steps) {
             curve.add({double(step), mse = held_out_mse(), adding::kMeanBaselineMse});
             if (step % std::max<std::size_t>(1, steps / 5) == 0 || step == steps) fmt::print("  step {:4}  MSE {:.4f}\n", step, mse);

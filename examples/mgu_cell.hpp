@@ -138,8 +138,8 @@ private:
 
 template <class T>
 rw::nn::CellFactory<T> mgu_factory() {
-    return [](std::size_t input_size, std::size_t hidden_size, rw::Generator& generator) {
-        return std::make_shared<MGUCell<T>>(input_size, hidden_size, generator);
+    return [](const rw::nn::CellSite& site, rw::Generator& generator) {
+        return std::make_shared<MGUCell<T>>(site.input_size, site.hidden_size, generator);
     };
 }
 

@@ -57,7 +57,7 @@ BOOST_AUTO_TEST_SUITE(fused_check)
 BOOST_AUTO_TEST_CASE(every_built_in_cell_agrees_with_its_step) {
     for (const auto& info : cell_table()) {
         Generator g(3);
-        const auto cell = cell_factory<double>(info.name)(4, 5, g);
+        const auto cell = cell_factory<double>(info.name)({.input_size = 4, .hidden_size = 5}, g);
         const FusedCheckReport report = check_fused_cell(*cell, {.steps = 6, .batch = 4});
         BOOST_TEST(report.passed, info.name << ":\n" << report.to_string());
         BOOST_TEST(report.directions.size() == 2u);
@@ -147,7 +147,7 @@ BOOST_AUTO_TEST_CASE(a_users_cell_is_checked_from_its_factory_in_one_call) {
     BOOST_TEST(check.passed, check.to_string());
     BOOST_TEST(check.directions.size() == 2u);
     BOOST_CHECK_THROW(check_fused_cell(CellFactory<double>(), 3, 4), std::invalid_argument);
-    const CellFactory<double> makes_nothing = [](std::size_t, std::size_t, Generator&) {
+    const CellFactory<double> makes_nothing = [](const CellSite&, Generator&) {
         return std::shared_ptr<RecurrentCell<double>>();
     };
     BOOST_CHECK_THROW(check_fused_cell(makes_nothing, 3, 4), std::invalid_argument);

@@ -158,7 +158,7 @@ public:
 BOOST_AUTO_TEST_CASE(a_subclass_that_overrides_step_does_not_inherit_the_fused_rules) {
     RecurrentOptions options{.input_size = 3, .hidden_size = 4, .path = ExecutionPath::fused, .seed = 3};
     auto clipped = std::make_shared<Recurrent<double>>(
-        [](std::size_t in, std::size_t hidden, Generator& g) { return std::make_shared<ClippedLSTMCell<double>>(in, hidden, g); },
+        [](const CellSite& site, Generator& g) { return std::make_shared<ClippedLSTMCell<double>>(site.input_size, site.hidden_size, g); },
         options);
     auto plain = make_lstm<double>(options);
     Generator g(8);
@@ -185,7 +185,7 @@ public:
 };
 
 BOOST_AUTO_TEST_CASE(fused_on_a_cell_without_rules_runs_step_and_says_so) {
-    Recurrent<double> layer([](std::size_t in, std::size_t hidden, Generator&) { return std::make_shared<PlainCell<double>>(in, hidden); },
+    Recurrent<double> layer([](const CellSite& site, Generator&) { return std::make_shared<PlainCell<double>>(site.input_size, site.hidden_size); },
                             {.input_size = 2, .hidden_size = 3, .num_layers = 2, .path = ExecutionPath::fused});
     Generator g(1);
     layer.forward(random_tensor<double>({4, 2, 2}, g));
@@ -244,12 +244,12 @@ BOOST_AUTO_TEST_CASE(the_table_of_cells_matches_the_cells_it_makes) {
             BOOST_TEST(info.fused);
             BOOST_TEST(info.gate_names.size() == info.gates);
             Generator g(0);
-            const auto cell = cell_factory<float>(info.name)(3, 5, g);
+            const auto cell = cell_factory<float>(info.name)({.input_size = 3, .hidden_size = 5}, g);
             BOOST_TEST(cell->kind() == info.name);
             BOOST_TEST(cell->state_names() == info.state_names);
             BOOST_TEST(cell->named_parameters().at(0).second.size(0) == info.gates * 5);
             // Projections where the cell narrows h for proj_size; its rules then say so in the layout.
-            const auto projected = cell_factory<float>(info.name, {}, {.proj_size = 2})(3, 5, g);
+            const auto projected = cell_factory<float>(info.name, {}, {.proj_size = 2})({.input_size = 3, .hidden_size = 5}, g);
             BOOST_TEST(info.supports_projection == (projected->state_size(0) == 2));
             BOOST_TEST(projected->usable_fused_rules()->layout().projection == info.supports_projection);
         }

@@ -138,7 +138,7 @@ std::shared_ptr<Recurrent<T>> projected_tanh_layer(ExecutionPath path) {
     const RecurrentOptions options{.input_size = 3, .hidden_size = 6, .num_layers = 2, .bidirectional = true,
                                    .path = path, .seed = 5, .proj_size = 2};
     return std::make_shared<Recurrent<T>>(
-        [](std::size_t in, std::size_t hidden, Generator& g) { return std::make_shared<ProjectedTanhCell<T>>(in, hidden, 2, g); },
+        [](const CellSite& site, Generator& g) { return std::make_shared<ProjectedTanhCell<T>>(site.input_size, site.hidden_size, 2, g); },
         options);
 }
 

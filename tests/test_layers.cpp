@@ -1,5 +1,7 @@
 // Training: the layers around a recurrent core, the sequence losses and recurrent (variational) dropout (nn/src/layers/layers.cpp).
 
+#include <array>
+
 #include <boost/test/unit_test.hpp>
 
 #include "training_checks.hpp"
@@ -46,12 +48,66 @@ BOOST_AUTO_TEST_CASE(sequence_cross_entropy_averages_only_the_steps_within_each_
     BOOST_TEST(loss == expected / 3, tt::tolerance(1e-14));
 }
 
+// ---- the cell factory: told which layer and direction it builds ----
+
+BOOST_AUTO_TEST_CASE(cell_factory_is_told_each_layer_and_direction_in_build_order) {
+    std::vector<CellSite> sites;
+    const CellFactory<double> factory = [&](const CellSite& site, Generator&) {
+        sites.push_back(site);
+        return std::make_shared<ProbeCell>(site.input_size, site.hidden_size);
+    };
+    Recurrent<double> layer(factory, {.input_size = 3, .hidden_size = 5, .num_layers = 2, .bidirectional = true});
+    BOOST_REQUIRE(sites.size() == 4u);
+    const std::vector<std::array<std::size_t, 3>> expected{{0, 0, 3}, {0, 1, 3}, {1, 0, 10}, {1, 1, 10}};
+    for (std::size_t i = 0; i < 4; ++i) {
+        BOOST_TEST_CONTEXT("cell " << i) {
+            BOOST_TEST(sites[i].layer == expected[i][0]);
+            BOOST_TEST(sites[i].direction == expected[i][1]);
+            BOOST_TEST(sites[i].input_size == expected[i][2]);
+            BOOST_TEST(sites[i].hidden_size == 5u);
+            BOOST_TEST(sites[i].num_layers == 2u);
+            BOOST_TEST(sites[i].num_directions == 2u);
+            BOOST_TEST(sites[i].last_layer() == (i >= 2));
+        }
+    }
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+// The earlier factory form (input_size, hidden_size, generator) still builds the same layer.
+BOOST_AUTO_TEST_CASE(an_earlier_form_factory_still_builds_the_same_layer) {
+    const CellFactory<double> earlier = [](std::size_t input_size, std::size_t hidden_size, Generator& g) {
+        return std::make_shared<GRUCell<double>>(input_size, hidden_size, g);
+    };
+    Recurrent<double> old_style(earlier, {.input_size = 3, .hidden_size = 4, .num_layers = 2, .seed = 6});
+    auto built_in = make_gru<double>({.input_size = 3, .hidden_size = 4, .num_layers = 2, .seed = 6});
+    BOOST_REQUIRE(old_style.named_parameters().size() == built_in->named_parameters().size());
+    for (const auto& [name, parameter] : built_in->named_parameters())
+        BOOST_CHECK(old_style.parameter(name).value() == parameter.value());
+}
+#pragma GCC diagnostic pop
+
+// ---- seeding: one style, options with .seed ----
+
+BOOST_AUTO_TEST_CASE(linear_and_embedding_take_a_seed_and_draw_as_from_a_generator_of_that_seed) {
+    Generator g(17);
+    const Linear<double> from_generator(3, 2, g);
+    const Linear<double> from_seed({.in_features = 3, .out_features = 2, .seed = 17});
+    BOOST_CHECK(from_seed.weight().value() == from_generator.weight().value());
+    BOOST_CHECK(from_seed.bias().value() == from_generator.bias().value());
+    BOOST_TEST(!Linear<double>({.in_features = 3, .out_features = 2, .bias = false}).bias().defined());
+    Generator e(4);
+    const Embedding<double> embedding_from_generator(5, 3, e);
+    const Embedding<double> embedding_from_seed({.num_embeddings = 5, .dim = 3, .seed = 4});
+    BOOST_CHECK(embedding_from_seed.weight().value() == embedding_from_generator.weight().value());
+}
+
 // ---- recurrent (variational) dropout ----
 
 BOOST_AUTO_TEST_CASE(variational_dropout_masks_are_fixed_over_time_and_differ_per_sequence) {
     std::vector<std::shared_ptr<ProbeCell>> probes;
-    auto factory = [&](std::size_t in, std::size_t hidden, Generator&) {
-        probes.push_back(std::make_shared<ProbeCell>(in, hidden));
+    auto factory = [&](const CellSite& site, Generator&) {
+        probes.push_back(std::make_shared<ProbeCell>(site.input_size, site.hidden_size));
         return std::shared_ptr<RecurrentCell<double>>(probes.back());
     };
     auto layer = make_variational_recurrent<double>(factory, {.input_size = 16, .hidden_size = 16, .num_layers = 2, .seed = 1},
@@ -78,8 +134,8 @@ BOOST_AUTO_TEST_CASE(variational_dropout_masks_are_fixed_over_time_and_differ_pe
 
 BOOST_AUTO_TEST_CASE(variational_dropout_is_off_in_eval_mode) {
     std::vector<std::shared_ptr<ProbeCell>> probes;
-    auto factory = [&](std::size_t in, std::size_t hidden, Generator&) {
-        probes.push_back(std::make_shared<ProbeCell>(in, hidden));
+    auto factory = [&](const CellSite& site, Generator&) {
+        probes.push_back(std::make_shared<ProbeCell>(site.input_size, site.hidden_size));
         return std::shared_ptr<RecurrentCell<double>>(probes.back());
     };
     auto layer = make_variational_recurrent<double>(factory, {.input_size = 8, .hidden_size = 8}, {.input = 0.5, .hidden = 0.5});

@@ -282,8 +282,8 @@ BOOST_AUTO_TEST_SUITE(user_cells)
 
 BOOST_AUTO_TEST_CASE(peephole_lstm_in_a_stacked_bidirectional_layer_with_lengths_passes_gradcheck) {
     auto layer = std::make_shared<Recurrent<double>>(
-        [](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<PeepholeLSTMCell>(input_size, hidden_size, generator);
+        [](const CellSite& site, Generator& generator) {
+            return std::make_shared<PeepholeLSTMCell>(site.input_size, site.hidden_size, generator);
         },
         RecurrentOptions{.input_size = 3, .hidden_size = 2, .num_layers = 2, .bidirectional = true, .seed = 1});
     BOOST_TEST(layer->parameter("peephole_l1_reverse").shape() == Shape({3, 2}));

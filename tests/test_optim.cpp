@@ -1,4 +1,4 @@
-// Training: the update rules: optimizers (by hand and against torch.optim fixtures), non-finite gradients, clipping, learning-rate schedules (nn/src/train/optim.cpp, clip.cpp, schedule.cpp).
+// Training: the update rules: optimizers (by hand and against torch.optim fixtures), their state, constraints, non-finite gradients, clipping, learning-rate schedules (nn/src/train/optim*.cpp, optimizers.cpp, constraint.cpp, clip.cpp, schedule.cpp).
 
 #include <boost/test/unit_test.hpp>
 
@@ -76,6 +76,213 @@ BOOST_AUTO_TEST_CASE(adam_matches_pytorch) {
 }
 
 BOOST_AUTO_TEST_CASE(adamw_matches_pytorch) { check_against_pytorch("adamw"); }
+
+// Eight steps each, the state saved and loaded into a fresh optimizer after the fourth.
+BOOST_AUTO_TEST_CASE(rmsprop_matches_pytorch) {
+    for (const char* name : {"rmsprop", "rmsprop_momentum", "rmsprop_centered_momentum"}) check_against_pytorch(name);
+}
+
+BOOST_AUTO_TEST_CASE(adagrad_matches_pytorch) {
+    check_against_pytorch("adagrad");
+    check_against_pytorch("adagrad_decay");
+}
+
+BOOST_AUTO_TEST_CASE(adadelta_matches_pytorch) {
+    check_against_pytorch("adadelta");
+    check_against_pytorch("adadelta_weight_decay");
+}
+
+BOOST_AUTO_TEST_CASE(adamax_matches_pytorch) {
+    check_against_pytorch("adamax");
+    check_against_pytorch("adamax_weight_decay");
+}
+
+// Including torch 1.13's float32 mu_product (Note [NAdam in torch 1.13]).
+BOOST_AUTO_TEST_CASE(nadam_matches_pytorch) {
+    check_against_pytorch("nadam");
+    check_against_pytorch("nadam_weight_decay");
+}
+
+// Both branches: rho_t <= 5 for the first steps (a momentum step), rectified after.
+BOOST_AUTO_TEST_CASE(radam_matches_pytorch) {
+    check_against_pytorch("radam");
+    check_against_pytorch("radam_weight_decay");
+}
+
+BOOST_AUTO_TEST_CASE(defaults_are_pytorchs) {
+    const NamedTensors<double> none;
+    const std::map<std::string, double> rmsprop{{"alpha", 0.99}, {"centered", 0}, {"eps", 1e-8}, {"momentum", 0},
+                                                {"weight_decay", 0}};
+    BOOST_CHECK(RMSprop<double>(none).hyperparameters() == rmsprop);
+    BOOST_TEST(RMSprop<double>(none).lr() == 1e-2);
+    const std::map<std::string, double> adagrad{
+        {"eps", 1e-10}, {"initial_accumulator_value", 0}, {"lr_decay", 0}, {"weight_decay", 0}};
+    BOOST_CHECK(Adagrad<double>(none).hyperparameters() == adagrad);
+    BOOST_TEST(Adagrad<double>(none).lr() == 1e-2);
+    const std::map<std::string, double> adadelta{{"eps", 1e-6}, {"rho", 0.9}, {"weight_decay", 0}};
+    BOOST_CHECK(Adadelta<double>(none).hyperparameters() == adadelta);
+    BOOST_TEST(Adadelta<double>(none).lr() == 1.0);
+    const std::map<std::string, double> adamax{{"beta1", 0.9}, {"beta2", 0.999}, {"eps", 1e-8}, {"weight_decay", 0}};
+    BOOST_CHECK(Adamax<double>(none).hyperparameters() == adamax);
+    BOOST_TEST(Adamax<double>(none).lr() == 2e-3);
+    std::map<std::string, double> nadam = adamax;
+    nadam["momentum_decay"] = 4e-3;
+    BOOST_CHECK(NAdam<double>(none).hyperparameters() == nadam);
+    BOOST_TEST(NAdam<double>(none).lr() == 2e-3);
+    BOOST_CHECK(RAdam<double>(none).hyperparameters() == adamax);
+    BOOST_TEST(RAdam<double>(none).lr() == 1e-3);
+}
+
+// ---- bad hyperparameters: the optimizer, the option, what was expected and what was given ----
+
+namespace {
+void check_refused(const std::function<void()>& make, const std::string& message) {
+    BOOST_CHECK_EXCEPTION(make(), std::invalid_argument, [&](const std::invalid_argument& error) {
+        BOOST_TEST_INFO("got: " << error.what());
+        return std::string(error.what()) == message;
+    });
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(bad_hyperparameters_are_refused_naming_the_option_expected_and_got) {
+    const NamedTensors<double> none;
+    check_refused([&] { RMSprop<double>(none, {.alpha = -0.5}); },
+                  "rmsprop: invalid option alpha: expected a value >= 0, got -0.5");
+    check_refused([&] { RMSprop<double>(none, {.momentum = std::nan("")}); },
+                  "rmsprop: invalid option momentum: expected a value >= 0, got nan");
+    check_refused([&] { Adadelta<double>(none, {.rho = 1.5}); },
+                  "adadelta: invalid option rho: expected a value in [0, 1], got 1.5");
+    check_refused([&] { Adamax<double>(none, {.beta1 = 1.0}); },
+                  "adamax: invalid option beta1: expected a value in [0, 1), got 1");
+    check_refused([&] { NAdam<double>(none, {.momentum_decay = -1}); },
+                  "nadam: invalid option momentum_decay: expected a value >= 0, got -1");
+    check_refused([&] { RAdam<double>(none, {.eps = -1e-8}); }, "radam: invalid option eps: expected a value >= 0, got -1e-08");
+    check_refused([&] { Adagrad<double>(none, {.lr = -0.1}); },
+                  "optimizer: invalid option lr: expected a finite value >= 0, got -0.1");
+    check_refused([&] { Adagrad<double>(none, {.initial_accumulator_value = -1}); },
+                  "adagrad: invalid option initial_accumulator_value: expected a value >= 0, got -1");
+    check_refused([&] { SGD<double>(none, {.nesterov = true}); },
+                  "sgd: invalid option nesterov: expected momentum > 0 and dampening 0 with it, got momentum 0 and dampening 0");
+}
+
+// ---- state: what the base saves for every optimizer ----
+
+BOOST_AUTO_TEST_CASE(state_holds_buffers_per_parameter_scalars_and_hyperparameters) {
+    Tensor<double> w = leaf({1.0, 2.0}), b = leaf({0.5});
+    NAdam<double> nadam({{"layer.w", w}, {"b", b}}, {.lr = 0.01});
+    w.set_grad(Tensor<double>(Array{0.1, -0.2}));  // b has no gradient: no state
+    nadam.step();
+    const OptimizerState state = nadam.state();
+    BOOST_TEST(state.scalars.at("kind") == "nadam");
+    BOOST_TEST(state.scalars.at("hyper.momentum_decay") == "0.004");
+    BOOST_TEST(state.scalars.count("state.layer.w.mu_product") == 1u);
+    std::set<std::string> tensors;
+    for (const auto& entry : state.tensors) tensors.insert(entry.first);
+    BOOST_CHECK(tensors == (std::set<std::string>{"layer.w.exp_avg", "layer.w.exp_avg_sq", "layer.w.step"}));
+}
+
+BOOST_AUTO_TEST_CASE(load_state_refuses_tampered_entries_and_leaves_the_optimizer_unchanged) {
+    Tensor<double> w = leaf({1.0, 2.0});
+    RMSprop<double> rmsprop({{"w", w}}, {.momentum = 0.9, .centered = true});
+    w.set_grad(Tensor<double>(Array{0.1, -0.2}));
+    rmsprop.step();
+    const OptimizerState good = rmsprop.state();
+    auto refused = [&](OptimizerState bad, const std::string& expected) {
+        BOOST_CHECK_EXCEPTION(rmsprop.load_state(bad, "ckpt"), SafetensorsError, [&](const SafetensorsError& error) {
+            BOOST_TEST_INFO("got: " << error.what());
+            return std::string(error.what()).find(expected) != std::string::npos;
+        });
+        BOOST_CHECK(rmsprop.state().tensors == good.tensors);
+        BOOST_CHECK(rmsprop.state().scalars == good.scalars);
+    };
+    OptimizerState bad = good;
+    bad.tensors["w.square_avg"] = xt::xarray<double>({1.0, 2.0, 3.0});
+    refused(bad, "tensor 'w.square_avg' has shape [3], the parameter [2]");
+    bad = good;
+    bad.tensors["v.step"] = xt::xarray<std::int64_t>({1});
+    refused(bad, "unexpected tensor 'v.step'");
+    bad = good;
+    bad.scalars["hyper.alpha"] = "1e400";
+    refused(bad, "'hyper.alpha' is not a number");
+    bad = good;
+    bad.scalars["hyper.centered"] = "0.5";
+    refused(bad, "rmsprop: invalid option centered: expected 0 or 1, got 0.5");
+    bad = good;
+    bad.scalars["kind"] = "adam";
+    refused(bad, "saved by 'adam', loading into 'rmsprop'");
+    bad = good;
+    bad.scalars.erase("hyper.eps");
+    refused(bad, "'hyper.eps' is missing");
+}
+
+BOOST_AUTO_TEST_CASE(loaded_hyperparameters_replace_the_constructed_ones) {
+    Tensor<double> w = leaf({1.0});
+    Adagrad<double> saved({{"w", w}}, {.lr = 0.5, .lr_decay = 0.25, .eps = 1e-3});
+    Adagrad<double> fresh({{"w", w}}, {});
+    fresh.load_state(saved.state(), "test");
+    BOOST_CHECK(fresh.hyperparameters() == saved.hyperparameters());
+    BOOST_TEST(fresh.lr() == 0.5);
+}
+
+// ---- constraints: projections after the update, outside the gradient ----
+
+BOOST_AUTO_TEST_CASE(clamp_constraint_projects_after_each_step_and_leaves_the_gradient_alone) {
+    Tensor<double> u = leaf({0.9, -0.9, 0.1}), other = leaf({0.9});
+    SGD<double> sgd({{"rnn.weight_hh_l0", u}, {"head.weight", other}}, {.lr = 1.0});
+    sgd.constrain("*weight_hh*", constraints::clamp<double>(-1.0, 1.0));
+    const Array grad{-0.5, 0.5, -0.5};
+    u.set_grad(Tensor<double>(grad));
+    other.set_grad(Tensor<double>(Array{-0.5}));
+    sgd.step();
+    BOOST_CHECK(u.value() == (Array{1.0, -1.0, 0.6}));
+    BOOST_TEST(other.value()(0) == 1.4);          // not matched: unconstrained
+    BOOST_CHECK(u.grad().value() == grad);          // the gradient is what backward gave
+}
+
+BOOST_AUTO_TEST_CASE(max_norm_rescales_rows_as_torch_renorm) {
+    Tensor<double> w = leaf(Array{{3.0, 4.0}, {0.3, 0.4}, {-6.0, 8.0}});
+    SGD<double> sgd({{"w", w}}, {.lr = 0.0});
+    sgd.constrain("w", constraints::max_norm<double>(2.0));
+    w.set_grad(Tensor<double>(xt::zeros<double>({3, 2})));
+    sgd.step();
+    // torch.renorm(w, 2, 0, 2.0), torch 1.13: rows above norm 2 scaled by 2 / (norm + 1e-7).
+    const Array expected{{1.1999999760000004, 1.5999999680000005}, {0.3, 0.4}, {-1.1999999880000003, 1.5999999840000003}};
+    BOOST_TEST(max_abs_difference(w.value(), expected) <= 1e-15);
+}
+
+BOOST_AUTO_TEST_CASE(a_users_projection_and_non_negative_apply_in_order_to_matching_names) {
+    Tensor<double> a = leaf({-1.0, 2.0}), b = leaf({-1.0});
+    SGD<double> sgd({{"a", a}, {"b", b}}, {.lr = 0.0});
+    sgd.constrain("a", constraints::non_negative<double>());
+    sgd.constrain("*", [](xt::xarray<double>& value) { value += 10.0; });
+    sgd.apply_constraints();  // also before any step
+    BOOST_CHECK(a.value() == (Array{10.0, 12.0}));
+    BOOST_TEST(b.value()(0) == 9.0);
+}
+
+BOOST_AUTO_TEST_CASE(constrain_refuses_a_pattern_that_matches_no_parameter) {
+    Tensor<double> a = leaf({1.0});
+    SGD<double> sgd({{"rnn.weight_ih_l0", a}}, {});
+    BOOST_CHECK_EXCEPTION(sgd.constrain("weight_hh*", constraints::clamp<double>(-1, 1)), std::invalid_argument,
+                          [](const std::invalid_argument& error) {
+                              return std::string(error.what()) ==
+                                     "sgd: constrain('weight_hh*'): no parameter matches (the parameters: rnn.weight_ih_l0)";
+                          });
+    BOOST_CHECK_THROW(constraints::clamp<double>(1, -1), std::invalid_argument);
+    BOOST_CHECK_THROW(constraints::max_norm<double>(-1), std::invalid_argument);
+}
+
+// A projection that produces NaN is caught like a non-finite update: nothing is written.
+BOOST_AUTO_TEST_CASE(a_projection_into_nan_leaves_every_weight_unchanged) {
+    Tensor<double> a = leaf({1.0}), b = leaf({2.0});
+    SGD<double> sgd({{"a", a}, {"b", b}}, {.lr = 0.1});
+    sgd.constrain("b", [](xt::xarray<double>& value) { value.fill(std::nan("")); });
+    a.set_grad(Tensor<double>(Array{1.0}));
+    b.set_grad(Tensor<double>(Array{1.0}));
+    BOOST_CHECK_THROW(sgd.step(), NonFiniteError);
+    BOOST_TEST(a.value()(0) == 1.0);
+    BOOST_TEST(b.value()(0) == 2.0);
+}
 
 // ---- non-finite gradients ----
 

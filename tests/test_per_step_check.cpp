@@ -57,8 +57,8 @@ private:
 
 std::shared_ptr<Recurrent<double>> faulty_layer(Fault fault, bool bidirectional = false) {
     return std::make_shared<Recurrent<double>>(
-        [fault](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<FaultyCell>(input_size, hidden_size, generator, fault);
+        [fault](const CellSite& site, Generator& generator) {
+            return std::make_shared<FaultyCell>(site.input_size, site.hidden_size, generator, fault);
         },
         RecurrentOptions{.input_size = 2, .hidden_size = 3, .bidirectional = bidirectional, .seed = 7});
 }

@@ -42,7 +42,7 @@ private:
 };
 
 std::shared_ptr<rw::nn::Recurrent<double>> autonomous_layer(rw::nn::ExecutionPath path) {
-    const rw::nn::CellFactory<double> factory = [](std::size_t, std::size_t, rw::Generator& g) {
+    const rw::nn::CellFactory<double> factory = [](const rw::nn::CellSite&, rw::Generator& g) {
         return std::make_shared<AutonomousCell>(g);
     };
     return std::make_shared<rw::nn::Recurrent<double>>(factory, rw::nn::RecurrentOptions{.input_size = 0, .hidden_size = hidden,

@@ -272,7 +272,7 @@ FusedCheckReport check_fused_cell(const CellFactory<double>& factory, std::size_
                                   const FusedCheckOptions& options) {
     if (!factory) throw std::invalid_argument("check_fused_cell: the cell factory is empty");
     Generator generator(options.seed);
-    const std::shared_ptr<RecurrentCell<double>> cell = factory(input_size, hidden_size, generator);
+    const std::shared_ptr<RecurrentCell<double>> cell = factory({.input_size = input_size, .hidden_size = hidden_size}, generator);
     if (!cell) throw std::invalid_argument("check_fused_cell: the cell factory made no cell (a null pointer)");
     return check_fused_cell(*cell, options);
 }

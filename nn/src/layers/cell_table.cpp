@@ -108,8 +108,8 @@ CellFactory<T> cell_factory(const std::string& name, const CellInit& init, const
     Maker<T> make;
     if constexpr (std::is_same_v<T, float>) make = row.make_float;
     else make = row.make_double;
-    return [make, init, options](std::size_t in, std::size_t hidden, Generator& generator) {
-        return make(in, hidden, generator, init, options);
+    return [make, init, options](const CellSite& site, Generator& generator) {
+        return make(site.input_size, site.hidden_size, generator, init, options);
     };
 }
 

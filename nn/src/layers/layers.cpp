@@ -32,6 +32,15 @@ Linear<T>::Linear(std::size_t in_features, std::size_t out_features, Generator& 
     if (bias) bias_ = this->register_parameter("bias", Tensor<T>(init::uniform<T>({out_features}, -bound, bound, generator)));
 }
 
+namespace {
+// A generator for one constructor call, alive until the delegated constructor returns.
+Generator& seeded(Generator&& generator) { return generator; }
+}  // namespace
+
+template <class T>
+Linear<T>::Linear(const LinearOptions& options)
+    : Linear(options.in_features, options.out_features, seeded(Generator(options.seed)), options.bias) {}
+
 template <class T>
 Tensor<T> Linear<T>::forward(const Tensor<T>& x) const {
     const std::size_t in = weight_.size(1), out = weight_.size(0);
@@ -54,6 +63,10 @@ Embedding<T>::Embedding(std::size_t num_embeddings, std::size_t dim, Generator& 
     for (T& w : weight) w = T(generator.normal());
     weight_ = this->register_parameter("weight", Tensor<T>(std::move(weight)));
 }
+
+template <class T>
+Embedding<T>::Embedding(const EmbeddingOptions& options)
+    : Embedding(options.num_embeddings, options.dim, seeded(Generator(options.seed))) {}
 
 template <class T>
 Tensor<T> Embedding<T>::forward(const xt::xarray<std::int64_t>& indices) const {
@@ -201,8 +214,8 @@ template <class T>
 std::shared_ptr<Recurrent<T>> make_variational_recurrent(const CellFactory<T>& factory, const RecurrentOptions& options,
                                                          const VariationalDropout& p) {
     auto created = std::make_shared<std::vector<VariationalDropoutCell<T>*>>();
-    auto wrapped = [factory, p, created](std::size_t in, std::size_t hidden, Generator& generator) {
-        auto cell = std::make_shared<VariationalDropoutCell<T>>(factory(in, hidden, generator), p, generator);
+    auto wrapped = [factory, p, created](const CellSite& site, Generator& generator) {
+        auto cell = std::make_shared<VariationalDropoutCell<T>>(factory(site, generator), p, generator);
         created->push_back(cell.get());
         return std::shared_ptr<RecurrentCell<T>>(cell);
     };

@@ -64,7 +64,10 @@ Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& o
     for (std::size_t layer = 0; layer < options.num_layers; ++layer) {
         const std::size_t layer_input = layer == 0 ? options.input_size : output_size * num_directions();
         for (std::size_t direction = 0; direction < num_directions(); ++direction) {
-            auto cell = factory(layer_input, options.hidden_size, generator_);
+            auto cell = factory({.input_size = layer_input, .hidden_size = options.hidden_size, .layer = layer,
+                                 .direction = direction, .num_layers = options.num_layers,
+                                 .num_directions = num_directions()},
+                                generator_);
             if (cell->state_size(0) != output_size)
                 throw std::invalid_argument(fmt::format(
                     "recurrent layer: the {} cell's output has the wrong size: expected {} ({}), got {}{}",
@@ -350,8 +353,8 @@ std::shared_ptr<Recurrent<T>> make_rnn(const RecurrentOptions& options, Nonlinea
     CellInit init = options.init;
     CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [nonlinearity, init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<RNNCell<T>>(input_size, hidden_size, nonlinearity, generator, init, cell_options);
+        [nonlinearity, init, cell_options](const CellSite& site, Generator& generator) {
+            return std::make_shared<RNNCell<T>>(site.input_size, site.hidden_size, nonlinearity, generator, init, cell_options);
         },
         options);
 }
@@ -361,8 +364,8 @@ std::shared_ptr<Recurrent<T>> make_lstm(const RecurrentOptions& options) {
     CellInit init = options.init;
     CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<LSTMCell<T>>(input_size, hidden_size, generator, init, cell_options);
+        [init, cell_options](const CellSite& site, Generator& generator) {
+            return std::make_shared<LSTMCell<T>>(site.input_size, site.hidden_size, generator, init, cell_options);
         },
         options);
 }
@@ -372,8 +375,8 @@ std::shared_ptr<Recurrent<T>> make_gru(const RecurrentOptions& options) {
     CellInit init = options.init;
     CellOptions cell_options = options.cell_options();
     return std::make_shared<Recurrent<T>>(
-        [init, cell_options](std::size_t input_size, std::size_t hidden_size, Generator& generator) {
-            return std::make_shared<GRUCell<T>>(input_size, hidden_size, generator, init, cell_options);
+        [init, cell_options](const CellSite& site, Generator& generator) {
+            return std::make_shared<GRUCell<T>>(site.input_size, site.hidden_size, generator, init, cell_options);
         },
         options);
 }

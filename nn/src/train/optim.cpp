@@ -1,10 +1,11 @@
+// The optimizer base (step, constraints, hyperparameters, state) and SGD, Adam, AdamW.
 #include "rewind/nn/train/optim.hpp"
 
 #include <charconv>
 #include <cmath>
-#include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <xtensor/xmath.hpp>
 
 namespace rw::nn {
@@ -18,6 +19,22 @@ std::optional<double> parse_exact(const std::string& text) {
     return value;
 }
 
+bool Allowed::allows(double value) const {
+    if (!std::isfinite(value)) return false;
+    const bool above = low_open ? value > low : value >= low;
+    const bool below = high_open ? value < high : value <= high;
+    return above && below;
+}
+
+std::string Allowed::describe() const {
+    const bool bounded_low = std::isfinite(low), bounded_high = std::isfinite(high);
+    if (bounded_low && bounded_high)
+        return fmt::format("in {}{}, {}{}", low_open ? '(' : '[', low, high, high_open ? ')' : ']');
+    if (bounded_low) return fmt::format("{} {}", low_open ? ">" : ">=", low);
+    if (bounded_high) return fmt::format("{} {}", high_open ? "<" : "<=", high);
+    return "finite";
+}
+
 namespace {
 
 template <class T>
@@ -28,14 +45,40 @@ bool all_finite(const xt::xarray<T>& values) {
 }
 
 void check_lr(double lr) {
-    if (!(lr >= 0) || !std::isfinite(lr)) throw std::invalid_argument(fmt::format("optimizer: invalid learning rate {}", lr));
+    if (!Allowed::at_least(0).allows(lr))
+        throw std::invalid_argument(fmt::format("optimizer: invalid option lr: expected a finite value >= 0, got {}", lr));
 }
 
-[[noreturn]] void reject(const std::string& source, const std::string& what) {
-    throw SafetensorsError(fmt::format("{}: optimizer state: {}", source, what));
+// '*' matches any run of characters, everything else itself.
+bool glob_matches(const std::string& pattern, const std::string& text) {
+    std::size_t p = 0, t = 0, star = std::string::npos, resume = 0;
+    while (t < text.size()) {
+        if (p < pattern.size() && pattern[p] == '*') star = p++, resume = t;
+        else if (p < pattern.size() && pattern[p] == text[t]) ++p, ++t;
+        else if (star != std::string::npos) p = star + 1, t = ++resume;
+        else return false;
+    }
+    while (p < pattern.size() && pattern[p] == '*') ++p;
+    return p == pattern.size();
 }
 
 }  // namespace
+
+template <class T>
+xt::xarray<T>& Optimizer<T>::ParameterState::buffer(const std::string& name, const xt::xarray<T>& like, T fill) {
+    auto found = buffers.find(name);
+    if (found == buffers.end()) {
+        xt::xarray<T> created = xt::xarray<T>::from_shape(like.shape());
+        created.fill(fill);
+        found = buffers.emplace(name, std::move(created)).first;
+    }
+    return found->second;
+}
+
+template <class T>
+double& Optimizer<T>::ParameterState::scalar(const std::string& name, double initial) {
+    return scalars.try_emplace(name, initial).first->second;
+}
 
 template <class T>
 Optimizer<T>::Optimizer(NamedTensors<T> parameters, double lr, NonFinitePolicy policy)
@@ -58,6 +101,54 @@ void Optimizer<T>::zero_grad() {
     for (auto& named : parameters_) named.second.zero_grad();
 }
 
+// ---- hyperparameters ----
+
+template <class T>
+void Optimizer<T>::hyperparameter(const std::string& name, double& value, Allowed allowed) {
+    for (const auto& entry : registered_)
+        if (entry.first == name) throw std::logic_error(fmt::format("{}: option {} registered twice", kind(), name));
+    if (!allowed.allows(value))
+        throw std::invalid_argument(
+            fmt::format("{}: invalid option {}: expected a value {}, got {}", kind(), name, allowed.describe(), value));
+    registered_.push_back({name, {&value, allowed}});
+}
+
+template <class T>
+void Optimizer<T>::hyperparameter(const std::string& name, bool& value) {
+    for (const auto& entry : registered_)
+        if (entry.first == name) throw std::logic_error(fmt::format("{}: option {} registered twice", kind(), name));
+    registered_.push_back({name, {&value, Allowed::between(0, 1)}});
+}
+
+template <class T>
+std::map<std::string, double> Optimizer<T>::hyperparameters() const {
+    std::map<std::string, double> values;
+    for (const auto& [name, entry] : registered_)
+        std::visit([&, n = name](auto* target) { values[n] = double(*target); }, entry.target);
+    return values;
+}
+
+template <class T>
+void Optimizer<T>::check_values(const std::map<std::string, double>& values) const {
+    for (const auto& [name, entry] : registered_) {
+        const double value = values.at(name);
+        if (std::holds_alternative<bool*>(entry.target) && value != 0 && value != 1)
+            throw std::invalid_argument(fmt::format("{}: invalid option {}: expected 0 or 1, got {}", kind(), name, value));
+        if (!entry.allowed.allows(value))
+            throw std::invalid_argument(fmt::format("{}: invalid option {}: expected a value {}, got {}", kind(), name,
+                                                    entry.allowed.describe(), value));
+    }
+    check_together(values);
+}
+
+// ---- the step ----
+
+template <class T>
+void Optimizer<T>::project(std::size_t index, xt::xarray<T>& value) const {
+    for (const auto& constraint : constraints_)
+        if (constraint.applies[index]) constraint.projection(value);
+}
+
 template <class T>
 StepReport Optimizer<T>::step() {
     // Everything is computed on copies first, so a non-finite value anywhere leaves all
@@ -78,6 +169,7 @@ StepReport Optimizer<T>::step() {
             next[i] = states_[i];
             ++next[i]->step;
             values[i] = update(parameter.value(), grad.value(), *next[i]);
+            project(i, values[i]);
             if (!all_finite(values[i])) problem = "updated value";
         }
         if (problem) {
@@ -96,227 +188,38 @@ StepReport Optimizer<T>::step() {
     return {};
 }
 
-// ---- state ----
+// ---- constraints ----
 
 template <class T>
-struct Optimizer<T>::Staged {
-    double lr = 0;
-    std::map<std::string, double> hyperparameters;
-    std::vector<ParameterState> states;
-};
-
-template <class T>
-OptimizerState Optimizer<T>::state() const {
-    OptimizerState out;
-    out.scalars["kind"] = kind();
-    out.scalars["lr"] = format_exact(lr_);
-    for (const auto& [key, value] : hyperparameters()) out.scalars["hyper." + key] = format_exact(value);
+void Optimizer<T>::constrain(const std::string& pattern, Projection<T> projection) {
+    if (!projection) throw std::invalid_argument(fmt::format("{}: constrain('{}'): empty projection", kind(), pattern));
+    Constraint constraint{pattern, std::move(projection), std::vector<bool>(parameters_.size())};
+    bool any = false;
+    std::vector<std::string> names;
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
-        const auto& state = states_[i];
-        if (state.step == 0) continue;
-        const std::string& name = parameters_[i].first;
-        out.tensors[name + ".step"] = xt::xarray<std::int64_t>({state.step});
-        for (const auto& [buffer, value] : state.buffers) out.tensors[name + "." + buffer] = value;
+        constraint.applies[i] = glob_matches(pattern, parameters_[i].first);
+        any = any || constraint.applies[i];
+        names.push_back(parameters_[i].first);
     }
-    return out;
+    if (!any)
+        throw std::invalid_argument(fmt::format("{}: constrain('{}'): no parameter matches (the parameters: {})", kind(),
+                                                pattern, fmt::join(names, ", ")));
+    constraints_.push_back(std::move(constraint));
 }
 
 template <class T>
-typename Optimizer<T>::Staged Optimizer<T>::parse_state(const OptimizerState& state, const std::string& source) const {
-    auto scalar = [&](const std::string& key) {
-        auto found = state.scalars.find(key);
-        if (found == state.scalars.end()) reject(source, fmt::format("'{}' is missing", key));
-        return found->second;
-    };
-    auto number = [&](const std::string& key) {
-        const auto value = parse_exact(scalar(key));
-        if (!value) reject(source, fmt::format("'{}' is not a number: '{}'", key, scalar(key)));
-        return *value;
-    };
-    if (scalar("kind") != kind()) reject(source, fmt::format("saved by '{}', loading into '{}'", scalar("kind"), kind()));
-    Staged staged;
-    staged.lr = number("lr");
-    if (!(staged.lr >= 0) || !std::isfinite(staged.lr)) reject(source, fmt::format("invalid lr {}", staged.lr));
-    std::set<std::string> expected{"kind", "lr"};
-    for (const auto& entry : hyperparameters()) {
-        staged.hyperparameters[entry.first] = number("hyper." + entry.first);
-        expected.insert("hyper." + entry.first);
-    }
-    for (const auto& entry : state.scalars)
-        if (!expected.count(entry.first)) reject(source, fmt::format("unexpected entry '{}'", entry.first));
-    try {
-        check_hyperparameters(staged.hyperparameters);
-    } catch (const std::invalid_argument& error) {
-        reject(source, error.what());
-    }
-
-    expected.clear();
-    staged.states.resize(parameters_.size());
+void Optimizer<T>::apply_constraints() {
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
-        const auto& [name, parameter] = parameters_[i];
-        auto step = state.tensors.find(name + ".step");
-        if (step == state.tensors.end()) continue;  // never updated: no buffers either
-        const auto* count = std::get_if<xt::xarray<std::int64_t>>(&step->second);
-        if (!count || count->size() != 1 || (*count)(0) < 1)
-            reject(source, fmt::format("tensor '{}.step' must be one positive I64", name));
-        staged.states[i].step = (*count)(0);
-        expected.insert(name + ".step");
-        for (const auto& buffer : buffer_names()) {
-            const std::string key = name + "." + buffer;
-            auto found = state.tensors.find(key);
-            if (found == state.tensors.end()) reject(source, fmt::format("tensor '{}' is missing", key));
-            if (shape_of(found->second) != parameter.shape())
-                reject(source, fmt::format("tensor '{}' has shape {}, the parameter {}", key,
-                                           shape_string(shape_of(found->second)), shape_string(parameter.shape())));
-            auto& target = staged.states[i].buffers[buffer];
-            if (const auto* f = std::get_if<xt::xarray<float>>(&found->second)) target = xt::cast<T>(*f);
-            else if (const auto* d = std::get_if<xt::xarray<double>>(&found->second)) target = xt::cast<T>(*d);
-            else reject(source, fmt::format("tensor '{}' has dtype {}, expected F32 or F64", key, dtype_name(found->second)));
-            expected.insert(key);
-        }
+        bool constrained = false;
+        for (const auto& constraint : constraints_) constrained = constrained || constraint.applies[i];
+        if (!constrained) continue;
+        xt::xarray<T> value = parameters_[i].second.value();
+        project(i, value);
+        parameters_[i].second.mutable_value() = std::move(value);
     }
-    for (const auto& entry : state.tensors)
-        if (!expected.count(entry.first)) reject(source, fmt::format("unexpected tensor '{}'", entry.first));
-    return staged;
-}
-
-template <class T>
-void Optimizer<T>::validate_state(const OptimizerState& state, const std::string& source) const {
-    parse_state(state, source);
-}
-
-template <class T>
-void Optimizer<T>::load_state(const OptimizerState& state, const std::string& source) {
-    Staged staged = parse_state(state, source);
-    set_hyperparameters(staged.hyperparameters);
-    lr_ = staged.lr;
-    states_ = std::move(staged.states);
-}
-
-// ---- SGD ----
-
-namespace {
-
-SGDOptions checked(SGDOptions options) {
-    check_lr(options.lr);
-    if (!(options.momentum >= 0)) throw std::invalid_argument(fmt::format("sgd: invalid momentum {}", options.momentum));
-    if (!(options.weight_decay >= 0))
-        throw std::invalid_argument(fmt::format("sgd: invalid weight decay {}", options.weight_decay));
-    if (options.nesterov && (options.momentum <= 0 || options.dampening != 0))
-        throw std::invalid_argument("sgd: Nesterov momentum requires a momentum and zero dampening");
-    return options;
-}
-
-AdamOptions checked(AdamOptions options) {
-    check_lr(options.lr);
-    if (!(options.eps >= 0)) throw std::invalid_argument(fmt::format("adam: invalid epsilon {}", options.eps));
-    if (!(options.beta1 >= 0 && options.beta1 < 1)) throw std::invalid_argument(fmt::format("adam: invalid beta1 {}", options.beta1));
-    if (!(options.beta2 >= 0 && options.beta2 < 1)) throw std::invalid_argument(fmt::format("adam: invalid beta2 {}", options.beta2));
-    if (!(options.weight_decay >= 0))
-        throw std::invalid_argument(fmt::format("adam: invalid weight decay {}", options.weight_decay));
-    return options;
-}
-
-}  // namespace
-
-template <class T>
-SGD<T>::SGD(NamedTensors<T> parameters, const SGDOptions& options)
-    : Optimizer<T>(std::move(parameters), options.lr, options.non_finite), options_(checked(options)) {}
-
-template <class T>
-std::vector<std::string> SGD<T>::buffer_names() const {
-    if (options_.momentum == 0) return {};
-    return {"momentum_buffer"};
-}
-
-template <class T>
-std::map<std::string, double> SGD<T>::hyperparameters() const {
-    return {{"momentum", options_.momentum},
-            {"dampening", options_.dampening},
-            {"nesterov", options_.nesterov ? 1.0 : 0.0},
-            {"weight_decay", options_.weight_decay}};
-}
-
-template <class T>
-SGDOptions SGD<T>::options_from(const std::map<std::string, double>& values) const {
-    SGDOptions options = options_;
-    options.momentum = values.at("momentum");
-    options.dampening = values.at("dampening");
-    options.nesterov = values.at("nesterov") != 0;
-    options.weight_decay = values.at("weight_decay");
-    // A momentum buffer exists exactly when momentum is on, so that switch must not change.
-    if ((options.momentum == 0) != (options_.momentum == 0))
-        throw std::invalid_argument("sgd: momentum switched on or off between save and load");
-    options.lr = this->lr();
-    return checked(options);
-}
-
-template <class T>
-xt::xarray<T> SGD<T>::update(const xt::xarray<T>& value, const xt::xarray<T>& grad,
-                             typename Optimizer<T>::ParameterState& state) const {
-    const auto& o = options_;
-    xt::xarray<T> d = grad;
-    if (o.weight_decay != 0) d = grad + T(o.weight_decay) * value;
-    if (o.momentum != 0) {
-        auto [buffer, first] = state.buffers.try_emplace("momentum_buffer", d);
-        if (!first) buffer->second = buffer->second * T(o.momentum) + T(1 - o.dampening) * d;
-        if (o.nesterov) d = d + T(o.momentum) * buffer->second;
-        else d = buffer->second;
-    }
-    return value + T(-this->lr()) * d;
-}
-
-// ---- Adam and AdamW ----
-
-template <class T>
-Adam<T>::Adam(NamedTensors<T> parameters, const AdamOptions& options, bool decoupled_weight_decay)
-    : Optimizer<T>(std::move(parameters), options.lr, options.non_finite),
-      options_(checked(options)),
-      decoupled_(decoupled_weight_decay) {}
-
-template <class T>
-std::map<std::string, double> Adam<T>::hyperparameters() const {
-    return {{"beta1", options_.beta1}, {"beta2", options_.beta2}, {"eps", options_.eps},
-            {"weight_decay", options_.weight_decay}};
-}
-
-template <class T>
-AdamOptions Adam<T>::options_from(const std::map<std::string, double>& values) const {
-    AdamOptions options = options_;
-    options.beta1 = values.at("beta1");
-    options.beta2 = values.at("beta2");
-    options.eps = values.at("eps");
-    options.weight_decay = values.at("weight_decay");
-    options.lr = this->lr();
-    return checked(options);
-}
-
-template <class T>
-xt::xarray<T> Adam<T>::update(const xt::xarray<T>& value, const xt::xarray<T>& grad,
-                              typename Optimizer<T>::ParameterState& state) const {
-    const auto& o = options_;
-    const double lr = this->lr();
-    xt::xarray<T> g = grad;
-    xt::xarray<T> p = value;
-    if (decoupled_) p = value * T(1 - lr * o.weight_decay);
-    else if (o.weight_decay != 0) g = grad + T(o.weight_decay) * value;
-    auto& m = state.buffers.try_emplace("exp_avg", xt::zeros<T>(value.shape())).first->second;
-    auto& v = state.buffers.try_emplace("exp_avg_sq", xt::zeros<T>(value.shape())).first->second;
-    // The operand order of torch's mul_/add_/addcmul_/addcdiv_, so float64 results agree to round-off.
-    m = m * T(o.beta1) + T(1 - o.beta1) * g;
-    v = v * T(o.beta2) + T(1 - o.beta2) * g * g;
-    const double step = static_cast<double>(state.step);
-    const double step_size = lr / (1 - std::pow(o.beta1, step));
-    const double correction2_sqrt = std::sqrt(1 - std::pow(o.beta2, step));
-    const xt::xarray<T> denominator = xt::sqrt(v) / T(correction2_sqrt) + T(o.eps);
-    return p + T(-step_size) * m / denominator;
 }
 
 template class Optimizer<float>;
 template class Optimizer<double>;
-template class SGD<float>;
-template class SGD<double>;
-template class Adam<float>;
-template class Adam<double>;
 
 }  // namespace rw::nn

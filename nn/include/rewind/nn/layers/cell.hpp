@@ -15,6 +15,7 @@
 #include <optional>
 #include <stdexcept>
 #include <typeinfo>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -115,9 +116,50 @@ State<T> RecurrentCell<T>::forward_step(const Tensor<T>& x, const State<T>& stat
     return step(reshape(prepared, {batch, prepared.size() / batch}), state);
 }
 
-// Creates the cell of one layer and direction; the layer calls it with that layer's input size.
+// Where a layer is building a cell: the sizes the cell needs and which of the layer's cells it
+// is, so that a factory can initialise layers differently (IndRNN's last layer, a forget-gate
+// bias per layer, a reverse direction of its own).
+struct CellSite {
+    std::size_t input_size = 0;   // the layer's input, or D * H for the layers above the first
+    std::size_t hidden_size = 0;
+    std::size_t layer = 0;        // 0 .. num_layers - 1, bottom up
+    std::size_t direction = 0;    // 0 forward, 1 reverse
+    std::size_t num_layers = 1;
+    std::size_t num_directions = 1;
+    bool last_layer() const { return layer + 1 == num_layers; }
+};
+
+// Creates the cell of one layer and direction (the layer calls it once per site, layer-major,
+// forward before reverse, drawing from the layer's generator):
+//   CellFactory<float> factory = [](const CellSite& site, Generator& g) { return make_my_cell(site, g); };
 template <class T>
-using CellFactory = std::function<std::shared_ptr<RecurrentCell<T>>(std::size_t input_size, std::size_t hidden_size,
-                                                                    Generator& generator)>;
+class CellFactory {
+public:
+    using Make = std::function<std::shared_ptr<RecurrentCell<T>>(const CellSite& site, Generator& generator)>;
+
+    CellFactory() = default;
+    template <class F>
+        requires std::is_invocable_v<const F&, const CellSite&, Generator&>
+    CellFactory(F make) : make_(std::move(make)) {}
+    // Migration: a factory of the earlier form (input_size, hidden_size, generator), which is not
+    // told the layer or direction. Deprecated; it still builds the same cells.
+    template <class F>
+        requires(!std::is_invocable_v<const F&, const CellSite&, Generator&> &&
+                 std::is_invocable_v<const F&, std::size_t, std::size_t, Generator&>)
+    [[deprecated("a CellFactory takes (const rw::nn::CellSite&, rw::Generator&); the site also says the layer and direction")]]
+    CellFactory(F make)
+        : make_([make = std::move(make)](const CellSite& site, Generator& generator) {
+              return make(site.input_size, site.hidden_size, generator);
+          }) {}
+
+    std::shared_ptr<RecurrentCell<T>> operator()(const CellSite& site, Generator& generator) const {
+        if (!make_) throw std::invalid_argument("recurrent layer: empty cell factory");
+        return make_(site, generator);
+    }
+    explicit operator bool() const { return bool(make_); }
+
+private:
+    Make make_;
+};
 
 }  // namespace rw::nn

@@ -21,12 +21,25 @@
 
 namespace rw::nn {
 
+// Seeding, one style for every module: its options take `.seed` (RecurrentOptions::seed,
+// LinearOptions::seed, EmbeddingOptions::seed, Dropout's seed), and the module draws from its own
+// Generator(seed). Linear and Embedding also keep their earlier constructors taking a
+// Generator&, which draw from the caller's stream: the same weights as before, for code written
+// against them or drawing several modules from one generator.
+struct LinearOptions {
+    std::size_t in_features = 0;
+    std::size_t out_features = 0;
+    bool bias = true;
+    std::uint64_t seed = 0;
+};
+
 // y = x W^T + b, torch.nn.Linear: weight [out, in], bias [out], both from
 // U(-1/sqrt(in), 1/sqrt(in)) (weight drawn first). forward takes [..., in] (e.g. [N, in] or
 // [T, B, in]) and returns [..., out], one GEMM over all leading positions.
 template <class T>
 class Linear : public Module<T> {
 public:
+    explicit Linear(const LinearOptions& options);
     Linear(std::size_t in_features, std::size_t out_features, Generator& generator, bool bias = true);
     Tensor<T> forward(const Tensor<T>& x) const;
     const Tensor<T>& weight() const { return weight_; }
@@ -36,10 +49,17 @@ private:
     Tensor<T> weight_, bias_;
 };
 
+struct EmbeddingOptions {
+    std::size_t num_embeddings = 0;
+    std::size_t dim = 0;
+    std::uint64_t seed = 0;
+};
+
 // Rows of weight [num_embeddings, dim] (N(0, 1), torch.nn.Embedding's default) picked by index.
 template <class T>
 class Embedding : public Module<T> {
 public:
+    explicit Embedding(const EmbeddingOptions& options);
     Embedding(std::size_t num_embeddings, std::size_t dim, Generator& generator);
     // indices of any shape S -> [S..., dim]; each must be in [0, num_embeddings).
     Tensor<T> forward(const xt::xarray<std::int64_t>& indices) const;

@@ -1,6 +1,7 @@
 #pragma once
 // Optimizers over a module's named parameters with PyTorch's exact update formulas
-// (torch.optim.SGD, Adam, AdamW with one parameter group, foreach=False).
+// (torch.optim as of 1.13, one parameter group, foreach=False): SGD, Adam, AdamW here; RMSprop,
+// Adagrad, Adadelta, Adamax, NAdam, RAdam in optimizers.hpp.
 //
 // A step never writes NaN or Inf into a weight: all updates are computed first and committed
 // only when every gradient and every new value is finite. Otherwise the step either throws
@@ -8,21 +9,32 @@
 // nothing and reports which parameter it skipped for. Parameters without a gradient are left
 // alone (and, as in PyTorch, their step count does not advance).
 //
+// After the update, and before the commit, each parameter's constraints project it (constrain(),
+// constraint.hpp): IndRNN's |u| <= 2^(1/T), max-norm rows, non-negativity. Projections change
+// values only, never the tape or a gradient.
+//
 // state() / load_state() export and import everything a resumed run needs: the learning rate,
 // the hyperparameters, each parameter's step count and its buffers (momentum_buffer, exp_avg,
-// exp_avg_sq), so a checkpoint (checkpoint.hpp) resumes bit for bit.
+// ...), so a checkpoint (checkpoint.hpp) resumes bit for bit. Note [writing an optimizer]: a
+// subclass writes kind() and update(), and registers its hyperparameters with hyperparameter()
+// in its constructor; the base then checks them (named error, expected vs got), saves, validates
+// and restores them and every buffer update() created, with no checkpoint code of its own.
 
 #include <cstdint>
+#include <functional>
+#include <limits>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <variant>
 #include <vector>
 
 #include <xtensor/xarray.hpp>
 
 #include "rewind/nn/module.hpp"
 #include "rewind/nn/io/safetensors.hpp"
+#include "rewind/nn/train/constraint.hpp"
 
 namespace rw::nn {
 
@@ -39,7 +51,7 @@ struct StepReport {
 };
 
 // An optimizer's state as tensors "<parameter>.<buffer>" and "<parameter>.step" (I64 [1]),
-// and scalars as exact decimal text ("kind", "lr", hyperparameters).
+// and scalars as exact decimal text ("kind", "lr", "hyper.<name>", "state.<parameter>.<name>").
 struct OptimizerState {
     TensorMap tensors;
     std::map<std::string, std::string> scalars;
@@ -53,10 +65,30 @@ public:
     virtual void set_lr(double lr) = 0;
 };
 
+// The values a hyperparameter may take (besides being finite), e.g. Allowed::at_least(0) or
+// Allowed::between(0, 1, Allowed::open_high) for a decay rate below 1.
+struct Allowed {
+    double low = -std::numeric_limits<double>::infinity();
+    double high = std::numeric_limits<double>::infinity();
+    bool low_open = false, high_open = false;
+
+    static constexpr bool open_high = true;
+    static Allowed any() { return {}; }
+    static Allowed at_least(double low) { return {.low = low}; }
+    static Allowed between(double low, double high, bool high_open = false) {
+        return {.low = low, .high = high, .high_open = high_open};
+    }
+    bool allows(double value) const;
+    std::string describe() const;  // "in [0, 1)", ">= 0"
+};
+
 template <class T>
 class Optimizer : public LearningRate {
 public:
-    Optimizer(NamedTensors<T> parameters, double lr, NonFinitePolicy policy);
+    Optimizer(NamedTensors<T> parameters, double lr, NonFinitePolicy policy = NonFinitePolicy::raise);
+    // Registered hyperparameters point into the optimizer: it is neither copied nor moved.
+    Optimizer(const Optimizer&) = delete;
+    Optimizer& operator=(const Optimizer&) = delete;
 
     StepReport step();
     void zero_grad();
@@ -69,6 +101,17 @@ public:
     std::int64_t step_count(std::size_t index) const { return states_.at(index).step; }
     virtual std::string kind() const = 0;
 
+    // After every update of a parameter whose name matches `pattern` ('*' matches any run of
+    // characters: "*weight_hh*", "head.weight"), its new value is projected by `projection`
+    // (constraint.hpp). A pattern that matches no parameter is refused with std::invalid_argument
+    // listing the names. Several constraints on one parameter apply in the order given.
+    void constrain(const std::string& pattern, Projection<T> projection);
+    // Projects every constrained parameter now, e.g. the initial weights before training.
+    void apply_constraints();
+
+    // Every hyperparameter by name (booleans as 0 or 1).
+    std::map<std::string, double> hyperparameters() const;
+
     OptimizerState state() const;
     // Throws SafetensorsError naming `source` and the entry on any mismatch (kind, parameter
     // names, shapes, dtypes, missing or unexpected entries, unparsable numbers).
@@ -78,23 +121,50 @@ public:
 
 protected:
     struct ParameterState {
-        std::int64_t step = 0;  // 0: no update yet, buffers empty
-        std::map<std::string, xt::xarray<T>> buffers;
+        std::int64_t step = 0;  // incremented before update(): 1 on the first update
+        std::map<std::string, xt::xarray<T>> buffers;  // each of the parameter's shape
+        std::map<std::string, double> scalars;         // per-parameter numbers (NAdam's mu_product)
+
+        // The buffer of that name, created filled with `fill` at its first use.
+        xt::xarray<T>& buffer(const std::string& name, const xt::xarray<T>& like, T fill = T(0));
+        double& scalar(const std::string& name, double initial);
     };
     // Returns the new value of one parameter and updates its state (a copy, committed by step()).
     virtual xt::xarray<T> update(const xt::xarray<T>& value, const xt::xarray<T>& grad, ParameterState& state) const = 0;
-    virtual std::vector<std::string> buffer_names() const = 0;
-    virtual std::map<std::string, double> hyperparameters() const = 0;
-    // values has every key of hyperparameters(); check throws std::invalid_argument.
-    virtual void check_hyperparameters(const std::map<std::string, double>& values) const = 0;
-    virtual void set_hyperparameters(const std::map<std::string, double>& values) = 0;
+
+    // Registers a hyperparameter (a member of the subclass) under its PyTorch name; checks its
+    // value now, throwing std::invalid_argument "<kind>: invalid option <name>: expected ..., got ...".
+    void hyperparameter(const std::string& name, double& value, Allowed allowed = Allowed::at_least(0));
+    void hyperparameter(const std::string& name, bool& value);
+
+    // Optional: the buffers an updated parameter's saved state holds, exactly, under the
+    // hyperparameters `values` about to be loaded (by default any buffer of the parameter's shape
+    // is taken back), and checks across hyperparameters (std::invalid_argument), which the
+    // subclass's constructor calls and every load runs with the values about to be set.
+    virtual std::optional<std::vector<std::string>> expected_buffers(const std::map<std::string, double>& /*values*/) const {
+        return std::nullopt;
+    }
+    virtual void check_together(const std::map<std::string, double>& /*values*/) const {}
 
 private:
+    struct Registered {
+        std::variant<double*, bool*> target;
+        Allowed allowed;
+    };
     struct Staged;
+    struct Constraint {
+        std::string pattern;
+        Projection<T> projection;
+        std::vector<bool> applies;  // per parameter
+    };
     Staged parse_state(const OptimizerState& state, const std::string& source) const;
+    void check_values(const std::map<std::string, double>& values) const;
+    void project(std::size_t index, xt::xarray<T>& value) const;
 
     NamedTensors<T> parameters_;
     std::vector<ParameterState> states_;
+    std::vector<std::pair<std::string, Registered>> registered_;
+    std::vector<Constraint> constraints_;
     double lr_;
     NonFinitePolicy policy_;
     std::size_t skipped_steps_ = 0;
@@ -120,14 +190,11 @@ public:
 protected:
     xt::xarray<T> update(const xt::xarray<T>& value, const xt::xarray<T>& grad,
                          typename Optimizer<T>::ParameterState& state) const override;
-    std::vector<std::string> buffer_names() const override;
-    std::map<std::string, double> hyperparameters() const override;
-    void check_hyperparameters(const std::map<std::string, double>& values) const override { options_from(values); }
-    void set_hyperparameters(const std::map<std::string, double>& values) override { options_ = options_from(values); }
+    std::optional<std::vector<std::string>> expected_buffers(const std::map<std::string, double>& values) const override;
+    void check_together(const std::map<std::string, double>& values) const override;
 
 private:
-    SGDOptions options_from(const std::map<std::string, double>& values) const;
-    SGDOptions options_;
+    SGDOptions o_;
 };
 
 struct AdamOptions {
@@ -151,14 +218,12 @@ public:
 protected:
     xt::xarray<T> update(const xt::xarray<T>& value, const xt::xarray<T>& grad,
                          typename Optimizer<T>::ParameterState& state) const override;
-    std::vector<std::string> buffer_names() const override { return {"exp_avg", "exp_avg_sq"}; }
-    std::map<std::string, double> hyperparameters() const override;
-    void check_hyperparameters(const std::map<std::string, double>& values) const override { options_from(values); }
-    void set_hyperparameters(const std::map<std::string, double>& values) override { options_ = options_from(values); }
+    std::optional<std::vector<std::string>> expected_buffers(const std::map<std::string, double>&) const override {
+        return std::vector<std::string>{"exp_avg", "exp_avg_sq"};
+    }
 
 private:
-    AdamOptions options_from(const std::map<std::string, double>& values) const;
-    AdamOptions options_;
+    AdamOptions o_;
     bool decoupled_;
 };
 
@@ -185,3 +250,5 @@ extern template class Adam<float>;
 extern template class Adam<double>;
 
 }  // namespace rw::nn
+
+#include "rewind/nn/train/optimizers.hpp"
