@@ -62,11 +62,14 @@ public:
 
     // ---- the fused path ----
 
-    // W_hh h in its own buffer (it is normalised apart from W_ih x); saved: W_hh h (4 blocks),
-    // i, f, g, o (4), the cell state before its norm (1). Per-unit vectors: the gains and biases
-    // block by block (enum Unit below).
+    // W_hh h in its own buffer (it is normalised apart from W_ih x). The rule keeps the normalised
+    // rows for the backward (W_ih x's in gates, W_hh h's in saved 0-3), i, f, g, o (saved 4-7),
+    // the normalised cell state (saved 8) and the three 1 / std (saved 9 on, stat() below).
+    // Per-unit vectors: the gains and biases block by block (enum Unit below).
     rw::nn::fused::CellLayout layout() const override {
-        return {.gates = 4, .states = 2, .recurrent = 4, .recurrent_into_gates = false, .saved = 9, .units = 18};
+        const std::size_t H = this->hidden_size();
+        return {.gates = 4, .states = 2, .recurrent = 4, .recurrent_into_gates = false, .saved = 9 + (3 + H - 1) / H,
+                .units = 18};
     }
     rw::nn::fused::CellWeights<T> weights() const override {
         const std::size_t H = this->hidden_size();
@@ -79,36 +82,42 @@ public:
     }
     std::vector<std::string> gate_names() const override { return {"input", "forget", "cell", "output"}; }
 
-    // gates keeps W_ih x for the backward (which recomputes the row's moments from it).
     void forward(const rw::nn::fused::ForwardRow<T>& row) const override {
         using namespace rw::nn::fused;
         const std::size_t H = row.hidden;
         const auto in = row_moments(row.gates, 4 * H, T(eps));
         const auto rec = row_moments(row.recurrent, 4 * H, T(eps));
-        for (std::size_t k = 0; k < 4; ++k)
-            lanes<T>(H, [&](std::size_t j, auto tag) {
-                using V = decltype(tag);
-                const V r = load_lane<V>(row.recurrent_gate(k) + j);
-                const V a = ((load_lane<V>(row.gate(k) + j) - V(in.mean)) * V(in.rstd) * load_lane<V>(row.units[gain_i + k] + j) +
-                             load_lane<V>(row.units[bias_i + k] + j)) +
-                            ((r - V(rec.mean)) * V(rec.rstd) * load_lane<V>(row.units[gain_h + k] + j) + load_lane<V>(row.units[bias_h + k] + j));
-                store_lane(row.saved[k] + j, r);
-                store_lane(row.saved[4 + k] + j, k == 2 ? tanh_lane(a) : sigmoid_lane(a));
-            });
         lanes<T>(H, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V c = load_lane<V>(row.saved[5] + j) * load_lane<V>(row.state[1] + j) +
-                        load_lane<V>(row.saved[4] + j) * load_lane<V>(row.saved[6] + j);
-            store_lane(row.saved[8] + j, c);
+            // Block k's pre-activation LN_i(W_ih x) + LN_h(W_hh h), the normalised rows kept.
+            auto pre_activation = [&](std::size_t k) {
+                const V ni = (load_lane<V>(row.gate(k) + j) - V(in.mean)) * V(in.rstd);
+                const V nr = (load_lane<V>(row.recurrent_gate(k) + j) - V(rec.mean)) * V(rec.rstd);
+                store_lane(row.gate(k) + j, ni);
+                store_lane(row.saved[k] + j, nr);
+                return (ni * load_lane<V>(row.units[gain_i + k] + j) + load_lane<V>(row.units[bias_i + k] + j)) +
+                       (nr * load_lane<V>(row.units[gain_h + k] + j) + load_lane<V>(row.units[bias_h + k] + j));
+            };
+            const V i = sigmoid_lane(pre_activation(0)), f = sigmoid_lane(pre_activation(1));
+            const V g = tanh_lane(pre_activation(2)), o = sigmoid_lane(pre_activation(3));
+            store_lane(row.saved[4] + j, i);
+            store_lane(row.saved[5] + j, f);
+            store_lane(row.saved[6] + j, g);
+            store_lane(row.saved[7] + j, o);
+            store_lane(row.saved[8] + j, f * load_lane<V>(row.state[1] + j) + i * g);
         });
         const auto cell = row_moments(row.saved[8], H, T(eps));
         lanes<T>(H, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V c = (load_lane<V>(row.saved[8] + j) - V(cell.mean)) * V(cell.rstd) * load_lane<V>(row.units[gain_c] + j) +
-                        load_lane<V>(row.units[bias_c] + j);
+            const V n = (load_lane<V>(row.saved[8] + j) - V(cell.mean)) * V(cell.rstd);
+            const V c = n * load_lane<V>(row.units[gain_c] + j) + load_lane<V>(row.units[bias_c] + j);
+            store_lane(row.saved[8] + j, n);
             store_lane(row.next_state[1] + j, c);
             store_lane(row.next_state[0] + j, load_lane<V>(row.saved[7] + j) * tanh_lane(c));
         });
+        stat(row.saved, H, 0) = in.rstd;
+        stat(row.saved, H, 1) = rec.rstd;
+        stat(row.saved, H, 2) = cell.rstd;
     }
 
     // Layer norm's backward, for y = x̂ γ + β, x̂ = (x - μ) r over a row of N:
@@ -116,10 +125,7 @@ public:
     void backward(const rw::nn::fused::BackwardRow<T>& row) const override {
         using namespace rw::nn::fused;
         const std::size_t H = row.hidden;
-        const T* recurrent[4] = {row.saved[0], row.saved[1], row.saved[2], row.saved[3]};
-        const auto in = row_moments(row.gates, 4 * H, T(eps));
-        const auto rec = row_moments(recurrent, 4, H, T(eps));
-        const auto cell = row_moments(row.saved[8], H, T(eps));
+        const T in_rstd = stat(row.saved, H, 0), rec_rstd = stat(row.saved, H, 1), cell_rstd = stat(row.saved, H, 2);
         T* dh = row.grad_state[0];
         T* dc = row.grad_state[1];
         // Through h' = o tanh(c') into c' and o; then LN_c, dc holding dĉ = dc' γ_c meanwhile.
@@ -129,7 +135,7 @@ public:
             const V dhv = load_lane<V>(dh + j), o = load_lane<V>(row.saved[7] + j);
             const V tc = tanh_lane(load_lane<V>(row.next_state[1] + j));
             const V dcv = load_lane<V>(dc + j) + dhv * o * (V(1) - tc * tc);
-            const V n = (load_lane<V>(row.saved[8] + j) - V(cell.mean)) * V(cell.rstd);
+            const V n = load_lane<V>(row.saved[8] + j);
             const V dn = dcv * load_lane<V>(row.units[gain_c] + j);
             store_lane(row.grad_gate(3) + j, dhv * tc * o * (V(1) - o));
             store_lane(row.grad_units[gain_c] + j, load_lane<V>(row.grad_units[gain_c] + j) + dcv * n);
@@ -141,8 +147,8 @@ public:
         const T dn_mean = dn_sum.total() / T(H), dn_dot_mean = dn_dot.total() / T(H);
         lanes<T>(H, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V n = (load_lane<V>(row.saved[8] + j) - V(cell.mean)) * V(cell.rstd);
-            const V d = V(cell.rstd) * (load_lane<V>(dc + j) - V(dn_mean) - n * V(dn_dot_mean));  // dL/d(c before LN)
+            const V n = load_lane<V>(row.saved[8] + j);
+            const V d = V(cell_rstd) * (load_lane<V>(dc + j) - V(dn_mean) - n * V(dn_dot_mean));  // dL/d(c before LN)
             const V i = load_lane<V>(row.saved[4] + j), f = load_lane<V>(row.saved[5] + j), g = load_lane<V>(row.saved[6] + j);
             store_lane(row.grad_gate(0) + j, d * g * i * (V(1) - i));
             store_lane(row.grad_gate(1) + j, d * load_lane<V>(row.state[1] + j) * f * (V(1) - f));
@@ -156,8 +162,7 @@ public:
             lanes<T>(H, [&](std::size_t j, auto tag) {
                 using V = decltype(tag);
                 const V da = load_lane<V>(row.grad_gate(k) + j);
-                const V ni = (load_lane<V>(row.gate(k) + j) - V(in.mean)) * V(in.rstd);
-                const V nr = (load_lane<V>(recurrent[k] + j) - V(rec.mean)) * V(rec.rstd);
+                const V ni = load_lane<V>(row.gate(k) + j), nr = load_lane<V>(row.saved[k] + j);
                 const V dni = da * load_lane<V>(row.units[gain_i + k] + j), dnr = da * load_lane<V>(row.units[gain_h + k] + j);
                 auto accumulate = [&](std::size_t u, const V& term) {
                     store_lane(row.grad_units[u] + j, load_lane<V>(row.grad_units[u] + j) + term);
@@ -178,17 +183,23 @@ public:
             lanes<T>(H, [&](std::size_t j, auto tag) {
                 using V = decltype(tag);
                 const V da = load_lane<V>(row.grad_gate(k) + j);
-                const V ni = (load_lane<V>(row.gate(k) + j) - V(in.mean)) * V(in.rstd);
-                const V nr = (load_lane<V>(recurrent[k] + j) - V(rec.mean)) * V(rec.rstd);
+                const V ni = load_lane<V>(row.gate(k) + j), nr = load_lane<V>(row.saved[k] + j);
                 const V dni = da * load_lane<V>(row.units[gain_i + k] + j), dnr = da * load_lane<V>(row.units[gain_h + k] + j);
-                store_lane(row.grad_recurrent_gate(k) + j, V(rec.rstd) * (dnr - V(rec_mean) - nr * V(rec_dot_mean)));
-                store_lane(row.grad_gate(k) + j, V(in.rstd) * (dni - V(in_mean) - ni * V(in_dot_mean)));
+                store_lane(row.grad_recurrent_gate(k) + j, V(rec_rstd) * (dnr - V(rec_mean) - nr * V(rec_dot_mean)));
+                store_lane(row.grad_gate(k) + j, V(in_rstd) * (dni - V(in_mean) - ni * V(in_dot_mean)));
             });
     }
 
 private:
     // The per-unit vectors of weights(): gains and biases of LN_i and LN_h per gate block, LN_c's.
     enum Unit : std::size_t { gain_i = 0, bias_i = 4, gain_h = 8, bias_h = 12, gain_c = 16, bias_c = 17 };
+
+    // Row statistic i (0: input norm's 1 / std, 1: recurrent's, 2: the cell state's) in the saved
+    // buffers from 9 on, H values each.
+    template <class P>
+    static auto& stat(P saved, std::size_t H, std::size_t i) {
+        return saved[9 + i / H][i % H];
+    }
 
     rw::Tensor<T> weight_ih_, weight_hh_, gain_i_, bias_i_, gain_h_, bias_h_, gain_c_, bias_c_;
 };
