@@ -58,7 +58,7 @@ std::shared_ptr<nn::Recurrent<double>> make_layer_with_planted_error(const std::
     // The layer calls the factory for layer 0's forward direction first; the same draws from the
     // generator as make_recurrent, so the weights are the same as without the planted error.
     auto calls = std::make_shared<std::size_t>(0);
-    nn::CellFactory<double> factory = [base = nn::cell_factory<double>(cell, options.init), calls, step](
+    nn::CellFactory<double> factory = [base = nn::cell_factory<double>(cell, options.init, options.cell_options()), calls, step](
                                           std::size_t input_size, std::size_t hidden_size,
                                           Generator& generator) -> std::shared_ptr<nn::RecurrentCell<double>> {
         auto made = base(input_size, hidden_size, generator);

@@ -232,6 +232,27 @@ BOOST_AUTO_TEST_CASE(every_command_that_builds_a_layer_takes_the_same_layer_opti
     }
 }
 
+BOOST_AUTO_TEST_CASE(a_planted_error_keeps_the_layer_options) {
+    // --plant-error wraps the cell the layer options made: no biases, h of the projected width,
+    // and the planted step still named.
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--input-size", "3", "--hidden-size", "4",
+                                  "--proj-size", "2", "--no-bias", "--seq-len", "6", "--batch", "2", "--per-step",
+                                  "--plant-error", "2", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 1, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    const json report = json::parse(run.out);
+    std::vector<std::string> names;
+    for (const auto& tensor : report.at("tensors")) names.push_back(tensor.at("name"));
+    BOOST_TEST((std::find(names.begin(), names.end(), "weight_hr_l0") != names.end()), run.out);
+    BOOST_TEST((std::find(names.begin(), names.end(), "bias_ih_l0") == names.end()), run.out);
+    BOOST_TEST(report.at("per_step")[0].at("first_disagreeing_step").get<int>() == 2);
+    const Run gru = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "3", "--hidden-size", "4", "--no-bias",
+                                  "--seq-len", "4", "--batch", "2", "--plant-error", "1"});
+    BOOST_TEST(gru.exit_code == 1, gru.err);
+    BOOST_TEST(gru.out.find("no bias") != std::string::npos, gru.out);
+    BOOST_TEST(gru.out.find("bias_hh_l0") == std::string::npos, gru.out);
+}
+
 BOOST_AUTO_TEST_CASE(gradcheck_on_both_paths_finds_them_equal_to_round_off) {
     TempDir dir;
     const Run run = run_cli(dir, {"gradcheck", "--cell", "lstm", "--layers", "2", "--bidirectional", "--input-size", "3",

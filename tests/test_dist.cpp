@@ -238,6 +238,22 @@ BOOST_AUTO_TEST_CASE(the_ranks_parts_make_the_global_batch_whatever_the_rank_cou
     BOOST_TEST(dist::DistributedSampler(11, 5, 3, 0, 1, true, true).batches_per_epoch() == 2u);
 }
 
+BOOST_AUTO_TEST_CASE(an_epoch_read_batch_after_batch_draws_its_order_once) {
+    const dist::DistributedSampler sampler(1000, 10, 5, 0, 1);
+    for (std::size_t epoch : {0, 1, 0}) {
+        std::vector<std::size_t> read;
+        for (std::size_t batch = 0; batch < sampler.batches_per_epoch(); ++batch) {
+            const auto part = sampler.local_batch(epoch, batch);
+            read.insert(read.end(), part.begin(), part.end());
+        }
+        BOOST_TEST((read == sampler.order(epoch)));  // the same order, drawn once and kept
+    }
+    BOOST_TEST(sampler.orders_drawn() == 3u);  // epochs 0, 1 and 0 again: one draw each
+    const dist::DistributedSampler in_file_order(1000, 10, 5, 0, 1, false);
+    BOOST_TEST((in_file_order.global_batch(0, 3) == std::vector<std::size_t>{30, 31, 32, 33, 34, 35, 36, 37, 38, 39}));
+    BOOST_TEST(in_file_order.orders_drawn() == 0u);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(replicas)

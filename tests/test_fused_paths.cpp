@@ -76,12 +76,12 @@ struct MislaidRules : fused::CellRules<float> {
 BOOST_AUTO_TEST_CASE(direct_calls_check_their_arguments) {
     Generator g(4);
     auto x = random_tensor<float>({3, 2, 5}, g);
-    const LSTMCell<float> lstm(5, 4, g);
-    const auto& rules = *lstm.usable_fused_rules();
+    const auto lstm = std::make_shared<const LSTMCell<float>>(5, 4, g);
+    const std::shared_ptr<const fused::CellRules<float>> rules(lstm, lstm->usable_fused_rules());
     auto h0 = Tensor<float>::zeros({2, 4});
     BOOST_CHECK_THROW(fused::run_sequence<float>(rules, x, {h0}, {}, false, "lstm"),
                       std::invalid_argument);  // LSTM needs c0
-    BOOST_CHECK_THROW(fused::run_sequence<float>(MislaidRules(lstm), x, {h0}, {}, false, "mislaid"),
+    BOOST_CHECK_THROW(fused::run_sequence<float>(std::make_shared<MislaidRules>(*lstm), x, {h0}, {}, false, "mislaid"),
                       std::invalid_argument);  // 16 rows are not 3 * H
     BOOST_CHECK_THROW(fused::run_sequence<float>(rules, random_tensor<float>({3, 2, 6}, g), {h0, h0}, {}, false, "lstm"),
                       ShapeError);  // the input size is not weight_ih's
@@ -90,6 +90,57 @@ BOOST_AUTO_TEST_CASE(direct_calls_check_their_arguments) {
     auto result = fused::run_sequence<float>(rules, x, {h0, h0}, {3, 1}, true, "lstm");
     BOOST_TEST(result.output.shape() == (Shape{3, 2, 4}));
     BOOST_TEST(result.final_state.size() == 2u);
+}
+
+// An LSTM's own rules, counting how many copies are alive.
+struct CountedRules : fused::CellRules<double> {
+    CountedRules(std::shared_ptr<const LSTMCell<double>> cell, int& alive)
+        : cell(std::move(cell)), inner(*this->cell->usable_fused_rules()), alive(alive) {
+        ++alive;
+    }
+    ~CountedRules() override { --alive; }
+    const std::type_info& rules_cell_type() const override { return inner.rules_cell_type(); }
+    fused::CellLayout layout() const override { return inner.layout(); }
+    fused::CellWeights<double> weights() const override { return inner.weights(); }
+    void forward(const fused::ForwardRow<double>& row) const override { inner.forward(row); }
+    void backward(const fused::BackwardRow<double>& row) const override { inner.backward(row); }
+    std::shared_ptr<const LSTMCell<double>> cell;
+    const fused::CellRules<double>& inner;
+    int& alive;
+};
+
+BOOST_AUTO_TEST_CASE(a_direct_call_keeps_its_rules_alive_until_the_graph_is_dropped) {
+    Generator g(5);
+    const auto lstm = std::make_shared<const LSTMCell<double>>(3, 4, g);
+    const auto x = random_tensor<double>({4, 2, 3}, g, 1.0, true);
+    const std::vector<Tensor<double>> initial{Tensor<double>::zeros({2, 4}), Tensor<double>::zeros({2, 4})};
+    const std::shared_ptr<const fused::CellRules<double>> own(lstm, lstm->usable_fused_rules());
+    const Tensor<double> expected = rw::grad<double>({sum(fused::run_sequence<double>(own, x, initial, {}, false, "lstm").output)}, {x})[0];
+    int alive = 0;
+    {
+        Tensor<double> loss;
+        {
+            auto rules = std::make_shared<CountedRules>(lstm, alive);
+            loss = sum(fused::run_sequence<double>(std::move(rules), x, initial, {}, false, "lstm").output);
+        }
+        BOOST_TEST(alive == 1);  // the caller let go; the graph holds them
+        const Tensor<double> dx = rw::grad<double>({loss}, {x}, {}, {.retain_graph = true})[0];
+        BOOST_TEST(testing::max_abs_difference(dx.value(), expected.value()) == 0.0);
+        BOOST_TEST(alive == 1);
+    }
+    BOOST_TEST(alive == 0);  // the graph is gone, and the rules with it
+}
+
+BOOST_AUTO_TEST_CASE(a_direct_call_without_rules_is_refused_with_the_op_name) {
+    Generator g(6);
+    const auto x = random_tensor<float>({3, 2, 5}, g);
+    try {
+        fused::run_sequence<float>(nullptr, x, {}, {}, false, "mine");
+        BOOST_FAIL("expected std::invalid_argument");
+    } catch (const std::invalid_argument& error) {
+        BOOST_TEST(std::string(error.what()).find("fused_mine: run_sequence was given no rules") != std::string::npos,
+                   error.what());
+    }
 }
 
 // A subclass that changes step() of a built-in cell: the LSTM with its cell state clipped.

@@ -145,8 +145,9 @@ std::shared_ptr<Recurrent<T>> projected_tanh_layer(ExecutionPath path) {
 // An LSTM with proj_size 2 of hidden 4 and its rules.
 struct Projected {
     Generator generator{4};
-    LSTMCell<float> cell{3, 4, generator, {}, {.proj_size = 2}};
-    const fused::CellRules<float>& rules = *cell.usable_fused_rules();
+    std::shared_ptr<const LSTMCell<float>> cell = std::make_shared<const LSTMCell<float>>(
+        3, 4, generator, CellInit{}, CellOptions{.proj_size = 2});
+    std::shared_ptr<const fused::CellRules<float>> rules{cell, cell->usable_fused_rules()};
 };
 
 // The projected LSTM's weights under a layout that does not match them.
@@ -233,10 +234,10 @@ BOOST_AUTO_TEST_CASE(a_projection_and_its_weight_come_together) {
     const auto x = random_tensor<float>({3, 2, 3}, g);
     const std::vector<Tensor<float>> state{Tensor<float>::zeros({2, 2}), Tensor<float>::zeros({2, 4})};
     expect_error<std::invalid_argument>(
-        [&] { fused::run_sequence<float>(LayoutMismatch(p.cell, true, false), x, state, {}, false, "lstm"); },
+        [&] { fused::run_sequence<float>(std::make_shared<LayoutMismatch>(*p.cell, true, false), x, state, {}, false, "lstm"); },
         {"the layout has a projection", "projection_weight must be [P, H]"});
     expect_error<std::invalid_argument>(
-        [&] { fused::run_sequence<float>(LayoutMismatch(p.cell, false, true), x, state, {}, false, "lstm"); },
+        [&] { fused::run_sequence<float>(std::make_shared<LayoutMismatch>(*p.cell, false, true), x, state, {}, false, "lstm"); },
         {"projection_weight is given but the layout has no projection"});
 }
 

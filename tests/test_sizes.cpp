@@ -134,7 +134,7 @@ BOOST_AUTO_TEST_CASE(a_recurrent_forward_refuses_buffers_that_overflow_whichever
 
 BOOST_AUTO_TEST_CASE(the_fused_driver_refuses_buffers_that_overflow_when_called_directly) {
     // run_sequence is public (user cells' rules): it checks on its own, before the initial state.
-    expect_size_error([] { rw::nn::fused::run_sequence<double>(AutonomousRules{}, empty_but_long_input(), {}, {}, false, "autonomous"); },
+    expect_size_error([] { rw::nn::fused::run_sequence<double>(std::make_shared<AutonomousRules>(), empty_but_long_input(), {}, {}, false, "autonomous"); },
                       {"fused_autonomous: shape [536870912, 536870912, ", "is too large"});
 }
 

@@ -1,5 +1,6 @@
 #include "rewind/dist/shard.hpp"
 
+#include <algorithm>
 #include <random>
 #include <stdexcept>
 
@@ -42,12 +43,33 @@ std::vector<std::size_t> DistributedSampler::order(std::size_t epoch) const {
     return indices;
 }
 
+std::shared_ptr<const std::vector<std::size_t>> DistributedSampler::cached_order(std::size_t epoch) const {
+    const std::lock_guard lock(cache_->mutex);
+    if (!cache_->order || cache_->epoch != epoch) {
+        cache_->order = std::make_shared<const std::vector<std::size_t>>(order(epoch));
+        cache_->epoch = epoch;
+        ++cache_->drawn;
+    }
+    return cache_->order;
+}
+
+std::size_t DistributedSampler::orders_drawn() const {
+    const std::lock_guard lock(cache_->mutex);
+    return cache_->drawn;
+}
+
 std::vector<std::size_t> DistributedSampler::global_batch(std::size_t epoch, std::size_t batch) const {
     if (batch >= batches_per_epoch())
         throw std::out_of_range(fmt::format("DistributedSampler: batch {} of an epoch of {}", batch, batches_per_epoch()));
-    const auto all = order(epoch);
     const std::size_t begin = batch * global_batch_, end = std::min(begin + global_batch_, examples_);
-    return {all.begin() + std::ptrdiff_t(begin), all.begin() + std::ptrdiff_t(end)};
+    std::vector<std::size_t> indices(end - begin);
+    if (!shuffle_) {  // file order: no order to draw
+        for (std::size_t i = begin; i < end; ++i) indices[i - begin] = i;
+        return indices;
+    }
+    const auto all = cached_order(epoch);
+    std::copy(all->begin() + std::ptrdiff_t(begin), all->begin() + std::ptrdiff_t(end), indices.begin());
+    return indices;
 }
 
 std::vector<std::size_t> DistributedSampler::local_batch(std::size_t epoch, std::size_t batch) const {

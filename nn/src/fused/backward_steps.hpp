@@ -1,6 +1,6 @@
 #pragma once
 // Private to the fused driver (sequence.cpp): the backward step loop of one window for one row
-// group, and the weight gradients summed over the windows' GEMMs.
+// group. The weight gradients summed over the windows' GEMMs are in weight_gradients.hpp.
 
 #include <memory>
 #include <vector>
@@ -173,45 +173,6 @@ private:
     std::vector<const T*> state_, next_, extra_;
     std::vector<T*> dstate_;
     BackwardRow<T> row_;
-};
-
-// A weight gradient dW [m, n] = sum over the window's rows of dG^T X (dG [rows, m], X [rows, n]),
-// summed over segments. Note: for a tall dW (m >= 2n: the gate rows of W_ih and W_hh against their
-// input columns) oneDNN's sgemm computes the transposed product X^T dG markedly faster (measured
-// here for LSTM and GRU at T=100, B=32, H=256: 128-158 against 167-184 GFLOP/s), so then dW^T is
-// summed and transposed once at the end. Not for large weights (LSTM at H=1024: 5% slower in
-// paired runs), where the gain is small and the transpose of megabytes is not.
-template <class T>
-class WeightGradient {
-public:
-    static constexpr std::size_t transposed_limit = std::size_t(1) << 19;  // elements
-    // Whether dW [m, n] is summed transposed (see above).
-    static bool transposes(std::size_t m, std::size_t n) { return m >= 2 * n && m * n <= transposed_limit; }
-    WeightGradient(xt::xarray<T>& out, std::size_t m, std::size_t n)
-        : out_(out), m_(m), n_(n), transposed_(transposes(m, n)) {
-        if (transposed_) sum_t_ = Buffer<T>(m * n);
-    }
-    void add(const T* grad, std::size_t ld_grad, const T* input, std::size_t ld_input, std::size_t rows, T beta) {
-        if (transposed_) blas::gemm(true, false, n_, m_, rows, T(1), input, ld_input, grad, ld_grad, beta, sum_t_.data(), m_);
-        else blas::gemm(true, false, m_, n_, rows, T(1), grad, ld_grad, input, ld_input, beta, out_.data(), n_);
-    }
-    void finish() {
-        if (!transposed_) return;
-        // In tiles, so both sides stay in cache.
-        constexpr std::size_t tile = 32;
-        const T* from = sum_t_.data();
-        T* to = out_.data();
-        for (std::size_t i0 = 0; i0 < n_; i0 += tile)
-            for (std::size_t j0 = 0; j0 < m_; j0 += tile)
-                for (std::size_t i = i0; i < std::min(n_, i0 + tile); ++i)
-                    for (std::size_t j = j0; j < std::min(m_, j0 + tile); ++j) to[j * n_ + i] = from[i * m_ + j];
-    }
-
-private:
-    xt::xarray<T>& out_;
-    std::size_t m_, n_;
-    bool transposed_;
-    Buffer<T> sum_t_;  // dW^T [n, m] when transposed
 };
 
 }  // namespace rw::nn::fused::driver

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <exception>
 #include <memory>
+#include <stdexcept>
 
 #include <fmt/format.h>
 
@@ -15,6 +16,7 @@
 #include <rewind/autograd/gemm.hpp>
 
 #include "backward_steps.hpp"
+#include "weight_gradients.hpp"
 #include "driver.hpp"
 #include "forward_steps.hpp"
 #include "probe.hpp"
@@ -114,109 +116,125 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
 }
 
 template <class T>
-Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
+void refuse_second_order(const BackwardContext<T>& ctx) {
     if (ctx.create_graph())
         throw GraphError(fmt::format(
             "backward of '{}' with create_graph=true: the fused recurrent kernel's backward is hand-written and "
             "cannot be differentiated again; run the layer on the generic path "
             "(layer.set_path(rw::nn::ExecutionPath::generic)) for higher-order gradients",
             ctx.op_name()));
+}
+
+// The probe's gradient records, sized for every step and written by the backward.
+template <class T>
+void start_probe_gradients(Saved<T>& saved) {
     const Dims& d = saved.dims;
-    const CellLayout& l = d.layout;
+    saved.probe->grad_states_before.clear();
+    for (std::size_t s = 0; s < d.layout.states; ++s)
+        saved.probe->grad_states_before.push_back(xt::xarray<T>::from_shape({d.steps, d.batch, d.width(s)}));
+    saved.probe->grad_gates = xt::xarray<T>::from_shape({d.steps, d.batch, d.gate_width()});
+}
+
+// The backward's buffers and what the row groups' step loops share: the state gradients (the
+// outputs' gradients to start with), the window's gate gradients, the weights the steps multiply.
+template <class T>
+class BackwardBuffers {
+public:
+    BackwardBuffers(Saved<T>& saved, const BackwardContext<T>& ctx) {
+        const Dims& d = saved.dims;
+        const CellLayout& l = d.layout;
+        const InputIndex& in = saved.index;
+        const std::size_t B = d.batch, WB = saved.segment * B;
+        shared.saved = &saved;
+        for (std::size_t s = 0; s < l.states; ++s) {
+            const std::size_t W = d.width(s);
+            grad_state.push_back(xt::xarray<T>::from_shape({B, W}));
+            if (ctx.has_grad_output(1 + s))
+                std::copy_n(ctx.grad_output(1 + s).value().data(), B * W, grad_state[s].data());
+            else std::fill_n(grad_state[s].data(), B * W, T(0));
+            shared.grad_state.push_back(grad_state[s].data());
+            shared.need_h0 = shared.need_h0 || ctx.needs_input_grad(in.states + s);
+        }
+        shared.grad_output = ctx.has_grad_output(0) ? ctx.grad_output(0).value().data() : nullptr;
+        grad_gates_ = Buffer<T>(WB * d.gate_width());
+        if (d.separate()) grad_recurrent_ = Buffer<T>(WB * d.recurrent_width());
+        if (l.second > 0) grad_second_ = Buffer<T>(WB * d.second_width());
+        if (l.projection) grad_projected_ = Buffer<T>(WB * d.output);
+        shared.grad_gates = grad_gates_.data();
+        shared.grad_recurrent = d.separate() ? grad_recurrent_.data() : grad_gates_.data();
+        shared.grad_second = grad_second_.data();
+        shared.grad_projected = grad_projected_.data();
+        for (std::size_t u = 0; u < l.units; ++u) shared.units.push_back(ctx.input(in.units + u).value().data());
+        shared.weight_hh = optional_input(ctx, in.weight_hh);
+        shared.weight_second = optional_input(ctx, in.weight_second);
+        shared.weight_projection = optional_input(ctx, in.weight_projection);
+    }
+    BackwardBuffers(const BackwardBuffers&) = delete;
+    BackwardBuffers& operator=(const BackwardBuffers&) = delete;
+
+    static const T* optional_input(const BackwardContext<T>& ctx, int index) {
+        return index >= 0 ? ctx.input(index).value().data() : nullptr;
+    }
+
+    std::vector<xt::xarray<T>> grad_state;  // per state [B, width]
+    BackwardShared<T> shared;
+
+private:
+    Buffer<T> grad_gates_, grad_recurrent_, grad_second_, grad_projected_;
+};
+
+// The forward pass that reruns a segment into the window when recomputing (note: Recomputation).
+template <class T>
+std::unique_ptr<ForwardPass<T>> rerun_pass(Saved<T>& saved, const BackwardContext<T>& ctx,
+                                           const BackwardShared<T>& shared) {
+    if (!saved.recomputing()) return nullptr;
     const InputIndex& in = saved.index;
-    const std::size_t B = d.batch, H = d.hidden, P = d.output, GH = d.gate_width(), I = d.input, S = l.states;
-    const std::size_t WB = saved.segment * B, RH = d.recurrent_width(), R2H = d.second_width();
+    StepWeights<T> weights{ctx.input(in.weight_ih).value().data(),
+                           BackwardBuffers<T>::optional_input(ctx, in.bias_ih),
+                           shared.weight_hh,
+                           BackwardBuffers<T>::optional_input(ctx, in.bias_hh),
+                           shared.weight_second,
+                           shared.weight_projection,
+                           shared.units};
+    return std::make_unique<ForwardPass<T>>(saved, std::move(weights), ctx.input(in.x).value().data(), saved.groups);
+}
+
+// The per-unit vectors' gradients: the row groups' sums added.
+template <class T>
+xt::xarray<T> unit_gradient(const std::vector<std::unique_ptr<BackwardSteps<T>>>& groups, std::size_t u) {
+    xt::xarray<T> sum = groups[0]->grad_units()[u];
+    for (std::size_t g = 1; g < groups.size(); ++g) sum += groups[g]->grad_units()[u];
+    return sum;
+}
+
+// The segments from last to first: each rerun into the window unless it is there, its steps run
+// backward by the row groups, then its share of the products over all steps (dx, the weights).
+template <class T>
+Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
+    refuse_second_order(ctx);
+    const Dims& d = saved.dims;
+    const InputIndex& in = saved.index;
+    const std::size_t B = d.batch, GH = d.gate_width(), I = d.input, S = d.layout.states;
     const T* x = ctx.input(in.x).value().data();
     const T* w_ih = ctx.input(in.weight_ih).value().data();
+    if (saved.probe) start_probe_gradients(saved);
 
-    if (saved.probe) {
-        saved.probe->grad_states_before.clear();
-        for (std::size_t s = 0; s < S; ++s)
-            saved.probe->grad_states_before.push_back(xt::xarray<T>::from_shape({d.steps, B, d.width(s)}));
-        saved.probe->grad_gates = xt::xarray<T>::from_shape({d.steps, B, GH});
-    }
-    BackwardShared<T> shared;
-    shared.saved = &saved;
-    std::vector<xt::xarray<T>> grad_state(S);
-    for (std::size_t s = 0; s < S; ++s) {
-        const std::size_t W = d.width(s);
-        grad_state[s] = xt::xarray<T>::from_shape({B, W});
-        if (ctx.has_grad_output(1 + s)) std::copy_n(ctx.grad_output(1 + s).value().data(), B * W, grad_state[s].data());
-        else std::fill_n(grad_state[s].data(), B * W, T(0));
-        shared.grad_state.push_back(grad_state[s].data());
-    }
-    shared.grad_output = ctx.has_grad_output(0) ? ctx.grad_output(0).value().data() : nullptr;
-    for (std::size_t s = 0; s < S; ++s) shared.need_h0 = shared.need_h0 || ctx.needs_input_grad(in.states + s);
-
-    Buffer<T> grad_gates(WB * GH), grad_recurrent, grad_second, grad_projected;
-    if (d.separate()) grad_recurrent = Buffer<T>(WB * RH);
-    if (l.second > 0) grad_second = Buffer<T>(WB * R2H);
-    if (l.projection) grad_projected = Buffer<T>(WB * P);
-    T* dgx = grad_gates.data();
-    T* dgh = d.separate() ? grad_recurrent.data() : dgx;
-    shared.grad_gates = dgx;
-    shared.grad_recurrent = dgh;
-    shared.grad_second = grad_second.data();
-    shared.grad_projected = grad_projected.data();
-    for (std::size_t u = 0; u < l.units; ++u) shared.units.push_back(ctx.input(in.units + u).value().data());
-    shared.weight_hh = in.weight_hh >= 0 ? ctx.input(in.weight_hh).value().data() : nullptr;
-    shared.weight_second = in.weight_second >= 0 ? ctx.input(in.weight_second).value().data() : nullptr;
-    shared.weight_projection = in.weight_projection >= 0 ? ctx.input(in.weight_projection).value().data() : nullptr;
+    BackwardBuffers<T> buffers(saved, ctx);
+    const BackwardShared<T>& shared = buffers.shared;
     std::vector<std::unique_ptr<BackwardSteps<T>>> groups;
     for (const Rows& rows : saved.groups) groups.push_back(std::make_unique<BackwardSteps<T>>(shared, rows));
-
-    // Reruns a segment's forward into the window (note: Recomputation).
-    std::unique_ptr<ForwardPass<T>> rerun;
+    std::unique_ptr<ForwardPass<T>> rerun = rerun_pass(saved, ctx, shared);
     std::vector<Buffer<T>> rerun_after;
-    if (saved.recomputing()) {
-        StepWeights<T> weights{w_ih,
-                               in.bias_ih >= 0 ? ctx.input(in.bias_ih).value().data() : nullptr,
-                               shared.weight_hh,
-                               in.bias_hh >= 0 ? ctx.input(in.bias_hh).value().data() : nullptr,
-                               shared.weight_second,
-                               shared.weight_projection,
-                               shared.units};
-        rerun = std::make_unique<ForwardPass<T>>(saved, std::move(weights), x, saved.groups);
+    if (rerun)
         for (std::size_t s = 0; s < S; ++s) rerun_after.emplace_back(B * d.width(s));
-    }
 
-    // The weight gradients, summed over the segments' GEMMs (one segment without recomputation).
-    auto maybe = [&](int index, Shape shape) {
-        return index >= 0 && ctx.needs_input_grad(index) ? xt::xarray<T>::from_shape(shape) : xt::xarray<T>();
-    };
-    auto wanted = [](const xt::xarray<T>& gradient) { return gradient.dimension() > 0; };  // 0-D: not asked for
     const bool want_dx = ctx.needs_input_grad(in.x);
     xt::xarray<T> dx = want_dx ? xt::xarray<T>::from_shape({d.steps, B, I}) : xt::xarray<T>();
-    xt::xarray<T> dw_ih = maybe(in.weight_ih, {GH, I}), db_ih = maybe(in.bias_ih, {GH});
-    xt::xarray<T> dw_hh = maybe(in.weight_hh, {RH, P}), db_hh = maybe(in.bias_hh, {RH});
-    xt::xarray<T> dw_2 = maybe(in.weight_second, {R2H, H}), dw_proj = maybe(in.weight_projection, {P, H});
-    auto weight_gradient = [&](xt::xarray<T>& out, std::size_t m, std::size_t n) {
-        return wanted(out) ? std::make_unique<WeightGradient<T>>(out, m, n) : nullptr;
-    };
-    // Note: one product for both weights. Where the recurrent product adds into the gates, W_ih and
-    // W_hh see the same dL/dG, so [dW_ih | dW_hh] = dG^T [x | h] can be one GEMM over rows of width
-    // I + P, the rows of [x | h] copied per window. On the Zen 1 machine that pays where the joint
-    // weight is summed transposed (tall and small), over many rows (LSTM at B=32, H=256: 42.6
-    // against 39.3 GFLOP/s, the step 3.7% faster in paired runs) and loses otherwise (RNN tanh at
-    // B=32: 3.4% slower; LSTM at B=1, 100 rows: 41.6 against 42.8 GFLOP/s), so only there.
-    const std::size_t IP = I + P;
-    const bool joint = wanted(dw_ih) && wanted(dw_hh) && !d.separate() && RH == GH &&
-                       WeightGradient<T>::transposes(GH, IP) && WB >= 4 * IP;
-    xt::xarray<T> dw_joint = joint ? xt::xarray<T>::from_shape({GH, IP}) : xt::xarray<T>();
-    Buffer<T> joint_rows(joint ? WB * IP : 0);
-    auto weight_joint = weight_gradient(dw_joint, GH, IP);
-    auto weight_ih = joint ? nullptr : weight_gradient(dw_ih, GH, I);
-    auto weight_hh = joint ? nullptr : weight_gradient(dw_hh, RH, P);
-    auto weight_second = weight_gradient(dw_2, R2H, H), weight_projection = weight_gradient(dw_proj, P, H);
-    // b_hh adds to the same pre-activations as b_ih: same gradient, summed once.
-    const bool db_hh_is_db_ih = !d.separate() && RH == GH && wanted(db_ih);
-    Buffer<T> sums(std::max(GH, RH));
-
-    std::vector<const T*> after(S);
+    WeightGradients<T> weights(d, in, saved.segment * B, ctx);
+    std::vector<const T*> before(S), after(S);
+    std::vector<T*> scratch(S);
     for (std::size_t j = saved.segments(); j-- > 0;) {
         if (saved.window_segment != j) {
-            std::vector<const T*> before(S);
-            std::vector<T*> scratch(S);
             for (std::size_t s = 0; s < S; ++s) {
                 before[s] = saved.boundary(s, j);
                 scratch[s] = rerun_after[s].data();
@@ -224,60 +242,22 @@ Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
             rerun->run(j, before, scratch, nullptr);
         }
         for (std::size_t s = 0; s < S; ++s) after[s] = saved.boundary(s, j + 1);
-        const std::size_t k0 = saved.first_k(j), k1 = saved.end_k(j), t0 = saved.first_t(j), rows = (k1 - k0) * B;
+        const std::size_t t0 = saved.first_t(j), rows = (saved.end_k(j) - saved.first_k(j)) * B;
         for_each_group(groups.size(), [&](std::size_t g) { groups[g]->run(j, after); });
-        if (saved.probe) std::copy_n(dgx, rows * GH, saved.probe->grad_gates.data() + t0 * B * GH);
-
-        // This segment's share of the products over all steps; the first segment done sets them.
-        const T beta = j + 1 == saved.segments() ? T(0) : T(1);
-        const T* x_rows = x + t0 * B * I;
-        if (want_dx) blas::gemm(false, false, rows, I, GH, T(1), dgx, GH, w_ih, I, T(0), dx.data() + t0 * B * I, I);
-        if (joint) {
-            T* joined = joint_rows.data();
-            const T* h_rows = saved.states[0].data();
-            for (std::size_t r = 0; r < rows; ++r) {
-                std::copy_n(x_rows + r * I, I, joined + r * IP);
-                std::copy_n(h_rows + r * P, P, joined + r * IP + I);
-            }
-            weight_joint->add(dgx, GH, joined, IP, rows, beta);
-        }
-        if (weight_ih) weight_ih->add(dgx, GH, x_rows, I, rows, beta);
-        if (wanted(db_ih)) column_sums(dgx, rows, GH, GH, beta != T(0), db_ih.data(), sums.data());
-        if (weight_hh) weight_hh->add(dgh, d.recurrent_stride(), saved.states[0].data(), P, rows, beta);
-        if (wanted(db_hh) && !db_hh_is_db_ih)
-            column_sums(dgh, rows, RH, d.recurrent_stride(), beta != T(0), db_hh.data(), sums.data());
-        if (wanted(dw_2)) weight_second->add(grad_second.data(), R2H, saved.gated.data(), H, rows, beta);
-        if (wanted(dw_proj)) weight_projection->add(grad_projected.data(), P, saved.unprojected.data(), H, rows, beta);
+        if (saved.probe) std::copy_n(shared.grad_gates, rows * GH, saved.probe->grad_gates.data() + t0 * B * GH);
+        if (want_dx)
+            blas::gemm(false, false, rows, I, GH, T(1), shared.grad_gates, GH, w_ih, I, T(0), dx.data() + t0 * B * I, I);
+        weights.add(shared, x + t0 * B * I, rows, j + 1 == saved.segments());
     }
-    for (auto* weight : {weight_joint.get(), weight_ih.get(), weight_hh.get(), weight_second.get(), weight_projection.get()})
-        if (weight) weight->finish();
-    if (joint)
-        for (std::size_t g = 0; g < GH; ++g) {
-            const T* row = dw_joint.data() + g * IP;
-            std::copy_n(row, I, dw_ih.data() + g * I);
-            std::copy_n(row + I, P, dw_hh.data() + g * P);
-        }
-    if (db_hh_is_db_ih && wanted(db_hh)) db_hh = db_ih;
+    weights.finish();
 
     Gradients<T> gradients(ctx.num_inputs());
-    auto give = [&](int index, xt::xarray<T>& value) {
-        if (index >= 0 && wanted(value)) gradients[index] = Tensor<T>(std::move(value));
-    };
-    give(in.x, dx);
-    give(in.weight_ih, dw_ih);
-    give(in.bias_ih, db_ih);
-    give(in.weight_hh, dw_hh);
-    give(in.bias_hh, db_hh);
-    give(in.weight_second, dw_2);
-    give(in.weight_projection, dw_proj);
-    for (std::size_t u = 0; u < l.units; ++u)
-        if (ctx.needs_input_grad(in.units + u)) {
-            xt::xarray<T> sum = groups[0]->grad_units()[u];
-            for (std::size_t g = 1; g < groups.size(); ++g) sum += groups[g]->grad_units()[u];
-            gradients[in.units + u] = Tensor<T>(std::move(sum));
-        }
+    if (want_dx) gradients[in.x] = Tensor<T>(std::move(dx));
+    weights.give(gradients);
+    for (std::size_t u = 0; u < d.layout.units; ++u)
+        if (ctx.needs_input_grad(in.units + u)) gradients[in.units + u] = Tensor<T>(unit_gradient(groups, u));
     for (std::size_t s = 0; s < S; ++s)
-        if (ctx.needs_input_grad(in.states + s)) gradients[in.states + s] = Tensor<T>(std::move(grad_state[s]));
+        if (ctx.needs_input_grad(in.states + s)) gradients[in.states + s] = Tensor<T>(std::move(buffers.grad_state[s]));
     return gradients;
 }
 
@@ -341,7 +321,8 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     for (const auto& u : w.units) add_input(u);
     index.states = int(inputs.size());
     for (const auto& s : initial_state) add_input(s);
-    // The rules live in the cell; `owner` (the cell, when the layer runs it) keeps them alive.
+    // `owner` keeps the rules alive with the graph: the cell when a layer runs it, the rules'
+    // shared owner when run_sequence does.
     auto outputs = record_op<T>(op + (reverse ? "_reverse" : ""), std::move(inputs), std::move(values),
                                 [saved](const BackwardContext<T>& ctx) -> Gradients<T> { return backward(*saved, ctx); });
     SequenceResult<T> result;
@@ -351,10 +332,14 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
 }
 
 template <class T>
-SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
-                               const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
-                               std::size_t recompute_segment) {
-    return detail::run_sequence_probed<T>(rules, input, initial_state, lengths, reverse, name, nullptr, nullptr,
+SequenceResult<T> run_sequence(std::shared_ptr<const CellRules<T>> rules, const Tensor<T>& input,
+                               const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths,
+                               bool reverse, const std::string& name, std::size_t recompute_segment) {
+    if (!rules)
+        throw std::invalid_argument(fmt::format("fused_{}: run_sequence was given no rules (a null pointer)",
+                                                name.empty() ? std::string("cell") : name));
+    const CellRules<T>& held = *rules;
+    return detail::run_sequence_probed<T>(held, input, initial_state, lengths, reverse, name, nullptr, std::move(rules),
                                           recompute_segment);
 }
 
@@ -376,9 +361,10 @@ template SequenceResult<double> detail::run_sequence_probed(const CellRules<doub
                                                             const std::vector<std::int64_t>&, bool, const std::string&,
                                                             std::shared_ptr<detail::SequenceProbe<double>>,
                                                             std::shared_ptr<const void>, std::size_t);
-template SequenceResult<float> run_sequence(const CellRules<float>&, const Tensor<float>&, const std::vector<Tensor<float>>&,
-                                            const std::vector<std::int64_t>&, bool, const std::string&, std::size_t);
-template SequenceResult<double> run_sequence(const CellRules<double>&, const Tensor<double>&,
+template SequenceResult<float> run_sequence(std::shared_ptr<const CellRules<float>>, const Tensor<float>&,
+                                            const std::vector<Tensor<float>>&, const std::vector<std::int64_t>&, bool,
+                                            const std::string&, std::size_t);
+template SequenceResult<double> run_sequence(std::shared_ptr<const CellRules<double>>, const Tensor<double>&,
                                              const std::vector<Tensor<double>>&, const std::vector<std::int64_t>&, bool,
                                              const std::string&, std::size_t);
 

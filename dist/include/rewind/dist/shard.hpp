@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "rewind/dist/communicator.hpp"
@@ -29,7 +31,9 @@ inline Shard shard_of(std::size_t global, const Communicator& comm) { return sha
 // afresh every epoch from (seed, epoch) alone (Fisher-Yates on a 64-bit Mersenne Twister), or
 // in file order without shuffle. Stateless: a run resumed at (epoch, batch), with any number of
 // ranks, reads exactly what an uninterrupted run reads. The last batch of an epoch holds the
-// remainder (fewer examples) unless drop_last.
+// remainder (fewer examples) unless drop_last. An epoch's order is drawn once, when its first
+// batch is read, and kept until another epoch is read (copies share it); the methods are const
+// and safe to call from several threads.
 class DistributedSampler {
 public:
     DistributedSampler(std::size_t examples, std::size_t global_batch, std::uint64_t seed, int rank, int ranks,
@@ -45,12 +49,23 @@ public:
     std::vector<std::size_t> local_batch(std::size_t epoch, std::size_t batch) const;
     // The epoch's order of all examples.
     std::vector<std::size_t> order(std::size_t epoch) const;
+    // How many epoch orders global_batch and local_batch have drawn so far (by this sampler and
+    // its copies): one per epoch read batch after batch.
+    std::size_t orders_drawn() const;
 
 private:
+    struct OrderCache {
+        std::mutex mutex;
+        std::size_t epoch = 0, drawn = 0;
+        std::shared_ptr<const std::vector<std::size_t>> order;  // of `epoch`; null before the first
+    };
+    std::shared_ptr<const std::vector<std::size_t>> cached_order(std::size_t epoch) const;
+
     std::size_t examples_, global_batch_;
     std::uint64_t seed_;
     int rank_, ranks_;
     bool shuffle_, drop_last_;
+    std::shared_ptr<OrderCache> cache_ = std::make_shared<OrderCache>();
 };
 
 }  // namespace rw::dist

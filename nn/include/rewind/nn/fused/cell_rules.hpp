@@ -55,6 +55,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <typeinfo>
 #include <vector>
@@ -170,8 +171,13 @@ public:
 // step and one window of k steps, and its backward reruns each segment's forward (about one more
 // forward pass); the gradients equal the full-memory run's up to the summation order of the
 // weight gradients over segments. 0 (or k >= T): every step is kept.
+// The op shares ownership of `rules` with the graph: they live until its backward has run and the
+// graph is dropped. Rules held in a cell are passed with the cell as their owner through the
+// aliasing constructor, std::shared_ptr<const CellRules<T>>(cell, &cell->rules), which keeps the
+// whole cell alive. Null rules: std::invalid_argument.
 template <class T>
-SequenceResult<T> run_sequence(const CellRules<T>& rules, const Tensor<T>& input, const std::vector<Tensor<T>>& initial_state,
+SequenceResult<T> run_sequence(std::shared_ptr<const CellRules<T>> rules, const Tensor<T>& input,
+                               const std::vector<Tensor<T>>& initial_state,
                                const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
                                std::size_t recompute_segment = 0);
 
