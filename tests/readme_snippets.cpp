@@ -84,13 +84,15 @@ BOOST_AUTO_TEST_CASE(the_lstm_snippet_runs_on_real_data) {
     Tensor<double> x(nn::init::uniform<double>({12, 4, 8}, -1.0, 1.0, data), true);   // [T, B, I]
     std::vector<std::int64_t> lengths{12, 7, 9, 3};                                    // packed-sequence semantics
     auto result = lstm->forward(x, /*initial_state=*/{}, lengths);
-    result.output;   // [T, B, 2*16]: zeros past each sequence's end
-    result.h_n();    // [L*D, B, H]: each sequence's state at its own last step
-    result.c_n();
-    lstm->state_of(result.h_n(), 1, 1);   // [B, H]: layer 1, reverse direction (index 2*1 + 1)
-    sum(result.output).backward();    // BPTT: gradients in lstm->parameter("weight_hh_l1_reverse").grad()
+    const Tensor<double>& output = result.output;   // [T, B, 2*16]: zeros past each sequence's end
+    const Tensor<double> h_n = result.h_n();         // [L*D, B, H]: each sequence's state at its own last step
+    const Tensor<double> c_n = result.c_n();
+    const Tensor<double> h_last = lstm->state_of(h_n, 1, 1);   // [B, H]: layer 1, reverse direction (index 2*1 + 1)
+    sum(output).backward();    // BPTT: gradients in lstm->parameter("weight_hh_l1_reverse").grad()
     // end of snippet
-    BOOST_TEST(result.output.shape() == (Shape{12, 4, 32}));
+    BOOST_TEST(output.shape() == (Shape{12, 4, 32}));
+    BOOST_TEST(c_n.shape() == h_n.shape());
+    BOOST_TEST(h_last.shape() == (Shape{4, 16}));
     BOOST_TEST(std::isfinite(double(xt::sum(xt::abs(lstm->parameter("weight_hh_l1_reverse").grad().value()))())));
     BOOST_TEST(xt::all(xt::isfinite(x.value())));
 }

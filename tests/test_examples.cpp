@@ -102,7 +102,7 @@ BOOST_AUTO_TEST_CASE(fused_mgu_checks_its_rules_trains_fused_and_is_timed) {
 }
 
 // The layer-normalised LSTM with fused rules that normalise over their row: its rules agree with
-// the tape step by step, the fused layer gradchecks, 300 fused training steps end at MSE_RANGE
+// the tape step by step, the fused layer gradchecks, 300 fused training steps end at 0.0018-0.0043
 // over seeds 1-4 (predicting the mean: 0.167), and the small timings ran fused.
 BOOST_AUTO_TEST_CASE(ln_lstm_checks_its_rules_trains_fused_and_is_timed) {
     const json summary = run_example("ln_lstm");
@@ -110,7 +110,7 @@ BOOST_AUTO_TEST_CASE(ln_lstm_checks_its_rules_trains_fused_and_is_timed) {
     BOOST_TEST(summary.at("gradcheck_passed").get<bool>());
     BOOST_TEST(summary.at("gradcheck_fused").get<bool>());
     BOOST_TEST(summary.at("trained_fused").get<bool>());
-    BOOST_TEST(summary.at("mse").get<double>() < MSE_BOUND);
+    BOOST_TEST(summary.at("mse").get<double>() < 0.02);
     BOOST_TEST(summary.at("bench").at("wide").at("fused_ran").get<bool>());
     BOOST_TEST(summary.at("bench").at("single").at("fused_ran").get<bool>());
     BOOST_TEST(summary.at("bench").at("single").at("generic_over_fused").get<double>() > 0);
