@@ -145,37 +145,35 @@ public:
             dn_dot.add(dn * n);
         });
         const T dn_mean = dn_sum.total() / T(H), dn_dot_mean = dn_dot.total() / T(H);
+        // dL/da, a = LN_i(W_ih x) + LN_h(W_hh h), block by block into grad_gates, and in the same
+        // pass the gains' and biases' gradients and the sums both norms' backward needs.
+        RowSum<T> in_sum, in_dot, rec_sum, rec_dot;
         lanes<T>(H, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
             const V n = load_lane<V>(row.saved[8] + j);
             const V d = V(cell_rstd) * (load_lane<V>(dc + j) - V(dn_mean) - n * V(dn_dot_mean));  // dL/d(c before LN)
             const V i = load_lane<V>(row.saved[4] + j), f = load_lane<V>(row.saved[5] + j), g = load_lane<V>(row.saved[6] + j);
-            store_lane(row.grad_gate(0) + j, d * g * i * (V(1) - i));
-            store_lane(row.grad_gate(1) + j, d * load_lane<V>(row.state[1] + j) * f * (V(1) - f));
-            store_lane(row.grad_gate(2) + j, d * i * (V(1) - g * g));
+            const V da[4] = {d * g * i * (V(1) - i), d * load_lane<V>(row.state[1] + j) * f * (V(1) - f),
+                             d * i * (V(1) - g * g), load_lane<V>(row.grad_gate(3) + j)};
             store_lane(dc + j, d * f);
             store_lane(dh + j, V(0));  // h reaches h' only through W_hh h, whose gradient the driver adds
-        });
-        // grad_gates holds dL/da, a = LN_i(W_ih x) + LN_h(W_hh h): through both norms.
-        RowSum<T> in_sum, in_dot, rec_sum, rec_dot;
-        for (std::size_t k = 0; k < 4; ++k)
-            lanes<T>(H, [&](std::size_t j, auto tag) {
-                using V = decltype(tag);
-                const V da = load_lane<V>(row.grad_gate(k) + j);
+            for (std::size_t k = 0; k < 4; ++k) {
                 const V ni = load_lane<V>(row.gate(k) + j), nr = load_lane<V>(row.saved[k] + j);
-                const V dni = da * load_lane<V>(row.units[gain_i + k] + j), dnr = da * load_lane<V>(row.units[gain_h + k] + j);
+                const V dni = da[k] * load_lane<V>(row.units[gain_i + k] + j), dnr = da[k] * load_lane<V>(row.units[gain_h + k] + j);
                 auto accumulate = [&](std::size_t u, const V& term) {
                     store_lane(row.grad_units[u] + j, load_lane<V>(row.grad_units[u] + j) + term);
                 };
-                accumulate(gain_i + k, da * ni);
-                accumulate(bias_i + k, da);
-                accumulate(gain_h + k, da * nr);
-                accumulate(bias_h + k, da);
+                accumulate(gain_i + k, da[k] * ni);
+                accumulate(bias_i + k, da[k]);
+                accumulate(gain_h + k, da[k] * nr);
+                accumulate(bias_h + k, da[k]);
+                store_lane(row.grad_gate(k) + j, da[k]);
                 in_sum.add(dni);
                 in_dot.add(dni * ni);
                 rec_sum.add(dnr);
                 rec_dot.add(dnr * nr);
-            });
+            }
+        });
         const T N = T(4 * H);
         const T in_mean = in_sum.total() / N, in_dot_mean = in_dot.total() / N;
         const T rec_mean = rec_sum.total() / N, rec_dot_mean = rec_dot.total() / N;
