@@ -124,6 +124,9 @@ plot '{data.name}' using 2:xtic(1) title 'rewind fused', '' using 3 title 'rewin
     os.unlink(data.name)
 
 
+KEEP = "<!-- Below: written by hand; bench/compare.py --markdown keeps it. -->"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rewind", default=os.path.join(ROOT, "build", "bin", "rewind"))
@@ -156,8 +159,15 @@ def main():
     text = table(rows, args)
     sys.stdout.write(text)
     if args.markdown:
+        # What follows KEEP in an existing file is written by hand and kept.
+        kept = ""
+        if os.path.exists(args.markdown):
+            with open(args.markdown) as old:
+                previous = old.read()
+            if KEEP in previous:
+                kept = "\n" + previous[previous.index(KEEP):]
         with open(args.markdown, "w") as out:
-            out.write(text)
+            out.write(text + kept)
     if args.plot:
         plot(rows, args.plot)
 

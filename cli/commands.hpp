@@ -34,6 +34,7 @@ Command add_gradcheck_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_flow_command(CLI::App& app);
 Command add_check_fused_command(CLI::App& app);
+Command add_cells_command(CLI::App& app);
 
 // Upper bounds of the size options: far beyond what a layer on one machine uses, and small enough
 // that no product of two of them overflows; products of more are checked where tensors are made.

@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
                                                  rw::cli::add_gradcheck_command(app),
                                                  rw::cli::add_bench_command(app),
                                                  rw::cli::add_flow_command(app),
-                                                 rw::cli::add_check_fused_command(app)};
+                                                 rw::cli::add_check_fused_command(app),
+                                                 rw::cli::add_cells_command(app)};
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help and --version

@@ -10,7 +10,10 @@
 # CXX_FLAGS and CXX_FLAGS_BUILD_TYPE are the build's own CMAKE_CXX_FLAGS and
 # CMAKE_CXX_FLAGS_<BUILD_TYPE>, so a sanitizer build's consumer is compiled and linked with the same
 # -fsanitize flags and optimisation (a sanitized library needs its runtime in the program), and is
-# then checked to carry the sanitizer runtimes itself. EXAMPLES=OFF (REWIND_BUILD_EXAMPLES=OFF, as
+# then checked to carry the sanitizer runtimes itself. Otherwise the consumer is configured with no
+# build type, as the README's consumer line is: the package config must then warn and optimise
+# (Note [Consumer build type]), and the consumer requires its fused MGU not slower than generic.
+# EXAMPLES=OFF (REWIND_BUILD_EXAMPLES=OFF, as
 # in scripts/check-sanitizers) is a build that ships no examples: only the consumer is built then.
 
 foreach(variable REWIND_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR)
@@ -45,24 +48,34 @@ endif()
 
 # Configures and builds `source` in `build` against the prefix alone, and checks that it found
 # the installed package, not the build tree.
-function(build_against_prefix name source build)
+# `build_type` may be empty: a consumer configured without CMAKE_BUILD_TYPE.
+function(build_against_prefix name source build build_type)
   set(configure_args -S ${source} -B ${build}
-    -DCMAKE_BUILD_TYPE=${BUILD_TYPE}
+    -DCMAKE_BUILD_TYPE=${build_type}
     -DCMAKE_PREFIX_PATH=${prefix}
     # Only the fresh prefix may provide rewind: not a user or system package registry.
     -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF
-    -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF)
+    -DCMAKE_FIND_USE_SYSTEM_PACKAGE_REGISTRY=OFF
+    ${ARGN})
   if(CXX_COMPILER)
     list(APPEND configure_args -DCMAKE_CXX_COMPILER=${CXX_COMPILER})
   endif()
   if(CXX_FLAGS)
     list(APPEND configure_args "-DCMAKE_CXX_FLAGS=${CXX_FLAGS}")
   endif()
-  if(CXX_FLAGS_BUILD_TYPE)
-    string(TOUPPER "${BUILD_TYPE}" build_type_upper)
+  if(CXX_FLAGS_BUILD_TYPE AND build_type)
+    string(TOUPPER "${build_type}" build_type_upper)
     list(APPEND configure_args "-DCMAKE_CXX_FLAGS_${build_type_upper}=${CXX_FLAGS_BUILD_TYPE}")
   endif()
-  run("configure ${name}" ${CMAKE_COMMAND} ${configure_args})
+  message(STATUS "install_consumer: configure ${name}: ${CMAKE_COMMAND} ${configure_args}")
+  execute_process(COMMAND ${CMAKE_COMMAND} ${configure_args} RESULT_VARIABLE result OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  message("${out}${err}")
+  if(NOT result EQUAL 0)
+    message(FATAL_ERROR "install_consumer: configure ${name} failed (${result})")
+  endif()
+  if(NOT build_type AND NOT "${err}" MATCHES "rewind: CMAKE_BUILD_TYPE is not set")
+    message(FATAL_ERROR "install_consumer: ${name} was configured without a build type and rewind's package did not warn")
+  endif()
   file(STRINGS ${build}/CMakeCache.txt rewind_dir REGEX "^rewind_DIR:")
   string(REGEX REPLACE "^rewind_DIR:[A-Z]+=" "" rewind_dir "${rewind_dir}")
   file(REAL_PATH "${rewind_dir}" rewind_dir)
@@ -75,7 +88,17 @@ function(build_against_prefix name source build)
   set(rewind_dir ${rewind_dir} PARENT_SCOPE)
 endfunction()
 
-build_against_prefix(consumer ${CONSUMER_SOURCE_DIR} ${consumer_build})
+# The example helpers are on the package's include path (<rewind/examples/...>), examples or not.
+foreach(helper adding_task.hpp common.hpp mgu_cell.hpp)
+  if(NOT EXISTS ${prefix}/include/rewind/examples/${helper})
+    message(FATAL_ERROR "install_consumer: ${prefix}/include/rewind/examples/${helper} is not installed")
+  endif()
+endforeach()
+if(CXX_FLAGS MATCHES "-fsanitize")
+  build_against_prefix(consumer ${CONSUMER_SOURCE_DIR} ${consumer_build} "${BUILD_TYPE}" -DCONSUMER_TIME_PATHS=OFF)
+else()
+  build_against_prefix(consumer ${CONSUMER_SOURCE_DIR} ${consumer_build} "")
+endif()
 # A sanitized library's consumer must link the sanitizer runtimes itself (GCC: libasan, libubsan
 # as its own DT_NEEDED entries), not only reach them through librewind.
 foreach(sanitizer address:libasan undefined:libubsan thread:libtsan)
@@ -102,7 +125,7 @@ endif()
 if(NOT EXISTS ${prefix}/share/rewind/examples/CMakeLists.txt)
   message(FATAL_ERROR "install_consumer: no examples under ${prefix}/share/rewind/examples")
 endif()
-build_against_prefix(examples ${prefix}/share/rewind/examples ${WORK_DIR}/examples-build)
+build_against_prefix(examples ${prefix}/share/rewind/examples ${WORK_DIR}/examples-build "${BUILD_TYPE}")
 # The shipped examples run: the demo's gradient check passes.
 run("run rewind-demo" ${WORK_DIR}/examples-build/rewind-demo)
 message(STATUS "install_consumer: passed (rewind from ${rewind_dir}; consumer and examples built)")

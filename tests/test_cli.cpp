@@ -338,6 +338,29 @@ BOOST_AUTO_TEST_CASE(check_fused_passes_every_built_in_cell_per_step) {
     BOOST_TEST(unknown.exit_code == 2, unknown.err);
 }
 
+BOOST_AUTO_TEST_CASE(cells_lists_the_table_of_cells_that_help_refers_to) {
+    TempDir dir;
+    const Run help = run_cli(dir, {"bench", "--help"});
+    BOOST_TEST(help.out.find("rewind cells") != std::string::npos, help.out);
+    const Run run = run_cli(dir, {"cells", "--json"});
+    BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
+    const json cells = json::parse(run.out);
+    std::vector<std::string> names;
+    for (const auto& cell : cells) names.push_back(cell.at("name"));
+    BOOST_TEST((names == std::vector<std::string>{"rnn_tanh", "rnn_relu", "lstm", "gru"}));
+    const json& lstm = cells.at(2);
+    BOOST_TEST(lstm.at("gates").get<int>() == 4);
+    BOOST_TEST((lstm.at("gate_names").get<std::vector<std::string>>() ==
+                std::vector<std::string>{"input", "forget", "cell", "output"}));
+    BOOST_TEST((lstm.at("states").get<std::vector<std::string>>() == std::vector<std::string>{"h", "c"}));
+    BOOST_TEST((lstm.at("options").get<std::vector<std::string>>() == std::vector<std::string>{"--no-bias", "--proj-size"}));
+    BOOST_TEST(lstm.at("fused").get<bool>());
+    BOOST_TEST((cells.at(3).at("options").get<std::vector<std::string>>() == std::vector<std::string>{"--no-bias"}));
+    const Run text = run_cli(dir, {"cells"});
+    BOOST_TEST_REQUIRE(text.exit_code == 0, text.err);
+    BOOST_TEST(text.out.find("gru       3 (reset, update, new)") != std::string::npos, text.out);
+}
+
 BOOST_AUTO_TEST_CASE(gradcheck_rejects_bad_lengths) {
     TempDir dir;
     const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "2", "--hidden-size", "2", "--seq-len", "3",

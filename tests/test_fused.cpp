@@ -127,7 +127,7 @@ BOOST_AUTO_TEST_CASE(lstm_weight_gradients_summed_as_one_product_match_generic) 
 
 // Pre-activations far past where sigmoid and tanh saturate (weights scaled by 1e30; a fuzzed state
 // dict found such) and NaN in the input: the fused rules give the generic path's values exactly,
-// NaN where it has NaN (note "saturated arguments" in lanes.hpp).
+// NaN where it has NaN (Note [Saturated arguments] in lanes.hpp).
 template <class T>
 void check_saturated_and_nan_inputs() {
     for (const std::string cell : {"lstm", "gru", "rnn_tanh"}) {

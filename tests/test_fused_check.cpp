@@ -7,6 +7,9 @@
 #include <algorithm>
 
 #include <rewind/nn.hpp>
+#include <rewind/nn/analysis/path_bench.hpp>
+
+#include "mgu_cell.hpp"
 
 using namespace rw;
 using namespace rw::nn;
@@ -137,6 +140,31 @@ BOOST_AUTO_TEST_CASE(a_cell_without_rules_is_refused) {
     };
     const Plain cell(2, 3, Nonlinearity::tanh, g);
     BOOST_CHECK_THROW(check_fused_cell(cell), std::invalid_argument);
+}
+
+BOOST_AUTO_TEST_CASE(a_users_cell_is_checked_from_its_factory_in_one_call) {
+    const FusedCheckReport check = check_fused_cell(examples::mgu_factory<double>(), 3, 4, {.steps = 4, .batch = 2});
+    BOOST_TEST(check.passed, check.to_string());
+    BOOST_TEST(check.directions.size() == 2u);
+    BOOST_CHECK_THROW(check_fused_cell(CellFactory<double>(), 3, 4), std::invalid_argument);
+    const CellFactory<double> makes_nothing = [](std::size_t, std::size_t, Generator&) {
+        return std::shared_ptr<RecurrentCell<double>>();
+    };
+    BOOST_CHECK_THROW(check_fused_cell(makes_nothing, 3, 4), std::invalid_argument);
+}
+
+BOOST_AUTO_TEST_CASE(a_users_cell_is_timed_on_both_paths_from_its_factory_in_one_call) {
+    const PathBenchResult bench = bench_cell_paths<float>(examples::mgu_factory<float>(),
+                                                          {.steps = 3, .batch = 2, .input = 3, .hidden = 4},
+                                                          {.repeats = 2, .warmup = 0});
+    BOOST_TEST(bench.fused_ran, bench.path_note);
+    BOOST_TEST(bench.fused_ms.size() == 2u);
+    BOOST_TEST(bench.generic_ms.size() == 2u);
+    // The MGU's layout: 2 gate blocks from x (I = 3), the forget product and the second product (H = 4).
+    BOOST_TEST(bench.flops == 3.0 * 3 * 2 * 2 * (2 * 4 * 3 + 4 * 4 + 4 * 4));
+    const std::string line = bench.to_string();
+    BOOST_TEST(line.find("generic/fused") != std::string::npos, line);
+    BOOST_TEST(line.find("fused path ran") != std::string::npos, line);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -15,7 +15,7 @@ using namespace rw;
 using namespace rw::nn;
 using namespace rw::fused_harness;
 
-// Note: Threads (sequence.cpp): with two threads the driver splits the batch into row groups.
+// Note [Threads] (nn/src/fused/window.hpp): with two threads the driver splits the batch into row groups.
 BOOST_AUTO_TEST_SUITE(row_groups_on_threads)
 
 namespace {

@@ -97,15 +97,12 @@ struct PackedImpl<float> : PlainPackedGemm<float> {
 #else
 namespace {
 
-// Note: Repeated products. Which way of computing c = a op(B) many times with the same B is
+// Note [Repeated products]: which way of computing c = a op(B) many times with the same B is
 // fastest depends on the machine and the shape. Where oneDNN has a blocked (brgemm) matmul for the
-// CPU, packing B once skips sgemm's packing of it on every call (an AVX-512 machine: 89 instead
-// of 110 us for 32x256 by 256x1024). Where its matmul is itself an sgemm ("gemm:jit", as on AVX2
-// machines), the "packed" weights are only B transposed, which helps at one row (a Zen 1 machine:
-// 4.9 instead of 6.2 us for 1x128 by 128x512) and loses at 32 (520 instead of 415 us for 32x256
-// by 256x1024), while the transposed product c^T = op(B)^T a^T, added into c in tiles, runs at
-// 42.7 instead of 40.4 GFLOP/s there for a [32, 256] a against a [1024, 256] B (42.5 instead of
-// 38.2 at 16 rows).
+// CPU, packing B once skips sgemm's packing of it on every call. Where its matmul is itself an
+// sgemm ("gemm:jit", as on AVX2 machines), the "packed" weights are only B transposed, which helps
+// at one row and loses at 32, while the transposed product c^T = op(B)^T a^T, added into c in
+// tiles, is faster there at 16 and 32 rows (the measurements are in docs/bench.md).
 // So the first PackedGemm of each shape on a thread times the three on scratch rows, alternately,
 // and keeps the fastest for that shape: a choice of speed only (the same product, rounded in
 // another order).

@@ -1,11 +1,14 @@
 // Differentiates f(x, w) = sum(tanh(w * x) * x) with an installed rewind and checks the
-// gradient against the closed form. Exits non-zero when anything is off.
+// gradient against the closed form; then a user's fused cell (paths.cpp). Exits non-zero when
+// anything is off.
 
 #include <cmath>
 #include <cstdio>
 
 #include <rewind/autograd.hpp>
 #include <rewind/dist/shard.hpp>
+
+int check_user_cell();  // paths.cpp
 
 int main() {
     using Array = xt::xarray<double>;
@@ -37,6 +40,7 @@ int main() {
         std::fprintf(stderr, "consumer: wrong shard [%zu, %zu)\n", part.begin, part.end);
         ++failures;
     }
+    failures += check_user_cell();
     std::printf("consumer: f = %.6f, df/dx = [%.6f, %.6f, %.6f], %s\n", f.item(), x.grad().value()(0),
                 x.grad().value()(1), x.grad().value()(2), failures ? "WRONG" : "ok");
     return failures ? 1 : 0;

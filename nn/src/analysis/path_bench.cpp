@@ -3,8 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <memory>
 
+#include <fmt/format.h>
+
+#include <rewind/autograd/checked_size.hpp>
 #include <rewind/autograd/ops.hpp>
+#include <rewind/autograd/random.hpp>
 
 #include "rewind/nn/fused/cell_rules.hpp"
 
@@ -95,8 +100,34 @@ PathBenchResult bench_paths(Recurrent<T>& layer, const Tensor<T>& input, const P
     return result;
 }
 
+std::string PathBenchResult::to_string() const {
+    std::string line = fmt::format("fused {:.3f} ms", fused_median_ms);
+    if (!std::isnan(generic_median_ms))
+        line += fmt::format(", generic {:.3f} ms, generic/fused {:.2f}x", generic_median_ms, generic_over_fused);
+    line += fmt::format(" (medians of {} paired rounds)", fused_ms.size());
+    if (flops > 0) line += fmt::format(", fused {:.1f} GFLOP/s", fused_gflops);
+    line += fused_ran ? ", fused path ran" : ", the fused rounds ran generic: " + path_note;
+    return line;
+}
+
+template <class T>
+PathBenchResult bench_cell_paths(const CellFactory<T>& factory, const CellBenchSizes& sizes,
+                                 const PathBenchOptions& options) {
+    auto layer = std::make_shared<Recurrent<T>>(factory, RecurrentOptions{.input_size = sizes.input,
+                                                 .hidden_size = sizes.hidden,
+                                                 .num_layers = sizes.layers,
+                                                 .bidirectional = sizes.bidirectional,
+                                                 .seed = sizes.seed});
+    Generator generator(sizes.seed ^ 0x9e3779b97f4a7c15ULL);  // a stream apart from the initialisation
+    xt::xarray<T> x = checked_array<T>("bench_cell_paths input", {sizes.steps, sizes.batch, sizes.input});
+    for (T& v : x) v = T(generator.normal());
+    return bench_paths(*layer, Tensor<T>(std::move(x), true), options);
+}
+
 template PathBenchResult bench_paths(Recurrent<float>&, const Tensor<float>&, const PathBenchOptions&);
 template PathBenchResult bench_paths(Recurrent<double>&, const Tensor<double>&, const PathBenchOptions&);
+template PathBenchResult bench_cell_paths(const CellFactory<float>&, const CellBenchSizes&, const PathBenchOptions&);
+template PathBenchResult bench_cell_paths(const CellFactory<double>&, const CellBenchSizes&, const PathBenchOptions&);
 template double training_flops(const Recurrent<float>&, std::size_t, std::size_t);
 template double training_flops(const Recurrent<double>&, std::size_t, std::size_t);
 

@@ -268,6 +268,15 @@ FusedCheckReport check_fused_cell(const RecurrentCell<double>& cell, const Fused
     return report;
 }
 
+FusedCheckReport check_fused_cell(const CellFactory<double>& factory, std::size_t input_size, std::size_t hidden_size,
+                                  const FusedCheckOptions& options) {
+    if (!factory) throw std::invalid_argument("check_fused_cell: the cell factory is empty");
+    Generator generator(options.seed);
+    const std::shared_ptr<RecurrentCell<double>> cell = factory(input_size, hidden_size, generator);
+    if (!cell) throw std::invalid_argument("check_fused_cell: the cell factory made no cell (a null pointer)");
+    return check_fused_cell(*cell, options);
+}
+
 std::string FusedCheckReport::to_string(bool per_step) const {
     std::string out;
     if (passed) out += fmt::format("fused rules agree with the tape (tolerance {:.0e} relative)\n", tolerance);

@@ -1,7 +1,7 @@
 #pragma once
 // Private to the fused driver (sequence.cpp): the forward step loop of one window for one row
 // group, and one window of the whole batch (the input projections as one GEMM, then every group's
-// step loop). Backward reruns segments with the same classes (note: Recomputation, window.hpp).
+// step loop). Backward reruns segments with the same classes (Note [Recomputation], window.hpp).
 
 #include <memory>
 #include <vector>

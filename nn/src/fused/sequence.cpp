@@ -183,7 +183,7 @@ private:
     Buffer<T> grad_gates_, grad_recurrent_, grad_second_, grad_projected_;
 };
 
-// The forward pass that reruns a segment into the window when recomputing (note: Recomputation).
+// The forward pass that reruns a segment into the window when recomputing (Note [Recomputation], window.hpp).
 template <class T>
 std::unique_ptr<ForwardPass<T>> rerun_pass(Saved<T>& saved, const BackwardContext<T>& ctx,
                                            const BackwardShared<T>& shared) {
@@ -281,7 +281,7 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     const Dims& d = saved->dims;
     // The probe reads every step's buffers after the forward: it runs without recomputation.
     saved->segment = segment == 0 || segment > d.steps || saved->probe ? d.steps : segment;
-    // The probe's step records are written by one thread (note: Threads).
+    // The probe's step records are written by one thread (Note [Threads], window.hpp).
     saved->groups = split_rows(d.batch, saved->probe ? 1 : std::size_t(std::max(1, blas::num_threads())));
     if (!lengths.empty()) {
         bool any_short = false;

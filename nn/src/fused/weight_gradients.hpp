@@ -15,16 +15,17 @@
 namespace rw::nn::fused::driver {
 
 // A weight gradient dW [m, n] = sum over the window's rows of dG^T X (dG [rows, m], X [rows, n]),
-// summed over segments. Note: for a tall dW (m >= 2n: the gate rows of W_ih and W_hh against their
-// input columns) oneDNN's sgemm computes the transposed product X^T dG markedly faster (measured
-// here for LSTM and GRU at T=100, B=32, H=256: 128-158 against 167-184 GFLOP/s), so then dW^T is
-// summed and transposed once at the end. Not for large weights (LSTM at H=1024: 5% slower in
-// paired runs), where the gain is small and the transpose of megabytes is not.
+// summed over segments; see Note [Transposed weight gradients].
+//
+// Note [Transposed weight gradients]: for a tall dW (m >= 2n: the gate rows of W_ih and W_hh
+// against their input columns) oneDNN's sgemm computes the transposed product X^T dG markedly
+// faster, so then dW^T is summed and transposed once at the end. Not for large weights, where the
+// gain is small and the transpose of megabytes is not. The measurements are in docs/bench.md.
 template <class T>
 class WeightGradient {
 public:
     static constexpr std::size_t transposed_limit = std::size_t(1) << 19;  // elements
-    // Whether dW [m, n] is summed transposed (see above).
+    // Whether dW [m, n] is summed transposed (Note [Transposed weight gradients]).
     static bool transposes(std::size_t m, std::size_t n) { return m >= 2 * n && m * n <= transposed_limit; }
     WeightGradient(xt::xarray<T>& out, std::size_t m, std::size_t n)
         : out_(out), m_(m), n_(n), transposed_(transposes(m, n)) {
@@ -54,7 +55,7 @@ private:
 };
 
 // Which weight gradients the op is asked for, and their sums over the segments: one
-// WeightGradient each, or one joint product for W_ih and W_hh (note: Joint weight product), and
+// WeightGradient each, or one joint product for W_ih and W_hh (Note [Joint weight product]), and
 // b_hh's gradient taken from b_ih's where both add into the same pre-activations.
 template <class T>
 class WeightGradients {
@@ -156,11 +157,10 @@ private:
     std::unique_ptr<WeightGradient<T>> joint_sum_, ih_, hh_, second_, projection_;
 };
 
-// Note: Joint weight product. Where the recurrent product adds into the gates, W_ih and W_hh
+// Note [Joint weight product]: where the recurrent product adds into the gates, W_ih and W_hh
 // see the same dL/dG, so [dW_ih | dW_hh] = dG^T [x | h] can be one GEMM over rows of width
-// I + P, the rows of [x | h] copied per window. On the Zen 1 machine that pays where the joint
-// weight is summed transposed (tall and small), over many rows (LSTM at B=32, H=256: 42.6
-// against 39.3 GFLOP/s, the step 3.7% faster in paired runs) and loses otherwise (RNN tanh at
-// B=32: 3.4% slower; LSTM at B=1, 100 rows: 41.6 against 42.8 GFLOP/s), so only there.
+// I + P, the rows of [x | h] copied per window. That pays where the joint weight is summed
+// transposed (tall and small) over many rows (at least 4 (I + P)) and loses otherwise, so only
+// there; the measurements are in docs/bench.md.
 
 }  // namespace rw::nn::fused::driver

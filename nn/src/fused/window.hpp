@@ -15,7 +15,7 @@ namespace rw::nn::fused::driver {
 
 // Everything the backward needs besides the op's inputs. The step buffers form a window over
 // the steps, in time order (slot t - window_t0 is step t whatever the direction): all of them,
-// or one segment of `segment` steps when recomputing (note: Recomputation).
+// or one segment of `segment` steps when recomputing (Note [Recomputation]).
 template <class T>
 struct Saved {
     const CellRules<T>* rules = nullptr;
@@ -33,7 +33,7 @@ struct Saved {
     std::vector<Buffer<T>> checkpoints;  // recomputing: per state [segments, B, width], before each segment
     std::size_t window_t0 = 0;           // the first step the window holds
     std::size_t window_segment = 0;      // which segment it holds
-    std::vector<Rows> groups;            // the batch's row groups, one per thread (note: Threads)
+    std::vector<Rows> groups;            // the batch's row groups, one per thread (Note [Threads])
     std::vector<std::uint8_t> active;  // [T, B], empty when every row runs every step
     std::vector<bool> all_active;      // per step
     std::shared_ptr<detail::SequenceProbe<T>> probe;  // null unless checking
@@ -68,7 +68,7 @@ struct StepWeights {
 };
 
 
-// Note: Recomputation. A long sequence's step buffers grow with T (LSTM, B=32, H=256: 196 KB a
+// Note [Recomputation]: a long sequence's step buffers grow with T (LSTM, B=32, H=256: 196 KB a
 // step). With a segment of k steps, forward keeps only the states before each segment and one
 // window of k steps; backward walks the segments from last to first, reruns each one's forward
 // from its checkpoint into the window (the last segment is still there from forward), then runs
@@ -76,7 +76,7 @@ struct StepWeights {
 // (k = sqrt(T) at best) for one more forward pass. The rerun repeats the forward's arithmetic
 // exactly, so only the weight gradients' summation order (per segment) differs.
 //
-// Note: Threads. The rows of a batch are independent until the weight gradients sum over them,
+// Note [Threads]: the rows of a batch are independent until the weight gradients sum over them,
 // so with blas::num_threads() > 1 the driver splits the batch into row groups, one per thread,
 // each running the step loop with its own recurrent GEMMs on its rows (single-threaded GEMMs
 // inside the parallel region); the products over all steps stay whole and use the threads

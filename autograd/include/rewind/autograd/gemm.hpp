@@ -17,7 +17,7 @@ void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, st
           const double* a, std::int64_t lda, const double* b, std::int64_t ldb, double beta, double* c,
           std::int64_t ldc);
 
-// How PackedGemm computes its products (note: Repeated products, gemm.cpp): fastest (the
+// How PackedGemm computes its products (Note [Repeated products], gemm.cpp): fastest (the
 // default: the three below timed once per shape and thread, the fastest kept), or one of them
 // pinned (tests of each way; benchmarks that want it fixed): packed (B reordered once into
 // oneDNN's layout for a matmul primitive), plain (a gemm() per call), transposed (c^T = op(B)^T
@@ -28,8 +28,8 @@ RepeatedGemm repeated_gemm();
 
 // C = A op(B) + beta C repeated with the same B and sizes and a new A and C each time: the
 // recurrent weight over the time steps of a sequence. For float on oneDNN, each product is
-// computed the fastest of three ways, timed on the first PackedGemm of its shape (set-up costs
-// 25-100 us, so only when `uses`, the expected number of calls, is at least packing_threshold).
+// computed the fastest of three ways, timed on the first PackedGemm of its shape (the set-up
+// costs tens of microseconds, so only when `uses`, the expected number of calls, is at least packing_threshold).
 // Otherwise, and for double (and float on OpenBLAS), each call is a gemm(). B is copied when
 // packed, read in place otherwise: it must outlive this object unchanged.
 template <class T>

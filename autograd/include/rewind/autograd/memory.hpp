@@ -4,8 +4,8 @@
 // A training step allocates and frees the same large buffers every iteration (activations
 // saved for backward, gradients). glibc serves blocks above its mmap threshold with fresh
 // mmap()s and unmaps them on free, and trims the heap top on free, so every step pays a page
-// fault per 4 KiB page again: measured here, that made an LSTM training step at T=100, B=32,
-// H=256 take 200 ms instead of 60 ms, in a virtual machine where page faults are expensive.
+// fault per 4 KiB page again, which made an LSTM training step several times slower in a
+// virtual machine where page faults are expensive (docs/bench.md, "Keeping freed memory").
 //
 // With keep_freed_memory(true) (the default, set when the library loads) glibc keeps freed
 // memory in the process heap for reuse: a caching allocator's effect, as deep-learning

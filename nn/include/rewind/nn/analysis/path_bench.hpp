@@ -5,6 +5,7 @@
 // `rewind bench` is this function plus its peers (sgemm, oneDNN) in the same rounds.
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -38,11 +39,28 @@ struct PathBenchResult {
     // training step (with the backward's scratch).
     std::size_t fused_saved_bytes = 0, fused_peak_bytes = 0;
     double checksum = 0;     // keeps the work from being optimised away
+    // One line: the medians, their ratio, GFLOP/s, and whether the fused rounds ran fused.
+    std::string to_string() const;
 };
 
 // input [T, B, I] (or [B, T, I] when batch_first). The layer's path is restored afterwards.
 template <class T>
 PathBenchResult bench_paths(Recurrent<T>& layer, const Tensor<T>& input, const PathBenchOptions& options = {});
+
+// The layer and random input of bench_cell_paths.
+struct CellBenchSizes {
+    std::size_t steps = 100, batch = 32, input = 256, hidden = 256;
+    std::size_t layers = 1;
+    bool bidirectional = false;
+    std::uint64_t seed = 0;  // the layer's initialisation and the input's draw
+};
+
+// A user's cell timed in one call: a layer of cells made by `factory` (what a Recurrent takes),
+// random input [steps, batch, input] ~ N(0, 1), then bench_paths. E.g.
+//   rw::nn::bench_cell_paths<float>(my_factory, {.steps = 100, .batch = 32}).to_string()
+template <class T>
+PathBenchResult bench_cell_paths(const CellFactory<T>& factory, const CellBenchSizes& sizes = {},
+                                 const PathBenchOptions& options = {});
 
 // GEMM flops of one training step over [steps, batch] from the cells' fused rules; 0 when any
 // cell has none.

@@ -71,5 +71,10 @@ struct FusedCheckReport {
 // The cell must have usable fused rules (usable_fused_rules()); std::invalid_argument otherwise.
 // Parameter gradients of the cell are left zeroed.
 FusedCheckReport check_fused_cell(const RecurrentCell<double>& cell, const FusedCheckOptions& options = {});
+// The same in one call from a cell factory (what a Recurrent takes): the cell is made with
+// `input_size`, `hidden_size` and a generator seeded with options.seed. E.g.
+//   std::cout << rw::nn::check_fused_cell(my_factory, 3, 4).to_string();
+FusedCheckReport check_fused_cell(const CellFactory<double>& factory, std::size_t input_size, std::size_t hidden_size,
+                                  const FusedCheckOptions& options = {});
 
 }  // namespace rw::nn

@@ -33,7 +33,7 @@ inline void store_lane(T* p, const V& v) {
 
 namespace detail {
 
-// Note: saturated arguments. xsimd's exp and tanh turn x into an integer exponent before they
+// Note [Saturated arguments]: xsimd's exp and tanh turn x into an integer exponent before they
 // check the range, and far outside it (a fuzzed state dict gave a sigmoid -4.5e102) that
 // conversion overflows: undefined behaviour, which UBSan reports. Past `bound` the function is
 // already saturated (exp 0 or inf, tanh -1 or 1, in float and double), so the argument is clamped

@@ -17,7 +17,7 @@
 // all-reduces every bucket then ("all-reduce after backward"), also after several backward
 // passes (gradient accumulation). Both modes use MPI_Iallreduce + MPI_Waitall: on a loaded
 // machine, where the other rank is often not running, blocking MPI_Allreduce busy-waits and
-// made the char LM 2x slower (docs/distributed.md).
+// made the char LM much slower (figures in docs/distributed.md).
 //
 // Averaging: by default each rank counts once, so the result is the sum over ranks divided by
 // the number of ranks, as in DDP. When ranks hold shards of different sizes, set_weight(n)

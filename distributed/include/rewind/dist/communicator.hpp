@@ -1,6 +1,6 @@
 #pragma once
 // The MPI communicator data-parallel training runs on: RAII start and end of MPI, rank, size, a
-// barrier, and the few small collectives the rest of dist/ builds on. Every MPI failure becomes
+// barrier, and the few small collectives the rest of distributed/ builds on. Every MPI failure becomes
 // an MpiError naming the call and MPI's own message.
 //
 // Threads: MPI is asked for MPI_THREAD_FUNNELED (only the thread that started MPI calls it).
