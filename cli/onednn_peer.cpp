@@ -230,7 +230,7 @@ private:
         float* wi = static_cast<float*>(user_weights_iter_.get_data_handle());
         float* bias = static_cast<float*>(bias_.get_data_handle());
         for (std::size_t d = 0; d < D; ++d) {
-            const auto& cell = dynamic_cast<const nn::GatedCell<float>&>(layer.cell(0, d));
+            const auto& cell = dynamic_cast<const nn::StandardCell<float>&>(layer.cell(0, d));
             const auto& w_ih = cell.weight_ih().value();
             const auto& w_hh = cell.weight_hh().value();
             const auto& b_ih = cell.bias_ih().value();

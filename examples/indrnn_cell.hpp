@@ -41,11 +41,11 @@ struct IndRNNInit {
 };
 
 template <class T>
-class IndRNNCell : public rw::nn::RecurrentCell<T>, public rw::nn::fused::CellRules<T> {
+class IndRNNCell : public rw::nn::FusedCell<IndRNNCell<T>, T> {
 public:
     IndRNNCell(std::size_t input_size, std::size_t hidden_size, rw::Generator& generator, const IndRNNInit& init = {},
                bool last_layer = false)
-        : rw::nn::RecurrentCell<T>(input_size, hidden_size) {
+        : rw::nn::FusedCell<IndRNNCell<T>, T>(input_size, hidden_size) {
         using rw::nn::init::uniform;
         if (init.input_std > 0) {
             xt::xarray<T> w = xt::xarray<T>::from_shape({hidden_size, input_size});
@@ -72,44 +72,34 @@ public:
     }
 
     // ---- fused rules: one gate block, no recurrent GEMM, u as a per-unit vector ----
-    const rw::nn::fused::CellRules<T>* fused_rules() const override { return this; }
-    const std::type_info& rules_cell_type() const override { return typeid(IndRNNCell); }
     rw::nn::fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 0, .units = 1}; }
     rw::nn::fused::CellWeights<T> weights() const override {
-        return {.weight_ih = weight_ih_, .bias_ih = bias_, .units = {weight_hh_}};
+        return {.input_weight = weight_ih_, .input_bias = bias_, .units = {weight_hh_}};
     }
     std::vector<std::string> gate_names() const override { return {"pre-activation"}; }
 
-    // gates: W_ih x + b in, h' out (relu's derivative is read off it).
+    // gate(0): W_ih x + b in, h' out (relu's derivative is read off it).
     void forward(const rw::nn::fused::ForwardRow<T>& row) const override {
         using namespace rw::nn::fused;
-        T* a = row.gates;
-        const T* u = row.units[0];
-        const T* h = row.state[0];
-        T* next = row.next_state[0];
         lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V y = relu_lane(load_lane<V>(a + j) + load_lane<V>(u + j) * load_lane<V>(h + j));
-            store_lane(a + j, y);
-            store_lane(next + j, y);
+            const V y = relu_lane(load_lane<V>(row.gate(0) + j) + load_lane<V>(row.units[0] + j) * load_lane<V>(row.state[0] + j));
+            store_lane(row.gate(0) + j, y);
+            store_lane(row.next_state[0] + j, y);
         });
     }
 
     // da = dh' [h' > 0];  du += da ⊙ h;  dh (direct, the only path) = da ⊙ u.
     void backward(const rw::nn::fused::BackwardRow<T>& row) const override {
         using namespace rw::nn::fused;
-        const T* y = row.gates;
-        const T* u = row.units[0];
-        const T* h = row.state[0];
         T* dh = row.grad_state[0];
-        T* da = row.grad_gates;
         T* du = row.grad_units[0];
         lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V d = where_positive(load_lane<V>(y + j), load_lane<V>(dh + j));
-            store_lane(da + j, d);
-            store_lane(du + j, load_lane<V>(du + j) + d * load_lane<V>(h + j));
-            store_lane(dh + j, d * load_lane<V>(u + j));
+            const V d = where_positive(load_lane<V>(row.gate(0) + j), load_lane<V>(dh + j));
+            store_lane(row.grad_gate(0) + j, d);
+            store_lane(du + j, load_lane<V>(du + j) + d * load_lane<V>(row.state[0] + j));
+            store_lane(dh + j, d * load_lane<V>(row.units[0] + j));
         });
     }
 

@@ -20,10 +20,10 @@
 namespace examples {
 
 template <class T>
-class MGUCell : public rw::nn::RecurrentCell<T>, public rw::nn::fused::CellRules<T> {
+class MGUCell : public rw::nn::FusedCell<MGUCell<T>, T> {
 public:
     MGUCell(std::size_t input_size, std::size_t hidden_size, rw::Generator& generator)
-        : rw::nn::RecurrentCell<T>(input_size, hidden_size) {
+        : rw::nn::FusedCell<MGUCell<T>, T>(input_size, hidden_size) {
         using rw::nn::init::uniform;
         const double bound = 1.0 / std::sqrt(double(hidden_size));
         const std::size_t H = hidden_size;
@@ -49,47 +49,37 @@ public:
         return {rw::add(h, rw::mul(f, rw::sub(candidate, h)))};  // (1 - f) h + f h̃
     }
 
-    // ---- the fused path: the layout, the weights, and the point-wise rules of one row ----
+    // ---- the fused path: the layout, the weights, and the point-wise rules of one row (FusedCell
+    // supplies fused_rules() and rules_cell_type()) ----
 
-    const rw::nn::fused::CellRules<T>* fused_rules() const override { return this; }
-    const std::type_info& rules_cell_type() const override { return typeid(MGUCell); }
     rw::nn::fused::CellLayout layout() const override {
         return {.gates = 2, .states = 1, .recurrent = 1, .recurrent_into_gates = true, .second = 1};
     }
     rw::nn::fused::CellWeights<T> weights() const override {
-        return {.weight_ih = weight_ih_, .bias_ih = bias_, .weight_hh = weight_f_, .weight_second = weight_h_};
+        return {.input_weight = weight_ih_, .input_bias = bias_, .recurrent_weight = weight_f_, .gated_state_weight = weight_h_};
     }
     std::vector<std::string> gate_names() const override { return {"forget", "candidate"}; }
 
-    // Stage 1: gates[0:H] holds W_f x + b_f + U_f h. Keeps f there; writes q = f ⊙ h.
+    // Stage 1: gate(0) holds W_f x + b_f + U_f h. Keeps f there; writes q = f ⊙ h.
     void forward(const rw::nn::fused::ForwardRow<T>& row) const override {
         using namespace rw::nn::fused;
-        T* f = row.gates;
-        const T* h = row.state[0];
-        T* q = row.gated_state;
         lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V fv = sigmoid_lane(load_lane<V>(f + j));
-            store_lane(f + j, fv);
-            store_lane(q + j, fv * load_lane<V>(h + j));
+            const V f = sigmoid_lane(load_lane<V>(row.gate(0) + j));
+            store_lane(row.gate(0) + j, f);
+            store_lane(row.gated_state + j, f * load_lane<V>(row.state[0] + j));
         });
     }
 
-    // Stage 2: row.second holds U_h q. Keeps h̃ in gates[H:2H]; writes h'.
+    // Stage 2: row.second holds U_h q. Keeps h̃ in gate(1); writes h'.
     void forward_second(const rw::nn::fused::ForwardRow<T>& row) const override {
         using namespace rw::nn::fused;
-        const std::size_t H = row.hidden;
-        const T* f = row.gates;
-        T* candidate = row.gates + H;
-        const T* uq = row.second;
-        const T* h = row.state[0];
-        T* next = row.next_state[0];
-        lanes<T>(H, [&](std::size_t j, auto tag) {
+        lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V c = tanh_lane(load_lane<V>(candidate + j) + load_lane<V>(uq + j));
-            const V hv = load_lane<V>(h + j);
-            store_lane(candidate + j, c);
-            store_lane(next + j, hv + load_lane<V>(f + j) * (c - hv));
+            const V c = tanh_lane(load_lane<V>(row.gate(1) + j) + load_lane<V>(row.second + j));
+            const V h = load_lane<V>(row.state[0] + j);
+            store_lane(row.gate(1) + j, c);
+            store_lane(row.next_state[0] + j, h + load_lane<V>(row.gate(0) + j) * (c - h));
         });
     }
 
@@ -97,18 +87,12 @@ public:
     // of the second product U_h q. grad_state is left alone here.
     void backward_second(const rw::nn::fused::BackwardRow<T>& row) const override {
         using namespace rw::nn::fused;
-        const std::size_t H = row.hidden;
-        const T* f = row.gates;
-        const T* candidate = row.gates + H;
-        const T* dh = row.grad_state[0];
-        T* dcandidate = row.grad_gates + H;
-        T* dsecond = row.grad_second;
-        lanes<T>(H, [&](std::size_t j, auto tag) {
+        lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V c = load_lane<V>(candidate + j);
-            const V d = load_lane<V>(dh + j) * load_lane<V>(f + j) * (V(1) - c * c);
-            store_lane(dcandidate + j, d);
-            store_lane(dsecond + j, d);
+            const V c = load_lane<V>(row.gate(1) + j);
+            const V d = load_lane<V>(row.grad_state[0] + j) * load_lane<V>(row.gate(0) + j) * (V(1) - c * c);
+            store_lane(row.grad_gate(1) + j, d);
+            store_lane(row.grad_second + j, d);
         });
     }
 
@@ -116,19 +100,14 @@ public:
     //   df = dh' (h̃ - h) + dq h,  d(f pre-activation) = df f (1 - f),  dh (direct) = dh' (1 - f) + dq f.
     void backward(const rw::nn::fused::BackwardRow<T>& row) const override {
         using namespace rw::nn::fused;
-        const std::size_t H = row.hidden;
-        const T* f = row.gates;
-        const T* candidate = row.gates + H;
-        const T* h = row.state[0];
-        const T* dq = row.grad_gated_state;
         T* dh = row.grad_state[0];
-        T* df_pre = row.grad_gates;
-        lanes<T>(H, [&](std::size_t j, auto tag) {
+        lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
             using V = decltype(tag);
-            const V fv = load_lane<V>(f + j), hv = load_lane<V>(h + j), dhv = load_lane<V>(dh + j), dqv = load_lane<V>(dq + j);
-            const V df = dhv * (load_lane<V>(candidate + j) - hv) + dqv * hv;
-            store_lane(df_pre + j, df * fv * (V(1) - fv));
-            store_lane(dh + j, dhv * (V(1) - fv) + dqv * fv);
+            const V f = load_lane<V>(row.gate(0) + j), h = load_lane<V>(row.state[0] + j);
+            const V dhv = load_lane<V>(dh + j), dq = load_lane<V>(row.grad_gated_state + j);
+            const V df = dhv * (load_lane<V>(row.gate(1) + j) - h) + dq * h;
+            store_lane(row.grad_gate(0) + j, df * f * (V(1) - f));
+            store_lane(dh + j, dhv * (V(1) - f) + dq * f);
         });
     }
 

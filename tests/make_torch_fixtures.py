@@ -45,7 +45,10 @@ else H. Such an LSTM also has ``weight_hr_l0`` [P, H] etc. in its state, and a
 It also writes ``tests/fixtures/losses.safetensors``: the loss reductions
 (mean, sum, none) and probability targets of ``torch.nn.functional``'s
 cross_entropy and mse_loss, and the sequence losses, with every gradient
-(see ``loss_fixture`` below; read by ``tests/test_losses.cpp``).
+(see ``loss_fixture`` below; read by ``tests/test_losses.cpp``), and
+``tests/fixtures/ops.safetensors``: the element-wise and normalisation ops (abs, rsqrt,
+maximum, minimum, where, softplus, log_sigmoid, var, layer_norm) with their gradients
+(see ``ops_fixture``; read by ``tests/test_ops_torch.cpp``).
 
 Everything is computed in the case's dtype (the module is converted with
 ``.double()`` for F64 cases) on the CPU with one thread, from fixed seeds, so
@@ -444,6 +447,67 @@ def loss_fixture():
     return out
 
 
+def ops_fixture():
+    """The element-wise and normalisation ops against PyTorch, in float64: {name: tensor}.
+
+    For every case ``<case>`` it holds its inputs ``<case>.in.<input>``, the output
+    ``<case>.value``, a random seed of the output's shape ``<case>.seed`` and the gradient of
+    ``sum(output * seed)`` for each differentiable input, ``<case>.grad.<input>``. Conditions
+    (torch.where) are stored as I64 0/1. Read by ``tests/test_ops_torch.cpp``, which lists the
+    cases and the options each was computed with.
+    """
+    F = torch.nn.functional
+    g = torch.Generator().manual_seed(2211)
+
+    def randn(*shape, scale=1.0):
+        return torch.randn(tuple(shape), generator=g, dtype=torch.float64) * scale
+
+    def halves(*shape):  # values on a grid of 0.5, so maximum/minimum see ties
+        return torch.randint(-2, 3, shape, generator=g).to(torch.float64) / 2
+
+    out = {}
+
+    def record(name, fn, inputs, constants=None):
+        leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+        value = fn(**leaves)
+        seed = randn(*value.shape)
+        grads = torch.autograd.grad((value * seed).sum(), list(leaves.values()))
+        out[f"{name}.value"] = value.detach()
+        out[f"{name}.seed"] = seed
+        for k, v in inputs.items():
+            out[f"{name}.in.{k}"] = v
+        for k, v in (constants or {}).items():
+            out[f"{name}.in.{k}"] = v
+        for k, gr in zip(leaves, grads):
+            out[f"{name}.grad.{k}"] = gr
+
+    x = randn(3, 4)
+    x[0, 0] = 0.0
+    record("abs", lambda x: torch.abs(x), {"x": x})
+    record("rsqrt", lambda x: torch.rsqrt(x), {"x": torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.1})
+    record("maximum", lambda a, b: torch.maximum(a, b), {"a": halves(3, 4), "b": halves(4)})
+    record("minimum", lambda a, b: torch.minimum(a, b), {"a": halves(3, 4), "b": halves(3, 1)})
+    condition = torch.rand(3, 1, generator=g) < 0.5
+    condition[0, 0], condition[1, 0] = True, False
+    record("where", lambda a, b: torch.where(condition, a, b), {"a": randn(3, 4), "b": randn(4)},
+           {"condition": condition.to(torch.int64)})
+    wide = randn(4, 5, scale=8.0)
+    record("softplus", lambda x: F.softplus(x), {"x": wide})
+    record("softplus_beta2_threshold5", lambda x: F.softplus(x, beta=2.0, threshold=5.0), {"x": wide})
+    record("log_sigmoid", lambda x: F.logsigmoid(x), {"x": randn(4, 5, scale=10.0)})
+    v = randn(3, 4, 5) + 3.0
+    record("var_axis1_unbiased", lambda x: torch.var(x, dim=1, unbiased=True, keepdim=False), {"x": v})
+    record("var_axes02_biased_keepdim", lambda x: torch.var(x, dim=[0, 2], unbiased=False, keepdim=True), {"x": v})
+    record("var_all", lambda x: torch.var(x), {"x": v})
+    n = randn(2, 3, 4, 5, scale=2.0) + 1.0
+    record("layer_norm_affine", lambda x, weight, bias: F.layer_norm(x, [4, 5], weight, bias, eps=1e-5),
+           {"x": n, "weight": randn(4, 5), "bias": randn(4, 5)})
+    record("layer_norm_plain", lambda x: F.layer_norm(x, [5]), {"x": n})
+    record("layer_norm_weight_eps", lambda x, weight: F.layer_norm(x, [5], weight, None, eps=0.1),
+           {"x": n, "weight": randn(5)})
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: tests/fixtures)")
@@ -472,6 +536,10 @@ def main(argv=None):
     losses_path = os.path.join(args.out, "losses.safetensors")
     written[losses_path] = loss_fixture()
     write_safetensors(losses_path, written[losses_path])
+
+    ops_path = os.path.join(args.out, "ops.safetensors")
+    written[ops_path] = ops_fixture()
+    write_safetensors(ops_path, written[ops_path])
 
     cases_json = json.dumps([case_entry(c) for c in cases], indent=2) + "\n"
     with open(os.path.join(args.out, "cases.json"), "w", encoding="utf-8") as f:

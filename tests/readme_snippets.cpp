@@ -47,6 +47,35 @@ BOOST_AUTO_TEST_CASE(every_snippet_here_is_in_the_readme_verbatim) {
         BOOST_TEST(text.find(snippet(name) + "```\n") != std::string::npos, "README snippet '" << name << "'");
 }
 
+// The README lists examples/mgu_cell.hpp's MGU class whole; the examples compile with -Werror in
+// rewind's build, so the listing compiles warning-free too.
+BOOST_AUTO_TEST_CASE(the_readme_mgu_listing_is_examples_mgu_cell_hpp_verbatim) {
+    std::ifstream file(std::filesystem::path(REWIND_TESTS_DIR) / ".." / "examples" / "mgu_cell.hpp");
+    std::stringstream source;
+    source << file.rdbuf();
+    const std::string text = source.str();
+    const auto begin = text.find("template <class T>\nclass MGUCell");
+    const auto end = text.find("\n};\n", begin);
+    BOOST_REQUIRE(begin != std::string::npos && end != std::string::npos);
+    BOOST_TEST(readme().find("```cpp\n" + text.substr(begin, end + 4 - begin) + "```\n") != std::string::npos);
+}
+
+// The README's option idioms, compiled here with -Wall -Wextra -Werror (tests/CMakeLists.txt):
+// designated initialisers that name only some members must not warn (-Wmissing-field-initializers).
+BOOST_AUTO_TEST_CASE(the_readmes_designated_initialiser_idioms_compile_warning_free) {
+    [[maybe_unused]] auto bench = [](nn::Recurrent<float>& layer, const Tensor<float>& x) {
+        return nn::bench_paths(layer, x, {.repeats = 10});
+    };
+    const Tensor<double> w = Tensor<double>::zeros({4, 3}), u = Tensor<double>::zeros({2, 2});
+    const nn::fused::CellWeights<double> weights{.input_weight = w, .recurrent_weight = u};
+    const nn::fused::CellLayout layout{.gates = 2, .recurrent = 1};
+    const nn::FusedCheckOptions check{.steps = 3};
+    BOOST_TEST(weights.units.empty());
+    BOOST_TEST(!weights.gated_state_weight.defined());
+    BOOST_TEST(layout.states == 1u);
+    BOOST_TEST(check.batch == 3u);
+}
+
 BOOST_AUTO_TEST_CASE(the_lstm_snippet_runs_on_real_data) {
     // README snippet: lstm
     auto lstm = nn::make_lstm<double>({.input_size = 8, .hidden_size = 16, .num_layers = 2,
@@ -55,13 +84,15 @@ BOOST_AUTO_TEST_CASE(the_lstm_snippet_runs_on_real_data) {
     Tensor<double> x(nn::init::uniform<double>({12, 4, 8}, -1.0, 1.0, data), true);   // [T, B, I]
     std::vector<std::int64_t> lengths{12, 7, 9, 3};                                    // packed-sequence semantics
     auto result = lstm->forward(x, /*initial_state=*/{}, lengths);
-    result.output;   // [T, B, 2*16]: zeros past each sequence's end
-    result.h_n();    // [L*D, B, H]: each sequence's state at its own last step
-    result.c_n();
-    lstm->state_of(result.h_n(), 1, 1);   // [B, H]: layer 1, reverse direction (index 2*1 + 1)
-    sum(result.output).backward();    // BPTT: gradients in lstm->parameter("weight_hh_l1_reverse").grad()
+    const Tensor<double>& output = result.output;   // [T, B, 2*16]: zeros past each sequence's end
+    const Tensor<double> h_n = result.h_n();         // [L*D, B, H]: each sequence's state at its own last step
+    const Tensor<double> c_n = result.c_n();
+    const Tensor<double> h_last = lstm->state_of(h_n, 1, 1);   // [B, H]: layer 1, reverse direction (index 2*1 + 1)
+    sum(output).backward();    // BPTT: gradients in lstm->parameter("weight_hh_l1_reverse").grad()
     // end of snippet
-    BOOST_TEST(result.output.shape() == (Shape{12, 4, 32}));
+    BOOST_TEST(output.shape() == (Shape{12, 4, 32}));
+    BOOST_TEST(c_n.shape() == h_n.shape());
+    BOOST_TEST(h_last.shape() == (Shape{4, 16}));
     BOOST_TEST(std::isfinite(double(xt::sum(xt::abs(lstm->parameter("weight_hh_l1_reverse").grad().value()))())));
     BOOST_TEST(xt::all(xt::isfinite(x.value())));
 }

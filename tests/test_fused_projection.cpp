@@ -116,7 +116,7 @@ public:
     const std::type_info& rules_cell_type() const override { return typeid(ProjectedTanhCell); }
     fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 1, .projection = true}; }
     fused::CellWeights<T> weights() const override {
-        return {.weight_ih = weight_ih_, .bias_ih = bias_, .weight_hh = weight_hh_, .weight_projection = weight_p_};
+        return {.input_weight = weight_ih_, .input_bias = bias_, .recurrent_weight = weight_hh_, .projection_weight = weight_p_};
     }
     // m = tanh(a) into next_state[0] (m, not h, under a projection); the gate row keeps m.
     void forward(const fused::ForwardRow<T>& row) const override {
@@ -160,7 +160,7 @@ struct LayoutMismatch : fused::CellRules<float> {
     }
     fused::CellWeights<float> weights() const override {
         fused::CellWeights<float> w = cell.weights();
-        if (!weight) w.weight_projection = Tensor<float>();
+        if (!weight) w.projection_weight = Tensor<float>();
         return w;
     }
     void forward(const fused::ForwardRow<float>&) const override {}
@@ -235,10 +235,10 @@ BOOST_AUTO_TEST_CASE(a_projection_and_its_weight_come_together) {
     const std::vector<Tensor<float>> state{Tensor<float>::zeros({2, 2}), Tensor<float>::zeros({2, 4})};
     expect_error<std::invalid_argument>(
         [&] { fused::run_sequence<float>(std::make_shared<LayoutMismatch>(*p.cell, true, false), x, state, {}, false, "lstm"); },
-        {"the layout has a projection", "weight_projection must be [P, H]"});
+        {"the layout has a projection", "projection_weight must be [P, H]"});
     expect_error<std::invalid_argument>(
         [&] { fused::run_sequence<float>(std::make_shared<LayoutMismatch>(*p.cell, false, true), x, state, {}, false, "lstm"); },
-        {"weight_projection is given but the layout has no projection"});
+        {"projection_weight is given but the layout has no projection"});
 }
 
 BOOST_AUTO_TEST_SUITE_END()

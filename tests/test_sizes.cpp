@@ -54,7 +54,7 @@ struct AutonomousRules : rw::nn::fused::CellRules<double> {
     const std::type_info& rules_cell_type() const override { return typeid(AutonomousCell); }
     rw::nn::fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 1}; }
     rw::nn::fused::CellWeights<double> weights() const override {
-        return {.weight_ih = rw::Tensor<double>::zeros({hidden, 0}), .weight_hh = rw::Tensor<double>::zeros({hidden, hidden})};
+        return {.input_weight = rw::Tensor<double>::zeros({hidden, 0}), .recurrent_weight = rw::Tensor<double>::zeros({hidden, hidden})};
     }
     void forward(const rw::nn::fused::ForwardRow<double>&) const override {}
     void backward(const rw::nn::fused::BackwardRow<double>&) const override {}

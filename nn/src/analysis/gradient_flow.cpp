@@ -78,7 +78,7 @@ double sigmoid(double a) { return 1.0 / (1.0 + std::exp(-a)); }
 // state with PyTorch's equations (cells.hpp), as values only, and counts the saturated ones.
 std::vector<GateSaturation> gate_saturation(Recurrent<double>& layer, std::size_t l, const Tensor<double>& input,
                                             const ObservedRun& run, double margin) {
-    const auto* cell = dynamic_cast<const GatedCell<double>*>(&layer.cell(l, 0));
+    const auto* cell = dynamic_cast<const StandardCell<double>*>(&layer.cell(l, 0));
     const auto kinds = cell ? gate_kinds(*cell) : std::vector<GateKind>{};
     if (kinds.empty()) return {};
     NoGradGuard no_grad;
@@ -278,7 +278,7 @@ FlowReport gradient_flow(Recurrent<double>& layer, const Tensor<double>& input, 
             Tensor<double> h = run.hidden[l][t];  // a handle to the same tensor, so the hook lands on it
             h.register_hook([&flow, t](const Tensor<double>& gradient) { flow.grad_norm[t] = l2(gradient.value()); });
         }
-        const auto* cell = dynamic_cast<const GatedCell<double>*>(&layer.cell(l, 0));
+        const auto* cell = dynamic_cast<const StandardCell<double>*>(&layer.cell(l, 0));
         flow.weight_hh_sigma_max = cell ? largest_singular_value(cell->weight_hh().value()) : not_analysed;
         flow.gates = gate_saturation(layer, l, input, run, options.saturation_margin);
     }

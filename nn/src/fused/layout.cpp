@@ -75,19 +75,19 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
     d.steps = input.size(0);
     d.batch = input.size(1);
     d.input = input.size(2);
-    if (!w.weight_ih.defined() || w.weight_ih.dim() != 2 || w.weight_ih.size(0) % l.gates != 0)
-        throw std::invalid_argument(op + ": weight_ih must be [G*H, input_size]");
-    d.hidden = w.weight_ih.size(0) / l.gates;
+    if (!w.input_weight.defined() || w.input_weight.dim() != 2 || w.input_weight.size(0) % l.gates != 0)
+        throw std::invalid_argument(op + ": input_weight must be [G*H, input_size]");
+    d.hidden = w.input_weight.size(0) / l.gates;
     const std::size_t H = d.hidden;
     d.output = H;
     if (l.projection) {
         if (l.second > 0) throw std::invalid_argument(op + ": a layout with a projection cannot have a second stage");
-        if (!w.weight_projection.defined() || w.weight_projection.dim() != 2 || w.weight_projection.size(0) == 0)
-            throw std::invalid_argument(op + ": the layout has a projection; weight_projection must be [P, H]");
-        d.output = w.weight_projection.size(0);
-        check_shape(op, "weight_projection", w.weight_projection, Shape{d.output, H});
-    } else if (w.weight_projection.defined()) {
-        throw std::invalid_argument(op + ": weight_projection is given but the layout has no projection");
+        if (!w.projection_weight.defined() || w.projection_weight.dim() != 2 || w.projection_weight.size(0) == 0)
+            throw std::invalid_argument(op + ": the layout has a projection; projection_weight must be [P, H]");
+        d.output = w.projection_weight.size(0);
+        check_shape(op, "projection_weight", w.projection_weight, Shape{d.output, H});
+    } else if (w.projection_weight.defined()) {
+        throw std::invalid_argument(op + ": projection_weight is given but the layout has no projection");
     }
     // The largest buffers are [T, B, k*H]: the gates, the separate products, the saved states;
     // and [T, B, P] for h. Checked before any is sized from these numbers (a product that wraps
@@ -95,11 +95,11 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
     const std::size_t widest = std::max({l.gates, l.recurrent, l.second, l.states + l.saved + 2});
     checked_element_count(op, {d.steps, d.batch, widest, H}, sizeof(T));
     checked_element_count(op, {d.steps, d.batch, d.output}, sizeof(T));
-    check_shape(op, "weight_ih", w.weight_ih, Shape{l.gates * H, d.input});
-    if (w.bias_ih.defined()) check_shape(op, "bias_ih", w.bias_ih, Shape{l.gates * H});
-    if (l.recurrent > 0) check_shape(op, "weight_hh", w.weight_hh, Shape{l.recurrent * H, d.output});
-    if (w.bias_hh.defined()) check_shape(op, "bias_hh", w.bias_hh, Shape{l.recurrent * H});
-    if (l.second > 0) check_shape(op, "weight_second", w.weight_second, Shape{l.second * H, H});
+    check_shape(op, "input_weight", w.input_weight, Shape{l.gates * H, d.input});
+    if (w.input_bias.defined()) check_shape(op, "input_bias", w.input_bias, Shape{l.gates * H});
+    if (l.recurrent > 0) check_shape(op, "recurrent_weight", w.recurrent_weight, Shape{l.recurrent * H, d.output});
+    if (w.recurrent_bias.defined()) check_shape(op, "recurrent_bias", w.recurrent_bias, Shape{l.recurrent * H});
+    if (l.second > 0) check_shape(op, "gated_state_weight", w.gated_state_weight, Shape{l.second * H, H});
     if (w.units.size() != l.units)
         throw std::invalid_argument(fmt::format("{}: {} per-unit vectors given, the layout has {}", op, w.units.size(), l.units));
     for (const auto& u : w.units) check_shape(op, "per-unit vector", u, Shape{H});

@@ -61,12 +61,12 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
     if (l.second > 0) saved.gated = Buffer<T>(W * B * H);
     if (l.projection) saved.unprojected = Buffer<T>(W * B * H);
 
-    StepWeights<T> weights{w.weight_ih.value().data(),
-                           w.bias_ih.defined() ? w.bias_ih.value().data() : nullptr,
-                           l.recurrent > 0 ? w.weight_hh.value().data() : nullptr,
-                           w.bias_hh.defined() ? w.bias_hh.value().data() : nullptr,
-                           l.second > 0 ? w.weight_second.value().data() : nullptr,
-                           l.projection ? w.weight_projection.value().data() : nullptr,
+    StepWeights<T> weights{w.input_weight.value().data(),
+                           w.input_bias.defined() ? w.input_bias.value().data() : nullptr,
+                           l.recurrent > 0 ? w.recurrent_weight.value().data() : nullptr,
+                           w.recurrent_bias.defined() ? w.recurrent_bias.value().data() : nullptr,
+                           l.second > 0 ? w.gated_state_weight.value().data() : nullptr,
+                           l.projection ? w.projection_weight.value().data() : nullptr,
                            {}};
     for (const auto& u : w.units) weights.units.push_back(u.value().data());
     ForwardPass<T> pass(saved, std::move(weights), x, saved.groups);
@@ -307,16 +307,16 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
 
     // The op's inputs: x, then the weights the layout uses, the per-unit vectors, the initial states.
     InputIndex& index = saved->index;
-    std::vector<Tensor<T>> inputs{input, w.weight_ih};
+    std::vector<Tensor<T>> inputs{input, w.input_weight};
     auto add_input = [&](const Tensor<T>& tensor) {
         inputs.push_back(tensor);
         return int(inputs.size()) - 1;
     };
-    if (w.bias_ih.defined()) index.bias_ih = add_input(w.bias_ih);
-    if (d.layout.recurrent > 0) index.weight_hh = add_input(w.weight_hh);
-    if (w.bias_hh.defined()) index.bias_hh = add_input(w.bias_hh);
-    if (d.layout.second > 0) index.weight_second = add_input(w.weight_second);
-    if (d.layout.projection) index.weight_projection = add_input(w.weight_projection);
+    if (w.input_bias.defined()) index.bias_ih = add_input(w.input_bias);
+    if (d.layout.recurrent > 0) index.weight_hh = add_input(w.recurrent_weight);
+    if (w.recurrent_bias.defined()) index.bias_hh = add_input(w.recurrent_bias);
+    if (d.layout.second > 0) index.weight_second = add_input(w.gated_state_weight);
+    if (d.layout.projection) index.weight_projection = add_input(w.projection_weight);
     index.units = int(inputs.size());
     for (const auto& u : w.units) add_input(u);
     index.states = int(inputs.size());

@@ -18,7 +18,7 @@ using fused::load_lane;
 using fused::store_lane;
 
 template <class T>
-GatedCell<T>::GatedCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
+StandardCell<T>::StandardCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
                         const CellInit& init, const CellOptions& options, std::size_t recurrent_size)
     : RecurrentCell<T>(input_size, hidden_size), gates_(gates) {
     // input_size 0 is allowed, as in PyTorch: weight_ih [G*H, 0], the input adds nothing.
@@ -45,7 +45,7 @@ GatedCell<T>::GatedCell(std::size_t input_size, std::size_t hidden_size, std::si
 }
 
 template <class T>
-Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& bias) const {
+Tensor<T> StandardCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& bias) const {
     if (input.dim() != 3 || input.size(2) != this->input_size())
         throw_shape_error(this->kind(), "expects input [T, B, input_size] matching weight_ih [G*H, input_size]",
                           input.shape(), weight_ih_.shape());
@@ -55,7 +55,7 @@ Tensor<T> GatedCell<T>::project_input(const Tensor<T>& input, const Tensor<T>& b
 }
 
 template <class T>
-Tensor<T> GatedCell<T>::summed_bias() const {
+Tensor<T> StandardCell<T>::summed_bias() const {
     return bias_ih_.defined() ? add(bias_ih_, bias_hh_) : Tensor<T>();
 }
 
@@ -67,7 +67,7 @@ Tensor<T> GatedCell<T>::summed_bias() const {
 template <class T>
 RNNCell<T>::RNNCell(std::size_t input_size, std::size_t hidden_size, Nonlinearity nonlinearity, Generator& generator,
                     const CellInit& init, const CellOptions& options)
-    : GatedCell<T>(input_size, hidden_size, 1, generator, init, options, hidden_size), nonlinearity_(nonlinearity) {}
+    : FusedCell<RNNCell<T>, T, StandardCell<T>>(input_size, hidden_size, 1, generator, init, options, hidden_size), nonlinearity_(nonlinearity) {}
 
 template <class T>
 Tensor<T> RNNCell<T>::prepare_input(const Tensor<T>& input) const {
@@ -88,30 +88,25 @@ std::string RNNCell<T>::kind() const {
 // h' = f(a), a = the gate row (x W_ih^T + b_ih + b_hh + h W_hh^T); the row keeps h' for backward.
 template <class T>
 void RNNCell<T>::forward(const fused::ForwardRow<T>& row) const {
-    T* a = row.gates;
-    T* h = row.next_state[0];
     const bool relu = nonlinearity_ == Nonlinearity::relu;
     lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
-        const V x = load_lane<V>(a + j);
+        const V x = load_lane<V>(row.gate(0) + j);
         const V y = relu ? fused::relu_lane(x) : fused::tanh_lane(x);
-        store_lane(a + j, y);
-        store_lane(h + j, y);
+        store_lane(row.gate(0) + j, y);
+        store_lane(row.next_state[0] + j, y);
     });
 }
 
 // da = dh' f'(a): 1 - h'^2 (tanh) or [h' > 0] (relu); no direct path from h to h'.
 template <class T>
 void RNNCell<T>::backward(const fused::BackwardRow<T>& row) const {
-    const T* y = row.gates;
     T* dh = row.grad_state[0];
-    T* da = row.grad_gates;
     const bool relu = nonlinearity_ == Nonlinearity::relu;
     lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
-        const V g = load_lane<V>(dh + j);
-        const V yv = load_lane<V>(y + j);
-        store_lane(da + j, relu ? fused::where_positive(yv, g) : g * (V(1) - yv * yv));
+        const V g = load_lane<V>(dh + j), y = load_lane<V>(row.gate(0) + j);
+        store_lane(row.grad_gate(0) + j, relu ? fused::where_positive(y, g) : g * (V(1) - y * y));
         store_lane(dh + j, V(0));
     });
 }
@@ -131,7 +126,7 @@ void check_projection(const CellOptions& options, std::size_t hidden_size) {
 template <class T>
 LSTMCell<T>::LSTMCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init,
                       const CellOptions& options)
-    : GatedCell<T>(input_size, hidden_size, 4, generator, init, options,
+    : FusedCell<LSTMCell<T>, T, StandardCell<T>>(input_size, hidden_size, 4, generator, init, options,
                    options.proj_size > 0 ? options.proj_size : hidden_size) {
     if (init.forget_bias != 0.0) {
         if (!options.bias) throw std::invalid_argument("lstm: forget_bias needs the biases, but bias is false");
@@ -178,56 +173,38 @@ std::string LSTMCell<T>::kind() const {
 // m = o tanh(c') and the driver makes h' = m W_hr^T; the rule itself is the same.
 template <class T>
 void LSTMCell<T>::forward(const fused::ForwardRow<T>& row) const {
-    const std::size_t H = row.hidden;
-    T* gi = row.gates;
-    T* gf = gi + H;
-    T* gg = gi + 2 * H;
-    T* go = gi + 3 * H;
-    const T* cp = row.state[1];
-    T* h = row.next_state[0];
-    T* c = row.next_state[1];
-    lanes<T>(H, [&](std::size_t j, auto tag) {
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
-        const V i = fused::sigmoid_lane(load_lane<V>(gi + j));
-        const V f = fused::sigmoid_lane(load_lane<V>(gf + j));
-        const V g = fused::tanh_lane(load_lane<V>(gg + j));
-        const V o = fused::sigmoid_lane(load_lane<V>(go + j));
-        const V cn = f * load_lane<V>(cp + j) + i * g;
-        store_lane(gi + j, i);
-        store_lane(gf + j, f);
-        store_lane(gg + j, g);
-        store_lane(go + j, o);
-        store_lane(c + j, cn);
-        store_lane(h + j, o * fused::tanh_lane(cn));
+        const V i = fused::sigmoid_lane(load_lane<V>(row.gate(0) + j));
+        const V f = fused::sigmoid_lane(load_lane<V>(row.gate(1) + j));
+        const V g = fused::tanh_lane(load_lane<V>(row.gate(2) + j));
+        const V o = fused::sigmoid_lane(load_lane<V>(row.gate(3) + j));
+        const V c = f * load_lane<V>(row.state[1] + j) + i * g;
+        store_lane(row.gate(0) + j, i);
+        store_lane(row.gate(1) + j, f);
+        store_lane(row.gate(2) + j, g);
+        store_lane(row.gate(3) + j, o);
+        store_lane(row.next_state[1] + j, c);
+        store_lane(row.next_state[0] + j, o * fused::tanh_lane(c));
     });
 }
 
 // dh' (or, with proj_size, dm = dh' W_hr from the driver) in grad_state[0].
 template <class T>
 void LSTMCell<T>::backward(const fused::BackwardRow<T>& row) const {
-    const std::size_t H = row.hidden;
-    const T* gi = row.gates;
-    const T* gf = gi + H;
-    const T* gg = gi + 2 * H;
-    const T* go = gi + 3 * H;
-    const T* cp = row.state[1];
-    const T* cn = row.next_state[1];
     T* dh = row.grad_state[0];
     T* dc = row.grad_state[1];
-    T* dgi = row.grad_gates;
-    T* dgf = dgi + H;
-    T* dgg = dgi + 2 * H;
-    T* dgo = dgi + 3 * H;
-    lanes<T>(H, [&](std::size_t j, auto tag) {
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
         const V dhv = load_lane<V>(dh + j);
-        const V i = load_lane<V>(gi + j), f = load_lane<V>(gf + j), g = load_lane<V>(gg + j), o = load_lane<V>(go + j);
-        const V tc = fused::tanh_lane(load_lane<V>(cn + j));
+        const V i = load_lane<V>(row.gate(0) + j), f = load_lane<V>(row.gate(1) + j);
+        const V g = load_lane<V>(row.gate(2) + j), o = load_lane<V>(row.gate(3) + j);
+        const V tc = fused::tanh_lane(load_lane<V>(row.next_state[1] + j));
         const V dcv = load_lane<V>(dc + j) + dhv * o * (V(1) - tc * tc);
-        store_lane(dgi + j, dcv * g * i * (V(1) - i));
-        store_lane(dgf + j, dcv * load_lane<V>(cp + j) * f * (V(1) - f));
-        store_lane(dgg + j, dcv * i * (V(1) - g * g));
-        store_lane(dgo + j, dhv * tc * o * (V(1) - o));
+        store_lane(row.grad_gate(0) + j, dcv * g * i * (V(1) - i));
+        store_lane(row.grad_gate(1) + j, dcv * load_lane<V>(row.state[1] + j) * f * (V(1) - f));
+        store_lane(row.grad_gate(2) + j, dcv * i * (V(1) - g * g));
+        store_lane(row.grad_gate(3) + j, dhv * tc * o * (V(1) - o));
         store_lane(dc + j, dcv * f);
         store_lane(dh + j, V(0));
     });
@@ -238,7 +215,7 @@ void LSTMCell<T>::backward(const fused::BackwardRow<T>& row) const {
 template <class T>
 GRUCell<T>::GRUCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init,
                     const CellOptions& options)
-    : GatedCell<T>(input_size, hidden_size, 3, generator, init, options, hidden_size) {}
+    : FusedCell<GRUCell<T>, T, StandardCell<T>>(input_size, hidden_size, 3, generator, init, options, hidden_size) {}
 
 template <class T>
 Tensor<T> GRUCell<T>::prepare_input(const Tensor<T>& input) const {
@@ -270,68 +247,49 @@ std::string GRUCell<T>::kind() const {
 template <class T>
 void GRUCell<T>::forward(const fused::ForwardRow<T>& row) const {
     const std::size_t H = row.hidden;
-    T* xr = row.gates;
-    T* xz = xr + H;
-    T* xn = xr + 2 * H;
-    const T* hr = row.recurrent;
-    const T* hz = hr + H;
-    const T* hn = hr + 2 * H;
     const T* bias = row.bias_hh;  // [3H]: b_hr, b_hz, b_hn; null without bias
-    const T* hp = row.state[0];
-    T* saved_n = row.saved[0];
-    T* h = row.next_state[0];
     lanes<T>(H, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
         // Zeros in place of a missing bias, added all the same so both cases round alike; no
         // buffer of zeros per row in this hot loop.
-        auto bias_at = [&](std::size_t block) { return bias ? load_lane<V>(bias + block * H + j) : V(T(0)); };
-        const V r = fused::sigmoid_lane(load_lane<V>(xr + j) + (load_lane<V>(hr + j) + bias_at(0)));
-        const V z = fused::sigmoid_lane(load_lane<V>(xz + j) + (load_lane<V>(hz + j) + bias_at(1)));
-        const V hidden_n = load_lane<V>(hn + j) + bias_at(2);
-        const V n = fused::tanh_lane(load_lane<V>(xn + j) + r * hidden_n);
-        store_lane(xr + j, r);
-        store_lane(xz + j, z);
-        store_lane(xn + j, n);
-        store_lane(saved_n + j, hidden_n);
-        store_lane(h + j, n + z * (load_lane<V>(hp + j) - n));
+        auto hidden = [&](std::size_t k) {
+            return load_lane<V>(row.recurrent_gate(k) + j) + (bias ? load_lane<V>(bias + k * H + j) : V(T(0)));
+        };
+        const V r = fused::sigmoid_lane(load_lane<V>(row.gate(0) + j) + hidden(0));
+        const V z = fused::sigmoid_lane(load_lane<V>(row.gate(1) + j) + hidden(1));
+        const V hidden_n = hidden(2);
+        const V n = fused::tanh_lane(load_lane<V>(row.gate(2) + j) + r * hidden_n);
+        store_lane(row.gate(0) + j, r);
+        store_lane(row.gate(1) + j, z);
+        store_lane(row.gate(2) + j, n);
+        store_lane(row.saved[0] + j, hidden_n);
+        store_lane(row.next_state[0] + j, n + z * (load_lane<V>(row.state[0] + j) - n));
     });
 }
 
 // Input and hidden sides agree except in the n block, where the hidden side carries r.
 template <class T>
 void GRUCell<T>::backward(const fused::BackwardRow<T>& row) const {
-    const std::size_t H = row.hidden;
-    const T* gr = row.gates;
-    const T* gz = gr + H;
-    const T* gn = gr + 2 * H;
-    const T* saved_n = row.saved[0];
-    const T* hp = row.state[0];
     T* dh = row.grad_state[0];
-    T* dxr = row.grad_gates;
-    T* dxz = dxr + H;
-    T* dxn = dxr + 2 * H;
-    T* dhr = row.grad_recurrent;
-    T* dhz = dhr + H;
-    T* dhn = dhr + 2 * H;
-    lanes<T>(H, [&](std::size_t j, auto tag) {
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
         using V = decltype(tag);
         const V dhv = load_lane<V>(dh + j);
-        const V r = load_lane<V>(gr + j), z = load_lane<V>(gz + j), n = load_lane<V>(gn + j);
+        const V r = load_lane<V>(row.gate(0) + j), z = load_lane<V>(row.gate(1) + j), n = load_lane<V>(row.gate(2) + j);
         const V dpn = dhv * (V(1) - z) * (V(1) - n * n);
-        const V dpr = dpn * load_lane<V>(saved_n + j) * r * (V(1) - r);
-        const V dpz = dhv * (load_lane<V>(hp + j) - n) * z * (V(1) - z);
-        store_lane(dxr + j, dpr);
-        store_lane(dxz + j, dpz);
-        store_lane(dxn + j, dpn);
-        store_lane(dhr + j, dpr);
-        store_lane(dhz + j, dpz);
-        store_lane(dhn + j, dpn * r);
+        const V dpr = dpn * load_lane<V>(row.saved[0] + j) * r * (V(1) - r);
+        const V dpz = dhv * (load_lane<V>(row.state[0] + j) - n) * z * (V(1) - z);
+        store_lane(row.grad_gate(0) + j, dpr);
+        store_lane(row.grad_gate(1) + j, dpz);
+        store_lane(row.grad_gate(2) + j, dpn);
+        store_lane(row.grad_recurrent_gate(0) + j, dpr);
+        store_lane(row.grad_recurrent_gate(1) + j, dpz);
+        store_lane(row.grad_recurrent_gate(2) + j, dpn * r);
         store_lane(dh + j, dhv * z);
     });
 }
 
-template class GatedCell<float>;
-template class GatedCell<double>;
+template class StandardCell<float>;
+template class StandardCell<double>;
 template class RNNCell<float>;
 template class RNNCell<double>;
 template class LSTMCell<float>;

@@ -41,6 +41,23 @@ template <class T> Tensor<T> sigmoid_backward(const Tensor<T>& grad, const Tenso
 // a * mask with a constant mask (no gradient to the mask): relu', dropout, padding.
 template <class T> Tensor<T> mul_mask(const Tensor<T>& a, const xt::xarray<T>& mask);
 
+// ---- more element-wise ops for custom cells (ops_nonlinear.cpp), PyTorch's semantics ----
+// 1 / sqrt(x) (torch.rsqrt).
+template <class T> Tensor<T> rsqrt(const Tensor<T>& x);
+// |x|; its gradient at 0 is 0, as torch.abs's.
+template <class T> Tensor<T> abs(const Tensor<T>& x);
+// Element-wise larger/smaller of a and b, broadcasting; NaN propagates; on ties each input gets
+// half the gradient (torch.maximum / torch.minimum).
+template <class T> Tensor<T> maximum(const Tensor<T>& a, const Tensor<T>& b);
+template <class T> Tensor<T> minimum(const Tensor<T>& a, const Tensor<T>& b);
+// a where condition holds, else b; the three broadcast together (torch.where). The condition
+// takes no gradient. Call it as rw::where: xt::where is found too, by argument-dependent lookup.
+template <class T> Tensor<T> where(const xt::xarray<bool>& condition, const Tensor<T>& a, const Tensor<T>& b);
+// log(1 + exp(beta x)) / beta, and x itself where beta x > threshold (torch.nn.functional.softplus).
+template <class T> Tensor<T> softplus(const Tensor<T>& x, Scalar<T> beta = 1, Scalar<T> threshold = 20);
+// log(sigmoid(x)), computed as min(x, 0) - log1p(exp(-|x|)) so it stays finite (F.logsigmoid).
+template <class T> Tensor<T> log_sigmoid(const Tensor<T>& x);
+
 template <class T> Tensor<T> operator+(const Tensor<T>& a, const Tensor<T>& b) { return add(a, b); }
 template <class T> Tensor<T> operator-(const Tensor<T>& a, const Tensor<T>& b) { return sub(a, b); }
 template <class T> Tensor<T> operator*(const Tensor<T>& a, const Tensor<T>& b) { return mul(a, b); }
@@ -90,6 +107,19 @@ template <class T> Tensor<T> sum(const Tensor<T>& x);
 template <class T> Tensor<T> sum(const Tensor<T>& x, const std::vector<std::size_t>& axes, bool keepdims = false);
 template <class T> Tensor<T> mean(const Tensor<T>& x);
 template <class T> Tensor<T> mean(const Tensor<T>& x, const std::vector<std::size_t>& axes, bool keepdims = false);
+// ---- normalisation (ops_norm.cpp) ----
+// Variance over `axes` (torch.var(x, dim, unbiased, keepdim)): the sum of squared deviations
+// from the mean divided by N - 1 when unbiased (PyTorch's default; NaN when N = 1, as PyTorch),
+// else by N. Axes must be distinct; no axes (the default) means all of them, as dim=None.
+template <class T>
+Tensor<T> var(const Tensor<T>& x, const std::vector<std::size_t>& axes = {}, bool unbiased = true, bool keepdims = false);
+// torch.nn.functional.layer_norm: normalises over the trailing axes given by normalized_shape
+// (which must equal x's last axes), y = (x - mean) / sqrt(var_biased + eps) * weight + bias;
+// weight and bias (shape normalized_shape) are optional: pass undefined tensors for none.
+template <class T>
+Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Tensor<T>& weight = Tensor<T>(),
+                     const Tensor<T>& bias = Tensor<T>(), double eps = 1e-5);
+
 // Stable for large logits: the maximum is subtracted first.
 template <class T> Tensor<T> softmax(const Tensor<T>& x, std::size_t axis);
 template <class T> Tensor<T> log_softmax(const Tensor<T>& x, std::size_t axis);

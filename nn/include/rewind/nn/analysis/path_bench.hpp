@@ -20,7 +20,7 @@ struct PathBenchOptions {
     bool generic = true;  // false: time the fused path only (the generic tape is slow at large sizes)
     // Called once per round after the layer's steps (e.g. to time a peer in the same rounds);
     // `timed` is false during the warm-up.
-    std::function<void(bool timed)> each_round;
+    std::function<void(bool timed)> each_round = {};
 };
 
 struct PathBenchResult {

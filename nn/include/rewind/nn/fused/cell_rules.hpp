@@ -32,7 +32,7 @@
 // writes grad_second = dL/d(stage-2 product) and its gate blocks of grad_gates), the driver
 // computes grad_gated_state = grad_second W_2, then backward() runs.
 //
-// Output projection (layout.projection, weights.weight_projection [P, H]): h, state 0, has
+// Output projection (layout.projection, weights.projection_weight [P, H]): h, state 0, has
 // width P (the layer's output, the next step's and the next layer's input), the other states
 // keep H, and W_hh is [R*H, P]. The rule computes the cell's output m [H] as it would compute h'
 // without projection: next_state[0] points at m, which the driver keeps for the backward and
@@ -42,10 +42,16 @@
 // driver) and what the rule leaves there is not read. The driver adds dW_proj = sum dh'^T m.
 // A projection has no second stage (q would gate an h of another width).
 //
+// A rule may also reduce over its row (a sum, a mean, a norm over the H or G*H elements it is
+// given): rows are independent, so a row's rule sees all of the row and nothing else. Layer
+// normalisation inside a rule (examples/ln_lstm_cell.hpp) keeps what its backward needs in `saved`
+// buffers and uses row_norm.hpp.
+//
 // Rules are written with xsimd batches through lanes.hpp, templated on the cell's T.
 // They are used only when the cell's dynamic type is exactly rules_cell_type(): a subclass that
 // changes step() never inherits hand-written rules that no longer match it (the layer then runs
-// step() and says why, see Recurrent::path_note()).
+// step() and says why, see Recurrent::path_note()). A cell that derives from nn::FusedCell
+// (cell.hpp) gets fused_rules() and rules_cell_type() from it.
 
 #include <cstddef>
 #include <cstdint>
@@ -79,19 +85,22 @@ struct CellLayout {
 double forward_flops_per_step(const CellLayout& layout, std::size_t batch, std::size_t input, std::size_t hidden,
                               std::size_t output = 0);
 
-// The tensors the driver reads; shapes follow the layout. Undefined tensors are absent.
+// The tensors the driver reads, named by their role in the step; shapes follow the layout.
+// Undefined tensors are absent. Every member has a default, so designated initialisers that name
+// only some of them compile quietly under -Wextra (-Wmissing-field-initializers).
 template <class T>
 struct CellWeights {
-    Tensor<T> weight_ih;           // [G*H, I]
-    Tensor<T> bias_ih;             // [G*H] or undefined
-    Tensor<T> weight_hh;           // [R*H, H] when R > 0 ([R*H, P] with a projection)
-    Tensor<T> bias_hh;             // [R*H] or undefined
-    Tensor<T> weight_second;       // [R_2*H, H] when R_2 > 0
-    std::vector<Tensor<T>> units;  // layout.units tensors, each [H]
-    Tensor<T> weight_projection;   // [P, H] when layout.projection
+    Tensor<T> input_weight = {};         // W_ih [G*H, I]: the input projection of every gate block
+    Tensor<T> input_bias = {};           // [G*H] or undefined, added with the input projection
+    Tensor<T> recurrent_weight = {};     // W_hh [R*H, H] when R > 0 ([R*H, P] with a projection): h W_hh^T
+    Tensor<T> recurrent_bias = {};       // [R*H] or undefined, added with the recurrent product
+    Tensor<T> gated_state_weight = {};   // W_2 [R_2*H, H] when R_2 > 0: two-stage cells' q W_2^T
+    std::vector<Tensor<T>> units = {};   // layout.units tensors, each [H]
+    Tensor<T> projection_weight = {};    // W_proj [P, H] when layout.projection: h' = m W_proj^T
 };
 
-// One row of the batch at one step, forward. Pointers of length H unless said otherwise.
+// One row of the batch at one step, forward. Pointers of length H unless said otherwise;
+// gate(k) is gate block k of `gates` (k < G), recurrent_gate(k) block k of the separate product.
 template <class T>
 struct ForwardRow {
     std::size_t hidden = 0;
@@ -105,8 +114,12 @@ struct ForwardRow {
     const T* const* units = nullptr;      // [layout.units]
     T* gated_state = nullptr;             // two-stage: q, written by forward()
     const T* second = nullptr;            // two-stage: [R_2*H] q W_2^T, read by forward_second()
+
+    T* gate(std::size_t k) const { return gates + k * hidden; }
+    const T* recurrent_gate(std::size_t k) const { return recurrent + k * hidden; }
 };
 
+// grad_gate(k) is block k of grad_gates, grad_recurrent_gate(k) of grad_recurrent.
 template <class T>
 struct BackwardRow {
     std::size_t hidden = 0;
@@ -123,6 +136,10 @@ struct BackwardRow {
     T* grad_second = nullptr;             // [R_2*H] out of backward_second()
     const T* grad_gated_state = nullptr;  // two-stage, in to backward(): grad_second W_2
     T* const* grad_units = nullptr;       // [layout.units], accumulate (+=)
+
+    const T* gate(std::size_t k) const { return gates + k * hidden; }
+    T* grad_gate(std::size_t k) const { return grad_gates + k * hidden; }
+    T* grad_recurrent_gate(std::size_t k) const { return grad_recurrent + k * hidden; }
 };
 
 template <class T>
@@ -142,7 +159,7 @@ public:
     virtual std::vector<std::string> gate_names() const;
     // GEMM flops of one forward step; the default counts the layout's products.
     virtual double forward_flops(std::size_t batch, std::size_t input, std::size_t hidden) const {
-        const Tensor<T> projection = layout().projection ? weights().weight_projection : Tensor<T>();
+        const Tensor<T> projection = layout().projection ? weights().projection_weight : Tensor<T>();
         return forward_flops_per_step(layout(), batch, input, hidden, projection.defined() ? projection.size(0) : 0);
     }
 };

@@ -116,6 +116,21 @@ State<T> RecurrentCell<T>::forward_step(const Tensor<T>& x, const State<T>& stat
     return step(reshape(prepared, {batch, prepared.size() / batch}), state);
 }
 
+// The base of a cell with fused rules, its step() and its rules in one class: it supplies
+// fused_rules() (this cell) and rules_cell_type() (exactly `Cell`), so a cell writes only the
+// layout, the weights and the rules.
+//     template <class T>
+//     class MyCell : public rw::nn::FusedCell<MyCell<T>, T> { ... };
+// `Base` is the cell class it extends (RecurrentCell<T>, or e.g. StandardCell<T> for PyTorch's
+// four parameters); its constructors are inherited.
+template <class Cell, class T, class Base = RecurrentCell<T>>
+class FusedCell : public Base, public fused::CellRules<T> {
+public:
+    using Base::Base;
+    const fused::CellRules<T>* fused_rules() const override { return this; }
+    const std::type_info& rules_cell_type() const override { return typeid(Cell); }
+};
+
 // Where a layer is building a cell: the sizes the cell needs and which of the layer's cells it
 // is, so that a factory can initialise layers differently (IndRNN's last layer, a forget-gate
 // bias per layer, a reverse direction of its own).

@@ -6,7 +6,8 @@
 // proj_size P > 0 also has weight_hr [P, H]: h' = W_hr (σ(o) tanh(c')) has size P (c' keeps H),
 // and weight_hh is [4H, P].
 // Each is its own fused rules (fused/cell_rules.hpp), written beside its step() in cells.cpp
-// through the same public interface a user's cell uses; a subclass does not inherit them.
+// through the same public interface a user's cell uses (FusedCell, cell.hpp); a subclass does not
+// inherit them.
 
 #include "rewind/nn/layers/cell.hpp"
 
@@ -29,12 +30,13 @@ struct CellOptions {
     std::size_t proj_size = 0;   // LSTM only: > 0 projects h to this size (must be < hidden_size)
 };
 
-// The four standard parameters shared by all three cells.
+// PyTorch's four standard parameters, shared by all three cells (the tanh RNN's one block is
+// no gate, hence not "gated"); `gates()` counts the G blocks of width H.
 template <class T>
-class GatedCell : public RecurrentCell<T> {
+class StandardCell : public RecurrentCell<T> {
 public:
     // recurrent_size: the width of the h that weight_hh multiplies (hidden_size, or LSTM's proj_size).
-    GatedCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
+    StandardCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
               const CellInit& init, const CellOptions& options, std::size_t recurrent_size);
 
     const Tensor<T>& weight_ih() const { return weight_ih_; }
@@ -50,7 +52,9 @@ protected:
     // b_ih + b_hh, or undefined without bias.
     Tensor<T> summed_bias() const;
     // The four standard tensors, for the cells' fused rules.
-    fused::CellWeights<T> standard_weights() const { return {weight_ih_, bias_ih_, weight_hh_, bias_hh_, {}, {}, {}}; }
+    fused::CellWeights<T> standard_weights() const {
+        return {.input_weight = weight_ih_, .input_bias = bias_ih_, .recurrent_weight = weight_hh_, .recurrent_bias = bias_hh_};
+    }
 
     std::size_t gates_;
     Tensor<T> weight_ih_, weight_hh_, bias_ih_, bias_hh_;
@@ -58,7 +62,7 @@ protected:
 
 // h' = f(W_ih x + b_ih + W_hh h + b_hh), f = tanh or relu.
 template <class T>
-class RNNCell : public GatedCell<T>, public fused::CellRules<T> {
+class RNNCell : public FusedCell<RNNCell<T>, T, StandardCell<T>> {
 public:
     RNNCell(std::size_t input_size, std::size_t hidden_size, Nonlinearity nonlinearity, Generator& generator,
             const CellInit& init = {}, const CellOptions& options = {});
@@ -67,8 +71,6 @@ public:
     std::string kind() const override;
     Nonlinearity nonlinearity() const { return nonlinearity_; }
 
-    const fused::CellRules<T>* fused_rules() const override { return this; }
-    const std::type_info& rules_cell_type() const override { return typeid(RNNCell); }
     fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 1}; }
     std::vector<std::string> gate_names() const override { return {"pre-activation"}; }
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
@@ -82,7 +84,7 @@ private:
 // i, f, g, o = split(W_ih x + b_ih + W_hh h + b_hh);  c' = σ(f) c + σ(i) tanh(g);  h' = σ(o) tanh(c'),
 // or with proj_size P: h' = W_hr (σ(o) tanh(c')), [B, P].
 template <class T>
-class LSTMCell : public GatedCell<T>, public fused::CellRules<T> {
+class LSTMCell : public FusedCell<LSTMCell<T>, T, StandardCell<T>> {
 public:
     LSTMCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init = {},
              const CellOptions& options = {});
@@ -98,15 +100,13 @@ public:
 
     // With proj_size the rule writes m = σ(o) tanh(c') and the driver's output projection makes
     // h' = m W_hr^T (fused/cell_rules.hpp): the same rule serves both.
-    const fused::CellRules<T>* fused_rules() const override { return this; }
-    const std::type_info& rules_cell_type() const override { return typeid(LSTMCell); }
     fused::CellLayout layout() const override {
         return {.gates = 4, .states = 2, .recurrent = 4, .projection = proj_size() > 0};
     }
     std::vector<std::string> gate_names() const override { return {"input", "forget", "cell", "output"}; }
     fused::CellWeights<T> weights() const override {
         fused::CellWeights<T> weights = this->standard_weights();
-        weights.weight_projection = weight_hr_;
+        weights.projection_weight = weight_hr_;
         return weights;
     }
     void forward(const fused::ForwardRow<T>& row) const override;
@@ -119,7 +119,7 @@ private:
 // r = σ(W_ir x + b_ir + W_hr h + b_hr);  z = σ(W_iz x + b_iz + W_hz h + b_hz);
 // n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn));  h' = (1 - z) ⊙ n + z ⊙ h.
 template <class T>
-class GRUCell : public GatedCell<T>, public fused::CellRules<T> {
+class GRUCell : public FusedCell<GRUCell<T>, T, StandardCell<T>> {
 public:
     GRUCell(std::size_t input_size, std::size_t hidden_size, Generator& generator, const CellInit& init = {},
             const CellOptions& options = {});
@@ -129,8 +129,6 @@ public:
 
     // h W_hh^T goes to its own buffer: b_hn and the reset gate act on it inside the rule; the
     // rule saves W_hn h + b_hn for the backward.
-    const fused::CellRules<T>* fused_rules() const override { return this; }
-    const std::type_info& rules_cell_type() const override { return typeid(GRUCell); }
     fused::CellLayout layout() const override {
         return {.gates = 3, .states = 1, .recurrent = 3, .recurrent_into_gates = false, .saved = 1};
     }
@@ -140,8 +138,8 @@ public:
     void backward(const fused::BackwardRow<T>& row) const override;
 };
 
-extern template class GatedCell<float>;
-extern template class GatedCell<double>;
+extern template class StandardCell<float>;
+extern template class StandardCell<double>;
 extern template class RNNCell<float>;
 extern template class RNNCell<double>;
 extern template class LSTMCell<float>;
