@@ -9,6 +9,7 @@
 
 #include "rewind/autograd/errors.hpp"
 #include "pool.hpp"
+#include "tensor_access.hpp"
 
 namespace rw {
 
@@ -65,7 +66,8 @@ bool should_record(const Tensor<T>* begin, const Tensor<T>* end) {
 // its three inline shape vectors, which shows on tiny ops.)
 template <class T>
 Tensor<T> plain_tensor(xt::xarray<T>&& value) {
-    return Tensor<T>(std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value)));
+    return detail::TensorAccess<T>::wrap(
+        std::allocate_shared<detail::TensorImpl<T>>(detail::PoolAllocator<detail::TensorImpl<T>>(), std::move(value)));
 }
 
 }  // namespace
@@ -90,7 +92,7 @@ struct detail::NodeFactory {
         impl->grad_fn = node;
         impl->output_index = node->outputs_.size();
         node->outputs_.push_back(impl);
-        return Tensor<T>(std::move(impl));
+        return TensorAccess<T>::wrap(std::move(impl));
     }
 };
 
@@ -181,7 +183,7 @@ template <class T>
 Tensor<T> BackwardContext<T>::output(std::size_t index) const {
     auto impl = node_.outputs_.at(index).lock();
     if (!impl) throw GraphError(fmt::format("backward of op '{}': output {} no longer exists", node_.name_, index));
-    return Tensor<T>(std::move(impl));
+    return detail::TensorAccess<T>::wrap(std::move(impl));
 }
 
 template class BackwardContext<float>;

@@ -33,7 +33,7 @@ Tensor<T> filled(std::string_view op, const Shape& shape, T fill, bool requires_
 template <class T>
 Tensor<T>::Tensor(Array value, bool requires_grad) {
     checked_element_count("Tensor", to_shape(value.shape()), sizeof(T));
-    impl_ = std::allocate_shared<TensorImpl<T>>(detail::PoolAllocator<TensorImpl<T>>(), std::move(value), requires_grad);
+    impl_ = std::allocate_shared<Impl>(detail::PoolAllocator<Impl>(), std::move(value), requires_grad);
 }
 
 template <class T>
@@ -57,13 +57,13 @@ Tensor<T> Tensor<T>::scalar(T value, bool requires_grad) {
 }
 
 template <class T>
-const TensorImpl<T>& Tensor<T>::checked() const {
+const detail::TensorImpl<T>& Tensor<T>::checked() const {
     if (!impl_) throw std::logic_error("rewind: use of an undefined tensor");
     return *impl_;
 }
 
 template <class T>
-TensorImpl<T>& Tensor<T>::checked() {
+detail::TensorImpl<T>& Tensor<T>::checked() {
     if (!impl_) throw std::logic_error("rewind: use of an undefined tensor");
     return *impl_;
 }
@@ -197,13 +197,13 @@ void release_node(std::shared_ptr<Node<T>>&& node) noexcept {
 }  // namespace detail
 
 template <class T>
-TensorImpl<T>::~TensorImpl() {
-    if (grad_fn) detail::release_node(std::move(grad_fn));
-    detail::ArrayCache<T>::give(std::move(value));
+detail::TensorImpl<T>::~TensorImpl() {
+    if (grad_fn) release_node(std::move(grad_fn));
+    ArrayCache<T>::give(std::move(value));
 }
 
-template struct TensorImpl<float>;
-template struct TensorImpl<double>;
+template struct detail::TensorImpl<float>;
+template struct detail::TensorImpl<double>;
 template class Tensor<float>;
 template class Tensor<double>;
 

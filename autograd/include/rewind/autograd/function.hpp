@@ -55,7 +55,7 @@ private:
     std::string name_;
     std::uint64_t sequence_ = 0;
     std::vector<Tensor<T>> inputs_;
-    std::vector<std::weak_ptr<TensorImpl<T>>> outputs_;
+    std::vector<std::weak_ptr<detail::TensorImpl<T>>> outputs_;
     // Needed when an output died before the backward; xtensor's small inline shape, no allocation.
     std::vector<typename xt::xarray<T>::shape_type> output_shapes_;
     BackwardRule<T> backward_;

@@ -17,12 +17,14 @@ using Shape = std::vector<std::size_t>;
 
 template <class T> class Tensor;
 template <class T> class Node;
-namespace detail {
-template <class T> class BackwardPass;  // the engine (engine.cpp): the only user of the private parts
-}  // namespace detail
-
 template <class T>
 using GradientHook = std::function<void(const Tensor<T>& gradient)>;
+
+// Engine bookkeeping, not public API: a Tensor's state lives here, and only autograd/src names it
+// (as PyTorch's function.h keeps engine state behind accessors). Users go through Tensor.
+namespace detail {
+template <class T> class BackwardPass;  // the engine (engine.cpp): the only user of the private parts
+template <class T> struct TensorAccess;  // wraps a TensorImpl in a Tensor (src/tensor_access.hpp)
 
 template <class T>
 struct TensorImpl {
@@ -48,6 +50,8 @@ private:
     Tensor<T> pending;
 };
 
+}  // namespace detail
+
 template <class T>
 class Tensor {
 public:
@@ -56,7 +60,6 @@ public:
 
     Tensor() = default;  // an undefined tensor: "no gradient" in backward rules
     explicit Tensor(Array value, bool requires_grad = false);
-    explicit Tensor(std::shared_ptr<TensorImpl<T>> impl) : impl_(std::move(impl)) {}
 
     static Tensor zeros(const Shape& shape, bool requires_grad = false);
     static Tensor ones(const Shape& shape, bool requires_grad = false);
@@ -101,11 +104,15 @@ public:
 
 private:
     friend class detail::BackwardPass<T>;
-    const std::shared_ptr<TensorImpl<T>>& impl() const { return impl_; }
+    friend struct detail::TensorAccess<T>;
+    using Impl = detail::TensorImpl<T>;
 
-    const TensorImpl<T>& checked() const;
-    TensorImpl<T>& checked();
-    std::shared_ptr<TensorImpl<T>> impl_;
+    explicit Tensor(std::shared_ptr<Impl> impl) : impl_(std::move(impl)) {}
+    const std::shared_ptr<Impl>& impl() const { return impl_; }
+
+    const Impl& checked() const;
+    Impl& checked();
+    std::shared_ptr<Impl> impl_;
 };
 
 // Shapes as "[2, 3]" for error messages.
