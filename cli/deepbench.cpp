@@ -27,6 +27,7 @@
 #include <rewind/autograd/random.hpp>
 #include <rewind/nn/analysis/curves.hpp>
 #include <rewind/nn/analysis/path_bench.hpp>
+#include <rewind/nn/fused/cell_rules.hpp>
 #include <rewind/nn/layers/cell_table.hpp>
 
 #include "commands.hpp"
@@ -91,8 +92,12 @@ nlohmann::json run_shape(const Shape& shape, const DeepbenchRequest& r) {
         sum(output).backward();
         return {ms_since(start), output};
     };
-    // The untimed round doubles as the check that both sides compute the same layer.
+    // The untimed round doubles as the check that both sides compute the same layer, and measures
+    // the fused driver's buffers at their peak (inference keeps no step buffers: Note [Inference]).
+    nn::fused::reset_driver_memory_peak();
+    const std::size_t live = nn::fused::driver_memory().live;
     const Tensor<float> output = rewind_round().second;
+    const std::size_t driver_peak = nn::fused::driver_memory().peak - live;
     peer.run();
     double difference = 0;
     for (std::size_t i = 0; i < output.size(); ++i)
@@ -120,6 +125,7 @@ nlohmann::json run_shape(const Shape& shape, const DeepbenchRequest& r) {
             {"onednn_gflops", flops / (onednn * 1e6)},
             {"onednn_over_rewind", onednn / rewind},
             {"output_max_abs_diff", difference},
+            {"rewind_driver_peak_bytes", driver_peak},
             {"rounds", r.rounds}};
 }
 
