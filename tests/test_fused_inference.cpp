@@ -106,4 +106,19 @@ BOOST_AUTO_TEST_CASE(a_no_grad_forward_gives_the_recorded_forwards_outputs) {
     }
 }
 
+// A finished row keeps its projected h while the others run on, across windows (its state slot
+// must not be the one the step writes).
+BOOST_AUTO_TEST_CASE(a_no_grad_projected_lstm_keeps_finished_rows_across_windows) {
+    for (const bool bidirectional : {false, true}) {
+        Config c{.cell = "lstm", .bidirectional = bidirectional, .steps = 300, .batch = 3, .input = 5, .hidden = 7,
+                 .lengths = {300, 120, 7}, .proj_size = 3};
+        auto layer = make_layer<double>(c, ExecutionPath::fused, 77);
+        const auto recorded = forward_values(*layer, c, 78, false);
+        const auto inferred = forward_values(*layer, c, 78, true);
+        for (std::size_t v = 0; v < recorded.size(); ++v)
+            BOOST_TEST(relative_error(inferred[v].second, recorded[v].second) <= 1e-13,
+                       c.to_string() << ": " << recorded[v].first);
+    }
+}
+
 BOOST_AUTO_TEST_SUITE_END()

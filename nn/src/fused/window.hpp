@@ -85,7 +85,9 @@ struct StepWeights {
 // forward keeps nothing for a backward. It runs in windows of inference_rows / B steps (at least
 // one): the input projections of a window are one GEMM of about inference_rows rows (one GEMM
 // over all T steps would grow with T; one per step would stream W_ih T times), the states
-// alternate between two slots, the per-step buffers (saved, q, m) live for one step, and the
+// alternate between two slots (not one: a finished row's projected h is copied from the state
+// before the step after the projection overwrote the slot, and a user's rule may read other units
+// of the state than it writes), the per-step buffers (saved, q, m) live for one step, and the
 // states after a window go straight to the final states, where the next window starts from.
 // The arithmetic of every step is the recorded forward's; only the projection GEMM's row count
 // differs, so outputs agree to round-off (bit for bit where the GEMM's sums do not depend on M).
