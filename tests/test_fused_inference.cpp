@@ -121,4 +121,22 @@ BOOST_AUTO_TEST_CASE(a_no_grad_projected_lstm_keeps_finished_rows_across_windows
     }
 }
 
+// Two threads: the batch's row groups share the window's slots, each writing its own rows.
+BOOST_AUTO_TEST_CASE(a_no_grad_forward_on_two_row_groups_gives_the_recorded_outputs) {
+    const int before = blas::num_threads();
+    blas::set_num_threads(2);
+    for (const std::string cell : {"lstm", "gru", "rnn_tanh"}) {
+        Config c{.cell = cell, .bidirectional = true, .steps = 90, .batch = 11, .input = 6, .hidden = 9,
+                 .lengths = {90, 3, 90, 60, 90, 90, 1, 90, 45, 90, 90}};
+        auto layer = make_layer<double>(c, ExecutionPath::fused, 31);
+        BOOST_TEST_REQUIRE(fused::row_groups(c.batch) == 2u);
+        const auto recorded = forward_values(*layer, c, 32, false);
+        const auto inferred = forward_values(*layer, c, 32, true);
+        for (std::size_t v = 0; v < recorded.size(); ++v)
+            BOOST_TEST(relative_error(inferred[v].second, recorded[v].second) <= 1e-13,
+                       c.to_string() << ": " << recorded[v].first);
+    }
+    blas::set_num_threads(before);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
