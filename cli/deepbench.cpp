@@ -104,17 +104,25 @@ nlohmann::json run_shape(const Shape& shape, const DeepbenchRequest& r) {
         difference = std::max(difference, double(std::abs(output.value().data()[i] - peer.output()[i])));
     if (!layer->uses_fused()) throw std::runtime_error(fmt::format("deepbench: {} did not run fused: {}", cell, layer->path_note()));
 
-    std::vector<double> rewind_ms, onednn_ms;
+    // Inferring, the same forward recorded on the tape (graph dropped at once) is timed too: what
+    // no_grad saves against it.
+    auto recorded_round = [&] {
+        const auto start = Clock::now();
+        { auto graph = layer->forward(x).output; }
+        return ms_since(start);
+    };
+    std::vector<double> rewind_ms, onednn_ms, recorded_ms;
     for (int round = 0; round < r.rounds; ++round) {
         // Alternating which side goes first, so neither always runs on the other's warm caches.
         if (round % 2 == 0) rewind_ms.push_back(rewind_round().first);
         onednn_ms.push_back(peer.run().first);
         if (round % 2 == 1) rewind_ms.push_back(rewind_round().first);
+        if (!training) recorded_ms.push_back(recorded_round());
     }
     const double flops = (training ? 3.0 : 1.0) * 2.0 * double(T * B * G * H) * double(2 * H);
     remeasure_fma_peak_gflops(r.threads);
     const double rewind = nn::median_of(rewind_ms), onednn = nn::median_of(onednn_ms);
-    return {{"hidden", H},
+    nlohmann::json row = {{"hidden", H},
             {"batch", B},
             {"time_steps", T},
             {"type", shape.type},
@@ -127,6 +135,11 @@ nlohmann::json run_shape(const Shape& shape, const DeepbenchRequest& r) {
             {"output_max_abs_diff", difference},
             {"rewind_driver_peak_bytes", driver_peak},
             {"rounds", r.rounds}};
+    if (!training) {
+        row["rewind_recorded_forward_ms"] = nn::median_of(recorded_ms);
+        row["recorded_over_no_grad"] = nn::median_of(recorded_ms) / rewind;
+    }
+    return row;
 }
 
 void print_row(const nlohmann::json& j) {
