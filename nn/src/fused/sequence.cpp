@@ -337,12 +337,9 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
 
     // With nothing to record the forward keeps nothing (Note [Inference], window.hpp); the probe
     // reads every step's buffers, so it never infers.
-    bool record = grad_mode_enabled() && !saved->probe;
-    if (record) {
-        record = false;
-        for (const auto& tensor : inputs) record = record || tensor.requires_grad();
-    }
-    if (!record && !saved->probe) {
+    bool record = false;
+    for (const auto& tensor : inputs) record = record || tensor.requires_grad();
+    if (!saved->probe && !(record && grad_mode_enabled())) {
         saved->inference = true;
         saved->segment = inference_segment(d.steps, d.batch);
     }

@@ -94,7 +94,7 @@ struct StepWeights {
 constexpr std::size_t inference_rows = 256;
 
 inline std::size_t inference_segment(std::size_t steps, std::size_t batch) {
-    return std::clamp<std::size_t>(inference_rows / std::max<std::size_t>(batch, 1), 1, steps);
+    return std::max<std::size_t>(1, std::min(steps, inference_rows / std::max<std::size_t>(batch, 1)));
 }
 
 // Note [Threads]: the rows of a batch are independent until the weight gradients sum over them,
