@@ -1,4 +1,4 @@
-// rw::checkpoint (autograd/checkpoint.hpp): recomputation records one op in place of a function's
+// rw::checkpoint (autograd/recompute.hpp): recomputation records one op in place of a function's
 // graph and gives the gradients of running the function directly.
 
 #include <boost/test/unit_test.hpp>

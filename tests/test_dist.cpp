@@ -367,6 +367,45 @@ BOOST_AUTO_TEST_CASE(truncated_bptt_averaged_gradients_equal_the_whole_batch_gra
     BOOST_TEST(worst_difference(net.named_parameters(), reference.named_parameters(), false) <= 1e-12);
 }
 
+static Tensor<double> empty_shard_loss(const Sequences& data, Net& net) {
+    const std::size_t steps = data.inputs.shape(0);
+    const auto output = net.lstm->forward(Tensor<double>(Array::from_shape({steps, 0, 3}))).output;
+    BOOST_TEST(output.shape() == (rw::Shape{steps, 0, 5}), boost::test_tools::per_element());
+    return rw::mse_loss(net.head->forward(output), Tensor<double>(Array::from_shape({steps, 0, 2})), rw::Reduction::sum);
+}
+
+// An empty shard runs like any other (a recurrent layer takes a batch of 0, as PyTorch's): the
+// rank left without sequences by the epoch's last batch calls forward and backward on its empty
+// batch, with weight 0, and training still gives the parameters of one process.
+BOOST_AUTO_TEST_CASE(a_rank_with_an_empty_shard_runs_forward_and_backward_on_its_empty_batch) {
+    const Sequences data(11);
+    Net reference(21), net(21);
+    Adam<double> reference_adam(reference.named_parameters(), {.lr = 0.05});
+    Adam<double> adam(net.named_parameters(), {.lr = 0.05});
+    dist::GradientReducer<double> reducer(*world, net.named_parameters(), after_backward);
+    train(data, reference, reference_adam, nullptr, 0, 10, 5);
+    const dist::DistributedSampler sampler(data.lengths.size(), 5, 7, world->rank(), world->size());
+    std::uint64_t empty_steps = 0;
+    for (std::size_t step = 0; step < 10; ++step) {
+        const std::size_t epoch = step / sampler.batches_per_epoch(), batch = step % sampler.batches_per_epoch();
+        const auto local = sampler.local_batch(epoch, batch);
+        empty_steps += local.empty();
+        adam.zero_grad();
+        double terms = 0;
+        // A mean over no terms is undefined (sequence_mse refuses it), so the empty shard's loss is
+        // the sum of its squared errors: 0, through the layer's output [T, 0, 5] and the head.
+        const Tensor<double> loss = local.empty() ? empty_shard_loss(data, net) : data.loss(net, local, terms);
+        reducer.set_weight(terms);
+        loss.backward();
+        BOOST_TEST(reducer.synchronize().finite);
+        BOOST_TEST(adam.step().applied);
+    }
+    std::uint64_t ranks_with_empty_steps = 0;
+    for (auto count : world->all_gather(empty_steps)) ranks_with_empty_steps += count > 0;
+    if (world->size() > 1) BOOST_TEST(ranks_with_empty_steps > 0u);  // 11 = 5 + 5 + 1: the last batch leaves a rank empty
+    BOOST_TEST(worst_difference(net.named_parameters(), reference.named_parameters(), false) <= 1e-12);
+}
+
 BOOST_AUTO_TEST_CASE(ten_steps_give_the_parameters_of_one_process_with_uneven_shards) {
     // 11 sequences in global batches of 5: parts of 3+2 on two ranks, 2+2+1 on three, and the
     // epoch's last batch of one sequence leaves ranks without data.

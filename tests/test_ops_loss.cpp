@@ -233,7 +233,7 @@ BOOST_AUTO_TEST_CASE(mse_loss_of_different_shapes_names_the_op_and_both_shapes) 
 }
 
 BOOST_AUTO_TEST_CASE(dropout_with_p_outside_zero_to_one_throws_invalid_argument) {
-    for (double p : {1.0, -0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
+    for (double p : {-0.1, 1.5, std::numeric_limits<double>::quiet_NaN()}) {
         BOOST_TEST_CONTEXT("p " << p) {
             Generator generator(1);
             expect_error<std::invalid_argument>([&] { dropout(Tensor<double>::ones({2}), p, true, generator); },
@@ -244,7 +244,19 @@ BOOST_AUTO_TEST_CASE(dropout_with_p_outside_zero_to_one_throws_invalid_argument)
 
 BOOST_AUTO_TEST_CASE(dropout_rejects_a_bad_p_outside_training_too) {
     Generator generator(1);
-    BOOST_CHECK_THROW(dropout(Tensor<double>::ones({2}), 1.0, false, generator), std::invalid_argument);
+    for (double p : {1.5, -0.1, std::numeric_limits<double>::quiet_NaN()})
+        BOOST_CHECK_THROW(dropout(Tensor<double>::ones({2}), p, false, generator), std::invalid_argument);
+}
+
+// torch.nn.functional.dropout(x, p=1): zeros, and the gradient is zero too; no random draws.
+BOOST_AUTO_TEST_CASE(dropout_of_1_gives_zeros_and_a_zero_gradient_without_drawing) {
+    Generator generator(1), untouched(1);
+    const Tensor<double> x = Tensor<double>::full({3, 4}, 2.5, true);
+    const Tensor<double> y = dropout(x, 1.0, true, generator);
+    BOOST_TEST(xt::all(xt::equal(y.value(), 0.0)));
+    sum(y).backward();
+    BOOST_TEST(xt::all(xt::equal(x.grad().value(), 0.0)));
+    BOOST_TEST(generator.uniform() == untouched.uniform());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -38,6 +38,14 @@ void check(std::int64_t m, std::int64_t n, std::int64_t k) {
     if (m < 0 || n < 0 || k < 0) throw std::invalid_argument("gemm: negative dimension");
 }
 
+// A product over k = 0 (a layer with input_size 0) is empty: C = beta C, zeros for beta = 0 as
+// BLAS defines it. BLAS itself refuses the call (a leading dimension 0 < max(1, k)).
+template <class T>
+void scale(std::int64_t m, std::int64_t n, T beta, T* c, std::int64_t ldc) {
+    for (std::int64_t i = 0; i < m; ++i)
+        for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == T(0) ? T(0) : beta * c[i * ldc + j];
+}
+
 }  // namespace
 
 void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, std::int64_t k, float alpha,
@@ -45,6 +53,7 @@ void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, st
           std::int64_t ldc) {
     check(m, n, k);
     if (m == 0 || n == 0) return;
+    if (k == 0) return scale(m, n, beta, c, ldc);
 #ifdef REWIND_FLOAT_GEMM_OPENBLAS
     cblas_sgemm(CblasRowMajor, cblas_transpose(transpose_a), cblas_transpose(transpose_b), m, n, k, alpha, a, lda, b,
                 ldb, beta, c, ldc);
@@ -61,6 +70,7 @@ void gemm(bool transpose_a, bool transpose_b, std::int64_t m, std::int64_t n, st
           std::int64_t ldc) {
     check(m, n, k);
     if (m == 0 || n == 0) return;
+    if (k == 0) return scale(m, n, beta, c, ldc);
     cblas_dgemm(CblasRowMajor, cblas_transpose(transpose_a), cblas_transpose(transpose_b), m, n, k, alpha, a, lda, b,
                 ldb, beta, c, ldc);
 }

@@ -3,8 +3,10 @@
 // work.
 
 #include <cmath>
+#include <limits>
 
 #include <xtensor/xmath.hpp>
+#include <xsimd/xsimd.hpp>
 #include <xtensor/xoperation.hpp>
 
 #include "rewind/autograd/broadcast.hpp"
@@ -72,13 +74,63 @@ xt::xarray<T> map(const xt::xarray<T>& x, F f) {
     return out;
 }
 
-// For transcendental functions: the scalar loop on small tensors; on larger ones the xtensor
-// expression, which xsimd vectorises (std::tanh and friends do not).
-template <class T, class Scalar, class Expression>
-xt::xarray<T> map(const xt::xarray<T>& x, Scalar scalar, Expression expression) {
+// Transcendental functions on xsimd batches: the scalar loop on small tensors; on larger ones
+// `batch` on full batches and `scalar` (the std:: function) on the tail, as xtensor's own loop
+// over xt::exp and friends does on an aligned array, which ours are.
+template <class T, class Scalar, class Batch>
+xt::xarray<T> map_lanes(const xt::xarray<T>& x, Scalar scalar, Batch batch) {
     constexpr std::size_t small = 32;
     if (x.size() <= small) return map(x, scalar);
-    return expression(x);
+    using V = xsimd::batch<T>;
+    xt::xarray<T> out = detail::ArrayCache<T>::take(x.shape());
+    const T* px = x.data();
+    T* po = out.data();
+    const std::size_t n = out.size();
+    std::size_t i = 0;
+    for (; i + V::size <= n; i += V::size) batch(V::load_unaligned(px + i)).store_unaligned(po + i);
+    for (; i < n; ++i) po[i] = scalar(px[i]);
+    return out;
+}
+
+// Note [Saturated arguments, generic ops]: xsimd's double exp and tanh convert x / ln 2 to a
+// 64-bit integer before they look at its range; at |x| ~ 1e300, at infinities and at NaN that
+// conversion is undefined behaviour (UBSan's float-cast-overflow: "-1.4427e+300 is outside the
+// range of representable values of type 'long int'"). Past `bound` the function has saturated, in
+// float and double (exp 0 or inf past 800, tanh -1 or 1 past 40), so the argument is clamped
+// there and NaN kept out of the conversion, then put back, as nn's fused lanes do (Note
+// [Saturated arguments] in fused/lanes.hpp): every result the unclamped call defined is unchanged.
+template <class V, class F>
+V saturated(const V& x, typename V::value_type bound, F f) {
+    using T = typename V::value_type;
+    const auto nan = xsimd::isnan(x);
+    const V clamped = xsimd::select(x > V(bound), V(bound), xsimd::select(x < V(-bound), V(-bound), x));
+    return xsimd::select(nan, x, f(xsimd::select(nan, V(T(0)), clamped)));
+}
+
+template <class V>
+V exp_lanes(const V& x) {
+    return saturated(x, typename V::value_type(800), [](const V& v) { return xsimd::exp(v); });
+}
+
+template <class V>
+V tanh_lanes(const V& x) {
+    return saturated(x, typename V::value_type(40), [](const V& v) { return xsimd::tanh(v); });
+}
+
+// xsimd's double log is wrong at subnormal arguments (log(4.9e-324) gives -746.5, not -744.4):
+// such lanes, rare, take std::log.
+template <class V>
+V log_lanes(const V& x) {
+    using T = typename V::value_type;
+    V result = xsimd::log(x);
+    const auto subnormal = (xsimd::abs(x) < V(std::numeric_limits<T>::min())) && (x != V(T(0)));
+    if (!xsimd::any(subnormal)) return result;
+    alignas(V::arch_type::alignment()) T in[V::size], out[V::size];
+    x.store_aligned(in);
+    result.store_aligned(out);
+    for (std::size_t j = 0; j < V::size; ++j)
+        if (in[j] != T(0) && std::abs(in[j]) < std::numeric_limits<T>::min()) out[j] = std::log(in[j]);
+    return V::load_aligned(out);
 }
 
 // g summed down to x's shape (the backward of broadcasting), without building any Shape when
@@ -168,7 +220,7 @@ Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> b) {
 
 template <class T>
 Tensor<T> tanh(const Tensor<T>& x) {
-    return record_op<T>("tanh", {x}, map(x.value(), [](T v) { return std::tanh(v); }, [](const auto& e) { return xt::xarray<T>(xt::tanh(e)); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("tanh", {x}, map_lanes(x.value(), [](T v) { return std::tanh(v); }, [](const auto& v) { return tanh_lanes(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {tanh_backward(ctx.grad_output(0), ctx.output(0))};
     });
 }
@@ -188,8 +240,9 @@ Tensor<T> tanh_backward(const Tensor<T>& grad, const Tensor<T>& y) {
 
 template <class T>
 Tensor<T> sigmoid(const Tensor<T>& x) {
-    xt::xarray<T> value = map(x.value(), [](T v) { return T(1) / (T(1) + std::exp(-v)); },
-                              [](const auto& e) { return xt::xarray<T>(T(1) / (T(1) + xt::exp(-e))); });
+    using V = xsimd::batch<T>;
+    xt::xarray<T> value = map_lanes(x.value(), [](T v) { return T(1) / (T(1) + std::exp(-v)); },
+                                    [](const V& v) { return V(T(1)) / (V(T(1)) + exp_lanes(V(-v))); });
     return record_op<T>("sigmoid", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {sigmoid_backward(ctx.grad_output(0), ctx.output(0))};
     });
@@ -217,14 +270,14 @@ Tensor<T> relu(const Tensor<T>& x) {
 
 template <class T>
 Tensor<T> exp(const Tensor<T>& x) {
-    return record_op<T>("exp", {x}, map(x.value(), [](T v) { return std::exp(v); }, [](const auto& e) { return xt::xarray<T>(xt::exp(e)); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("exp", {x}, map_lanes(x.value(), [](T v) { return std::exp(v); }, [](const auto& v) { return exp_lanes(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul(ctx.grad_output(0), ctx.output(0))};
     });
 }
 
 template <class T>
 Tensor<T> log(const Tensor<T>& x) {
-    return record_op<T>("log", {x}, map(x.value(), [](T v) { return std::log(v); }, [](const auto& e) { return xt::xarray<T>(xt::log(e)); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
+    return record_op<T>("log", {x}, map_lanes(x.value(), [](T v) { return std::log(v); }, [](const auto& v) { return log_lanes(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {div(ctx.grad_output(0), ctx.input(0))};
     });
 }
@@ -238,7 +291,9 @@ Tensor<T> sqrt(const Tensor<T>& x) {
 
 template <class T>
 Tensor<T> pow(const Tensor<T>& x, Scalar<T> exponent) {
-    return record_op<T>("pow", {x}, xt::xarray<T>(xt::pow(x.value(), exponent)), [exponent](const BackwardContext<T>& ctx) -> Gradients<T> {
+    // std::pow, not xsimd's: that one goes through the same integer conversion as exp (note
+    // [saturated arguments]) with no bound to clamp at (pow(0, 2) reaches it through log 0 = -inf).
+    return record_op<T>("pow", {x}, map(x.value(), [exponent](T v) { return std::pow(v, exponent); }), [exponent](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         if (exponent == T(0)) return {mul_scalar(g, T(0))};
         return {mul(mul_scalar(g, exponent), pow(ctx.input(0), exponent - T(1)))};

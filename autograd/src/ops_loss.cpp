@@ -107,8 +107,11 @@ Tensor<T> mse_loss(const Tensor<T>& prediction, const Tensor<T>& target, Reducti
 
 template <class T>
 Tensor<T> dropout(const Tensor<T>& x, double p, bool training, Generator& generator) {
-    if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument(fmt::format("dropout: p must be in [0, 1), got {}", p));
+    if (!(p >= 0.0 && p <= 1.0))
+        throw std::invalid_argument(fmt::format("dropout: p must be a probability: expected a value in [0, 1], got {}", p));
     if (!training || p == 0.0) return x;
+    // Everything dropped (torch.nn.functional.dropout with p = 1): zeros, and no random draws.
+    if (p == 1.0) return mul_mask(x, xt::xarray<T>(xt::zeros<T>(x.value().shape())));
     // Survivors are scaled at training time so that evaluation needs no rescaling.
     const T scale = static_cast<T>(1.0 / (1.0 - p));
     xt::xarray<T> mask = xt::xarray<T>::from_shape(x.value().shape());

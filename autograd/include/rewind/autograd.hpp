@@ -2,7 +2,7 @@
 // Everything of rewind's autodiff core.
 
 #include "autograd/checked_size.hpp"
-#include "autograd/checkpoint.hpp"
+#include "autograd/recompute.hpp"
 #include "autograd/engine.hpp"
 #include "autograd/errors.hpp"
 #include "autograd/function.hpp"

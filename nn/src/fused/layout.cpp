@@ -116,7 +116,8 @@ void check_arguments(const std::string& op, const CellWeights<T>& w, const Tenso
             if (length < 1 || length > std::int64_t(d.steps))
                 throw std::invalid_argument(fmt::format("{}: length {} outside 1..{}", op, length, d.steps));
     }
-    if (d.steps == 0 || d.batch == 0) throw_shape_error(op, "needs at least one step and one row", input.shape());
+    // Zero rows (an empty batch) run as PyTorch's do: empty outputs, zero weight gradients.
+    if (d.steps == 0) throw_shape_error(op, "needs at least one step", input.shape());
 }
 
 template void check_arguments(const std::string&, const CellWeights<float>&, const Tensor<float>&,

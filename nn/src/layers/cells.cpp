@@ -21,7 +21,9 @@ template <class T>
 GatedCell<T>::GatedCell(std::size_t input_size, std::size_t hidden_size, std::size_t gates, Generator& generator,
                         const CellInit& init, const CellOptions& options, std::size_t recurrent_size)
     : RecurrentCell<T>(input_size, hidden_size), gates_(gates) {
-    if (input_size == 0 || hidden_size == 0) throw std::invalid_argument("recurrent cell: sizes must be positive");
+    // input_size 0 is allowed, as in PyTorch: weight_ih [G*H, 0], the input adds nothing.
+    if (hidden_size == 0)
+        throw std::invalid_argument("recurrent cell: option 'hidden_size' must be at least 1, got 0");
     const std::size_t rows = gates * hidden_size;
     const double bound = 1.0 / std::sqrt(double(hidden_size));
     // Draw in PyTorch's parameter order so a seed fixes every parameter whatever the options.

@@ -24,7 +24,9 @@ namespace rw::nn {
 
 template <class T>
 Linear<T>::Linear(std::size_t in_features, std::size_t out_features, Generator& generator, bool bias) {
-    if (in_features == 0 || out_features == 0) throw std::invalid_argument("Linear: sizes must be positive");
+    if (in_features == 0 || out_features == 0)
+        throw std::invalid_argument(fmt::format("Linear: in_features and out_features must be at least 1, got {} and {}",
+                                                in_features, out_features));
     const double bound = 1.0 / std::sqrt(double(in_features));
     weight_ = this->register_parameter("weight", Tensor<T>(init::uniform<T>({out_features, in_features}, -bound, bound, generator)));
     if (bias) bias_ = this->register_parameter("bias", Tensor<T>(init::uniform<T>({out_features}, -bound, bound, generator)));
@@ -45,7 +47,9 @@ Tensor<T> Linear<T>::forward(const Tensor<T>& x) const {
 
 template <class T>
 Embedding<T>::Embedding(std::size_t num_embeddings, std::size_t dim, Generator& generator) {
-    if (num_embeddings == 0 || dim == 0) throw std::invalid_argument("Embedding: sizes must be positive");
+    if (num_embeddings == 0 || dim == 0)
+        throw std::invalid_argument(fmt::format(
+            "Embedding: num_embeddings and embedding_dim must be at least 1, got {} and {}", num_embeddings, dim));
     xt::xarray<T> weight = checked_array<T>("Embedding", {num_embeddings, dim});
     for (T& w : weight) w = T(generator.normal());
     weight_ = this->register_parameter("weight", Tensor<T>(std::move(weight)));
@@ -66,7 +70,8 @@ Tensor<T> Embedding<T>::forward(const std::vector<std::int64_t>& indices) const 
 
 template <class T>
 Dropout<T>::Dropout(double p, std::uint64_t seed) : p_(p), generator_(seed) {
-    if (!(p >= 0.0 && p < 1.0)) throw std::invalid_argument(fmt::format("Dropout: p must be in [0, 1), got {}", p));
+    if (!(p >= 0.0 && p <= 1.0))
+        throw std::invalid_argument(fmt::format("Dropout: p must be a probability: expected a value in [0, 1], got {}", p));
 }
 
 template <class T>

@@ -7,7 +7,7 @@
 
 #include <rewind/autograd/errors.hpp>
 #include <rewind/autograd/checked_size.hpp>
-#include <rewind/autograd/checkpoint.hpp>
+#include <rewind/autograd/recompute.hpp>
 #include <rewind/autograd/ops.hpp>
 
 #include "rewind/nn/layers/cell_table.hpp"
@@ -52,7 +52,7 @@ template <class T>
 Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& options)
     : options_(options), generator_(options.seed) {
     if (options.num_layers == 0) throw std::invalid_argument("recurrent layer: num_layers must be at least 1");
-    if (options.dropout < 0 || options.dropout >= 1) throw std::invalid_argument("recurrent layer: dropout must be in [0, 1)");
+    check_dropout(options.dropout);
     // Sizes derived from the options are checked before any cell multiplies them: the widest
     // weight is [gates * H, max(I, D * H)], and the layer's output rows are D * H wide.
     const std::size_t widest_input =
@@ -86,6 +86,21 @@ Recurrent<T>::Recurrent(const CellFactory<T>& factory, const RecurrentOptions& o
                 learned_initial_.push_back(std::move(initial));
             }
     }
+}
+
+// PyTorch takes dropout in [0, 1] (1 zeroes the outputs between layers); NaN is refused, not
+// read as 0 as a plain range test would.
+template <class T>
+void Recurrent<T>::check_dropout(double dropout) {
+    if (!(dropout >= 0.0 && dropout <= 1.0))
+        throw std::invalid_argument(
+            fmt::format("recurrent layer: option 'dropout' must be a probability: expected a value in [0, 1], got {}", dropout));
+}
+
+template <class T>
+void Recurrent<T>::set_dropout(double dropout) {
+    check_dropout(dropout);
+    options_.dropout = dropout;
 }
 
 template <class T>
@@ -281,8 +296,9 @@ RecurrentResult<T> Recurrent<T>::forward(const Tensor<T>& input, const std::vect
     if (layer_input.size(2) != options_.input_size)
         throw_shape_error("recurrent layer", fmt::format("input size differs from input_size {}", options_.input_size),
                           input.shape());
-    if (sequence.steps == 0 || sequence.batch == 0)
-        throw_shape_error("recurrent layer", "needs at least one step and one sequence", input.shape());
+    // A batch of 0 sequences is PyTorch's too (an empty shard, a filtered last batch): the output
+    // is [T, 0, D*H] and backward works; steps are not optional.
+    if (sequence.steps == 0) throw_shape_error("recurrent layer", "needs at least one step", input.shape());
 
     const std::size_t directions = num_directions();
     // Checked here, before any path sizes its buffers from them: the output [T, B, D*H] and the

@@ -4,7 +4,7 @@
 // so the memory kept for backward grows like T/k + k steps instead of T (k = sqrt(T) minimises
 // it) at the price of about one more forward pass. Both paths use it: the fused driver with its
 // own windows (fused/cell_rules.hpp run_sequence), the generic path by recording each segment as
-// one checkpoint op (autograd/checkpoint.hpp).
+// one checkpoint op (autograd/recompute.hpp).
 
 #include <cstddef>
 

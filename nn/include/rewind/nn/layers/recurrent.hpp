@@ -37,7 +37,7 @@ struct RecurrentOptions {
     std::size_t hidden_size = 0;
     std::size_t num_layers = 1;
     bool bidirectional = false;
-    double dropout = 0.0;      // between layers, in training mode only
+    double dropout = 0.0;      // in [0, 1]: between layers, in training mode only (Recurrent::set_dropout changes it)
     bool batch_first = false;  // input and output [B, T, *] instead of [T, B, *]
     // Used when forward() is given no initial state: zeros, or a trainable vector per layer,
     // direction and state tensor ("initial_h_l0", "initial_c_l0_reverse", ...).
@@ -113,6 +113,8 @@ public:
     // A probe, like an observer, needs every step on the tape: it implies the generic path.
     void set_step_probe(StepProbe<T> probe) { probe_ = std::move(probe); }
     void set_path(ExecutionPath path) { options_.path = path; }
+    // PyTorch's `rnn.dropout = p` on an existing layer: from the next forward on; p in [0, 1].
+    void set_dropout(double dropout);
     void set_recompute(const RecomputeOptions& recompute) { options_.recompute = recompute; }
     // The segment length the last forward() recomputed with (0: every step was kept).
     std::size_t last_recompute_segment() const { return last_segment_; }
@@ -138,6 +140,7 @@ private:
     State<T> initial_state_for(std::size_t layer, std::size_t direction, const std::vector<Tensor<T>>& given,
                                std::size_t batch) const;
     void check_given_state(const std::vector<Tensor<T>>& given, std::size_t batch) const;
+    static void check_dropout(double dropout);
 
     RecurrentOptions options_;
     Generator generator_;

@@ -1,4 +1,4 @@
-#include "rewind/autograd/checkpoint.hpp"
+#include "rewind/autograd/recompute.hpp"
 
 #include <fmt/format.h>
 
