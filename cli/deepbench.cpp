@@ -154,7 +154,8 @@ void print_row(const nlohmann::json& j) {
 // GFLOP/s of both sides against the shape's row in the table.
 void plot(const DeepbenchRequest& r, const std::vector<nlohmann::json>& rows) {
     const std::string csv = r.png.substr(0, r.png.rfind('.')) + ".csv";
-    nn::Curve curve{.columns = {"shape", "rewind fused GFLOP/s", "oneDNN GFLOP/s"}};
+    nn::Curve curve;
+    curve.columns = {"shape", "rewind fused GFLOP/s", "oneDNN GFLOP/s"};
     for (std::size_t i = 0; i < rows.size(); ++i)
         curve.add({double(i + 1), rows[i]["rewind_gflops"].get<double>(), rows[i]["onednn_gflops"].get<double>()});
     nn::write_csv(csv, curve);
