@@ -29,6 +29,7 @@
 #include <rewind/nn/layers/cell_table.hpp>
 
 #include "commands.hpp"
+#include "deepbench.hpp"
 #include "fma_peak.hpp"
 #include "onednn_peer.hpp"
 
@@ -55,6 +56,7 @@ struct BenchRequest {
     std::size_t recompute_every = 0;  // 0: about sqrt(T)
     bool suite = false;
     bool list = false;
+    DeepbenchRequest deepbench;  // --deepbench and its options
 };
 
 // The same layer and input on either path.
@@ -269,7 +271,12 @@ std::vector<BenchRequest> suite_of(const BenchRequest& base) {
     return cases;
 }
 
-int run_bench(const BenchRequest& request) {
+int run_bench(BenchRequest request) {
+    if (!request.deepbench.kind.empty()) {
+        request.deepbench.json = request.json;
+        request.deepbench.threads = request.threads;
+        return run_deepbench(request.deepbench);
+    }
     const auto cases = request.suite ? suite_of(request) : std::vector<BenchRequest>{request};
     if (request.list) {
         for (const auto& one : cases)
@@ -324,9 +331,26 @@ Command add_bench_command(CLI::App& app) {
     command->add_flag("--suite", request->suite,
                       "the README's sizes: LSTM/GRU/RNN at T=100,B=32,I=H=256 and T=100,B=1,I=H=128, "
                       "LSTM at T=50,B=64,I=H=1024 (the size and structure options are then ignored)");
+    command->add_option("--deepbench", request->deepbench.kind,
+                        "DeepBench's RNN shapes that fit this machine, rewind fused vs oneDNN, as a table in DeepBench's "
+                        "columns (the size and structure options are then ignored)")
+        ->check(CLI::IsMember({"training", "inference"}));
+    command->add_option("--rounds", request->deepbench.rounds, "--deepbench: timed rounds per side, alternating")
+        ->capture_default_str()
+        ->check(integer_in(1, max_rounds));
+    command->add_flag("--quick", request->deepbench.quick, "--deepbench: two small shapes, one round");
+    command->add_option("--plot", request->deepbench.png, "--deepbench: draw both sides' GFLOP/s into this PNG (gnuplot)");
     command->add_flag("--json", request->json, "one JSON object per case instead of text");
     command->add_flag("--list", request->list, "print the sizes of the cases as JSON lines instead of running them");
-    return {command, [request] { return run_bench(*request); }};
+    return {command, [request, command] {
+        if (request->deepbench.kind.empty()) {
+            for (const char* option : {"--rounds", "--quick", "--plot"})
+                if (command->count(option) > 0) throw CommandError(fmt::format("{} needs --deepbench", option));
+        } else if (request->deepbench.quick && command->count("--rounds") == 0) {
+            request->deepbench.rounds = 1;
+        }
+        return run_bench(*request);
+    }};
 }
 
 }  // namespace rw::cli

@@ -36,6 +36,7 @@ struct PeerConfig {
     PeerCell cell;
     std::size_t steps = 0, batch = 0, input = 0, hidden = 0;
     bool bidirectional = false;
+    bool inference = false;  // forward_inference alone: no workspace, no backward
 };
 
 }  // namespace
@@ -63,31 +64,42 @@ struct OnednnRnnStep::Impl {
         const bool lstm = c.cell == PeerCell::lstm;
         const dnnl::memory::desc none;
         const auto iter_c_md = lstm ? iter_md_ : none;
-        const auto fwd_kind = dnnl::prop_kind::forward_training, bwd_kind = dnnl::prop_kind::backward;
+        const auto fwd_kind = c.inference ? dnnl::prop_kind::forward_inference : dnnl::prop_kind::forward_training;
+        const auto bwd_kind = dnnl::prop_kind::backward;
 
         if (lstm) {
             dnnl::lstm_forward::desc fd(fwd_kind, direction, src_layer_md_, iter_md_, iter_c_md, weights_layer_any,
                                         weights_iter_any, bias_md_, dst_layer_md_, iter_md_, iter_c_md);
             auto fpd = dnnl::lstm_forward::primitive_desc(fd, engine_);
+            setup_forward(fpd);
+            forward_ = dnnl::lstm_forward(fpd);
+            if (c.inference) {
+                finish_setup(layer);
+                return;
+            }
             dnnl::lstm_backward::desc bd(bwd_kind, direction, src_layer_md_, iter_md_, iter_c_md, weights_layer_any,
                                          weights_iter_any, bias_md_, dst_layer_md_, iter_md_, iter_c_md, src_layer_md_,
                                          iter_md_, iter_c_md, weights_layer_any, weights_iter_any, bias_md_,
                                          dst_layer_md_, iter_md_, iter_c_md);
             auto bpd = dnnl::lstm_backward::primitive_desc(bd, engine_, fpd);
-            setup(fpd, bpd);
-            forward_ = dnnl::lstm_forward(fpd);
+            setup_backward(bpd);
             backward_ = dnnl::lstm_backward(bpd);
         } else if (c.cell == PeerCell::gru) {
             dnnl::lbr_gru_forward::desc fd(fwd_kind, direction, src_layer_md_, iter_md_, weights_layer_any,
                                            weights_iter_any, bias_md_, dst_layer_md_, iter_md_);
             auto fpd = dnnl::lbr_gru_forward::primitive_desc(fd, engine_);
+            setup_forward(fpd);
+            forward_ = dnnl::lbr_gru_forward(fpd);
+            if (c.inference) {
+                finish_setup(layer);
+                return;
+            }
             dnnl::lbr_gru_backward::desc bd(bwd_kind, direction, src_layer_md_, iter_md_, weights_layer_any,
                                             weights_iter_any, bias_md_, dst_layer_md_, iter_md_, src_layer_md_,
                                             iter_md_, weights_layer_any, weights_iter_any, bias_md_, dst_layer_md_,
                                             iter_md_);
             auto bpd = dnnl::lbr_gru_backward::primitive_desc(bd, engine_, fpd);
-            setup(fpd, bpd);
-            forward_ = dnnl::lbr_gru_forward(fpd);
+            setup_backward(bpd);
             backward_ = dnnl::lbr_gru_backward(bpd);
         } else {
             const auto activation =
@@ -95,20 +107,36 @@ struct OnednnRnnStep::Impl {
             dnnl::vanilla_rnn_forward::desc fd(fwd_kind, activation, direction, src_layer_md_, iter_md_,
                                                weights_layer_any, weights_iter_any, bias_md_, dst_layer_md_, iter_md_);
             auto fpd = dnnl::vanilla_rnn_forward::primitive_desc(fd, engine_);
+            setup_forward(fpd);
+            forward_ = dnnl::vanilla_rnn_forward(fpd);
+            if (c.inference) {
+                finish_setup(layer);
+                return;
+            }
             dnnl::vanilla_rnn_backward::desc bd(bwd_kind, activation, direction, src_layer_md_, iter_md_,
                                                 weights_layer_any, weights_iter_any, bias_md_, dst_layer_md_, iter_md_,
                                                 src_layer_md_, iter_md_, weights_layer_any, weights_iter_any, bias_md_,
                                                 dst_layer_md_, iter_md_);
             auto bpd = dnnl::vanilla_rnn_backward::primitive_desc(bd, engine_, fpd);
-            setup(fpd, bpd);
-            forward_ = dnnl::vanilla_rnn_forward(fpd);
+            setup_backward(bpd);
             backward_ = dnnl::vanilla_rnn_backward(bpd);
         }
+        finish_setup(layer);
+    }
+
+    // The weights copied, the loss's gradient (ones) and zero initial states; set_input() brings
+    // rewind's input. Inferring, the weights are fixed: reordered into the primitive's layout once.
+    void finish_setup(nn::Recurrent<float>& layer) {
         copy_parameters(layer);
-        // The loss's gradient (ones) and zero initial states; set_input() brings rewind's input.
-        fill(diff_dst_layer_, 1.0f);
         fill(src_iter_, 0.0f);
         fill(src_iter_c_, 0.0f);
+        if (c_.inference) {
+            run_reorder(to_fwd_layer_, user_weights_layer_, fwd_weights_layer_);
+            run_reorder(to_fwd_iter_, user_weights_iter_, fwd_weights_iter_);
+            stream_.wait();
+            return;
+        }
+        fill(diff_dst_layer_, 1.0f);
         fill(diff_dst_iter_, 0.0f);
         fill(diff_dst_iter_c_, 0.0f);
     }
@@ -122,13 +150,18 @@ struct OnednnRnnStep::Impl {
     // Returns {total ms, primitives-only ms}.
     std::pair<double, double> run() {
         const auto start = Clock::now();
-        reorder_in();
+        if (!c_.inference) reorder_in();
         const auto primitives = Clock::now();
         forward_.execute(stream_, {{DNNL_ARG_SRC_LAYER, src_layer_}, {DNNL_ARG_SRC_ITER, src_iter_},
                                    {DNNL_ARG_SRC_ITER_C, src_iter_c_}, {DNNL_ARG_WEIGHTS_LAYER, fwd_weights_layer_},
                                    {DNNL_ARG_WEIGHTS_ITER, fwd_weights_iter_}, {DNNL_ARG_BIAS, bias_},
                                    {DNNL_ARG_DST_LAYER, dst_layer_}, {DNNL_ARG_DST_ITER, dst_iter_},
                                    {DNNL_ARG_DST_ITER_C, dst_iter_c_}, {DNNL_ARG_WORKSPACE, workspace_}});
+        if (c_.inference) {
+            stream_.wait();
+            const double ms = ms_since(start);
+            return {ms, ms};
+        }
         // The diff weights are accumulated by the primitive: zero them first.
         zero(diff_weights_layer_);
         zero(diff_weights_iter_);
@@ -156,9 +189,14 @@ struct OnednnRnnStep::Impl {
     const float* diff_input() const { return static_cast<const float*>(diff_src_layer_.get_data_handle()); }
 
 private:
-    template <class ForwardPd, class BackwardPd>
-    void setup(const ForwardPd& fpd, const BackwardPd& bpd) {
-        auto mem = [&](const dnnl::memory::desc& d) { return dnnl::memory(d, engine_); };
+    dnnl::memory mem(const dnnl::memory::desc& d) { return dnnl::memory(d, engine_); }
+    static std::optional<dnnl::reorder> reorder(dnnl::memory& from, dnnl::memory& to) {
+        if (from.get_desc() == to.get_desc()) return std::nullopt;
+        return dnnl::reorder(from, to);
+    }
+
+    template <class ForwardPd>
+    void setup_forward(const ForwardPd& fpd) {
         src_layer_ = mem(src_layer_md_);
         src_iter_ = mem(iter_md_);
         src_iter_c_ = mem(iter_md_);
@@ -170,9 +208,15 @@ private:
         user_weights_iter_ = mem(weights_iter_user_md_);
         fwd_weights_layer_ = mem(fpd.weights_layer_desc());
         fwd_weights_iter_ = mem(fpd.weights_iter_desc());
+        workspace_ = mem(fpd.workspace_desc());
+        to_fwd_layer_ = reorder(user_weights_layer_, fwd_weights_layer_);
+        to_fwd_iter_ = reorder(user_weights_iter_, fwd_weights_iter_);
+    }
+
+    template <class BackwardPd>
+    void setup_backward(const BackwardPd& bpd) {
         bwd_weights_layer_ = mem(bpd.weights_layer_desc());
         bwd_weights_iter_ = mem(bpd.weights_iter_desc());
-        workspace_ = mem(fpd.workspace_desc());
         diff_src_layer_ = mem(src_layer_md_);
         diff_src_iter_ = mem(iter_md_);
         diff_src_iter_c_ = mem(iter_md_);
@@ -184,27 +228,22 @@ private:
         diff_bias_ = mem(bpd.diff_bias_desc());
         user_diff_weights_layer_ = mem(weights_layer_user_md_);
         user_diff_weights_iter_ = mem(weights_iter_user_md_);
-        auto reorder = [](dnnl::memory& from, dnnl::memory& to) -> std::optional<dnnl::reorder> {
-            if (from.get_desc() == to.get_desc()) return std::nullopt;
-            return dnnl::reorder(from, to);
-        };
-        to_fwd_layer_ = reorder(user_weights_layer_, fwd_weights_layer_);
-        to_fwd_iter_ = reorder(user_weights_iter_, fwd_weights_iter_);
         to_bwd_layer_ = reorder(user_weights_layer_, bwd_weights_layer_);
         to_bwd_iter_ = reorder(user_weights_iter_, bwd_weights_iter_);
         from_diff_layer_ = reorder(diff_weights_layer_, user_diff_weights_layer_);
         from_diff_iter_ = reorder(diff_weights_iter_, user_diff_weights_iter_);
     }
 
+    void run_reorder(std::optional<dnnl::reorder>& r, dnnl::memory& from, dnnl::memory& to) {
+        if (r) r->execute(stream_, from, to);
+        else std::memcpy(to.get_data_handle(), from.get_data_handle(), from.get_desc().get_size());
+    }
+
     void reorder_in() {
-        auto run = [&](std::optional<dnnl::reorder>& r, dnnl::memory& from, dnnl::memory& to) {
-            if (r) r->execute(stream_, from, to);
-            else std::memcpy(to.get_data_handle(), from.get_data_handle(), from.get_desc().get_size());
-        };
-        run(to_fwd_layer_, user_weights_layer_, fwd_weights_layer_);
-        run(to_fwd_iter_, user_weights_iter_, fwd_weights_iter_);
-        run(to_bwd_layer_, user_weights_layer_, bwd_weights_layer_);
-        run(to_bwd_iter_, user_weights_iter_, bwd_weights_iter_);
+        run_reorder(to_fwd_layer_, user_weights_layer_, fwd_weights_layer_);
+        run_reorder(to_fwd_iter_, user_weights_iter_, fwd_weights_iter_);
+        run_reorder(to_bwd_layer_, user_weights_layer_, bwd_weights_layer_);
+        run_reorder(to_bwd_iter_, user_weights_iter_, bwd_weights_iter_);
     }
 
     void reorder_out() {
@@ -264,12 +303,12 @@ private:
         from_diff_iter_;
 };
 
-OnednnRnnStep::OnednnRnnStep(nn::Recurrent<float>& layer, std::size_t steps, std::size_t batch) {
+OnednnRnnStep::OnednnRnnStep(nn::Recurrent<float>& layer, std::size_t steps, std::size_t batch, bool inference) {
     const auto& options = layer.options();
     if (options.num_layers != 1)
         throw std::invalid_argument("the oneDNN peer runs one layer (its stacked layers need input_size == hidden_size)");
     const PeerConfig config{peer_cell_of(layer.cell(0, 0)), steps, batch, options.input_size, options.hidden_size,
-                            options.bidirectional};
+                            options.bidirectional, inference};
     impl_ = std::make_unique<Impl>(config, layer);
 }
 

@@ -14,17 +14,18 @@ namespace rw::cli {
 class OnednnRnnStep {
 public:
     // One layer (oneDNN's stacked layers need input_size == hidden_size), uni- or bidirectional,
-    // float32, zero initial state; the weights are copied from `layer`, layer 0.
-    OnednnRnnStep(nn::Recurrent<float>& layer, std::size_t steps, std::size_t batch);
+    // float32, zero initial state; the weights are copied from `layer`, layer 0. `inference`: the
+    // forward_inference primitive alone (weights reordered once), and run() times one forward.
+    OnednnRnnStep(nn::Recurrent<float>& layer, std::size_t steps, std::size_t batch, bool inference = false);
     ~OnednnRnnStep();
     OnednnRnnStep(const OnednnRnnStep&) = delete;
     OnednnRnnStep& operator=(const OnednnRnnStep&) = delete;
 
     void set_input(const float* x);  // [T, B, I]
-    // One training step; returns {total ms, ms in the RNN primitives alone}.
+    // One training step (or forward); returns {total ms, ms in the RNN primitives alone}.
     std::pair<double, double> run();
     const float* output() const;      // [T, B, D*H]
-    const float* diff_input() const;  // [T, B, I]
+    const float* diff_input() const;  // [T, B, I]; training only
 
 private:
     struct Impl;

@@ -53,8 +53,8 @@ public:
             const std::size_t t = step_at(k, d_.steps, saved_.reverse), slot = t - t0;
             const bool last = k + 1 == k1;
             const std::size_t next_slot = last ? 0 : step_at(k + 1, d_.steps, saved_.reverse) - t0;
-            const T* h_before = saved_.states[0].data() + slot * B * P;
-            T* h_after = last ? after[0] : saved_.states[0].data() + next_slot * B * P;
+            const T* h_before = saved_.states[0].data() + saved_.state_slot(slot) * B * P;
+            T* h_after = last ? after[0] : saved_.states[0].data() + saved_.state_slot(next_slot) * B * P;
             if (recurrent_)
                 recurrent_->operator()(h_before + b0 * P,
                                        d_.separate() ? recurrent_out_.data() : saved_.gates.data() + (slot * B + b0) * GH);
@@ -71,7 +71,7 @@ public:
                 if (l.projection) std::fill_n(next_[0], H, T(0));
             }
             if (second_) {
-                second_->operator()(saved_.gated.data() + (slot * B + b0) * H, second_out_.data());
+                second_->operator()(saved_.gated.data() + (saved_.step_slot(slot) * B + b0) * H, second_out_.data());
                 for (std::size_t b = b0; b < rows_.end; ++b)
                     if (saved_.row_active(t, b)) {
                         point(slot, next_slot, last ? &after : nullptr, b);
@@ -79,7 +79,8 @@ public:
                     }
             }
             if (projection_) {
-                projection_->operator()(saved_.unprojected.data() + (slot * B + b0) * H, h_after + b0 * P);
+                projection_->operator()(saved_.unprojected.data() + (saved_.step_slot(slot) * B + b0) * H,
+                                        h_after + b0 * P);
                 for (std::size_t b = b0; b < rows_.end; ++b)
                     if (!saved_.row_active(t, b)) std::copy_n(h_before + b * P, P, h_after + b * P);
             }
@@ -98,20 +99,21 @@ private:
     void point(std::size_t slot, std::size_t next_slot, const std::vector<T*>* after, std::size_t b) {
         const CellLayout& l = d_.layout;
         const std::size_t B = d_.batch, H = d_.hidden, local = b - rows_.begin, at = slot * B + b;
+        const std::size_t state_at = saved_.state_slot(slot) * B + b, step = saved_.step_slot(slot) * B + b;
         row_.gates = saved_.gates.data() + at * d_.gate_width();
         for (std::size_t s = 0; s < l.states; ++s) {
             const std::size_t W = d_.width(s);
-            state_[s] = saved_.states[s].data() + at * W;
-            next_[s] = (after ? (*after)[s] : saved_.states[s].data() + next_slot * B * W) + b * W;
+            state_[s] = saved_.states[s].data() + state_at * W;
+            next_[s] = (after ? (*after)[s] : saved_.states[s].data() + saved_.state_slot(next_slot) * B * W) + b * W;
         }
         if (l.projection) {  // the rule sees no h and writes m; the group projects it (cell_rules.hpp)
             state_[0] = nullptr;
-            next_[0] = saved_.unprojected.data() + at * H;
+            next_[0] = saved_.unprojected.data() + step * H;
         }
-        for (std::size_t e = 0; e < l.saved; ++e) extra_[e] = saved_.extra[e].data() + at * H;
+        for (std::size_t e = 0; e < l.saved; ++e) extra_[e] = saved_.extra[e].data() + step * H;
         row_.recurrent = d_.separate() ? recurrent_out_.data() + local * d_.recurrent_width() : nullptr;
         row_.bias_hh = d_.separate() ? w_.bias_hh : nullptr;
-        row_.gated_state = l.second > 0 ? saved_.gated.data() + at * H : nullptr;
+        row_.gated_state = l.second > 0 ? saved_.gated.data() + step * H : nullptr;
         row_.second = l.second > 0 ? second_out_.data() + local * d_.second_width() : nullptr;
     }
 
@@ -145,7 +147,8 @@ public:
         project(t0, saved_.end_k(j) - k0);
         const std::size_t first_slot = step_at(k0, d.steps, saved_.reverse) - t0;
         for (std::size_t s = 0; s < d.layout.states; ++s)
-            std::copy_n(before[s], B * d.width(s), saved_.states[s].data() + first_slot * B * d.width(s));
+            std::copy_n(before[s], B * d.width(s),
+                        saved_.states[s].data() + saved_.state_slot(first_slot) * B * d.width(s));
         for_each_group(groups_.size(), [&](std::size_t g) { groups_[g]->run(j, after, output); });
     }
 

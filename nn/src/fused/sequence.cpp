@@ -45,6 +45,15 @@ using namespace driver;
 
 namespace {
 
+// The op's values: the output, then the final states.
+template <class T>
+std::vector<xt::xarray<T>> finish(xt::xarray<T>&& output, std::vector<xt::xarray<T>>&& finals) {
+    std::vector<xt::xarray<T>> outputs;
+    outputs.push_back(std::move(output));
+    for (auto& f : finals) outputs.push_back(std::move(f));
+    return outputs;
+}
+
 template <class T>
 std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, const T* x,
                                    const std::vector<const T*>& initial) {
@@ -55,11 +64,14 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
     xt::xarray<T> output = xt::xarray<T>::from_shape({d.steps, B, P});
     std::vector<xt::xarray<T>> finals(S);
     for (std::size_t s = 0; s < S; ++s) finals[s] = xt::xarray<T>::from_shape({B, d.width(s)});
+    // Inferring, the states take two slots and the per-step buffers one (Note [Inference], window.hpp).
+    const std::size_t state_slots = saved.inference ? std::min<std::size_t>(W, 2) : W;
+    const std::size_t step_slots = saved.inference ? 1 : W;
     saved.gates = Buffer<T>(W * B * d.gate_width());
-    for (std::size_t s = 0; s < S; ++s) saved.states.emplace_back(W * B * d.width(s));
-    for (std::size_t e = 0; e < l.saved; ++e) saved.extra.emplace_back(W * B * H);
-    if (l.second > 0) saved.gated = Buffer<T>(W * B * H);
-    if (l.projection) saved.unprojected = Buffer<T>(W * B * H);
+    for (std::size_t s = 0; s < S; ++s) saved.states.emplace_back(state_slots * B * d.width(s));
+    for (std::size_t e = 0; e < l.saved; ++e) saved.extra.emplace_back(step_slots * B * H);
+    if (l.second > 0) saved.gated = Buffer<T>(step_slots * B * H);
+    if (l.projection) saved.unprojected = Buffer<T>(step_slots * B * H);
 
     StepWeights<T> weights{w.input_weight.value().data(),
                            w.input_bias.defined() ? w.input_bias.value().data() : nullptr,
@@ -73,6 +85,15 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
 
     std::vector<T*> final_rows(S);
     for (std::size_t s = 0; s < S; ++s) final_rows[s] = finals[s].data();
+    if (saved.inference) {
+        // Each window starts from the states the last one left in the final states.
+        std::vector<const T*> before = initial;
+        for (std::size_t j = 0; j < saved.segments(); ++j) {
+            pass.run(j, before, final_rows, output.data());
+            before.assign(final_rows.begin(), final_rows.end());
+        }
+        return finish(std::move(output), std::move(finals));
+    }
     if (!saved.recomputing()) {
         pass.run(0, initial, final_rows, output.data());
     } else {
@@ -108,11 +129,7 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
             }
             saved.probe->states_after.push_back(std::move(states_after));
         }
-
-    std::vector<xt::xarray<T>> outputs;
-    outputs.push_back(std::move(output));
-    for (auto& f : finals) outputs.push_back(std::move(f));
-    return outputs;
+    return finish(std::move(output), std::move(finals));
 }
 
 template <class T>
@@ -301,10 +318,6 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
         }
     }
 
-    std::vector<const T*> initial;
-    for (const auto& s : initial_state) initial.push_back(s.value().data());
-    auto values = forward(*saved, w, input.value().data(), initial);
-
     // The op's inputs: x, then the weights the layout uses, the per-unit vectors, the initial states.
     InputIndex& index = saved->index;
     std::vector<Tensor<T>> inputs{input, w.input_weight};
@@ -321,6 +334,25 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     for (const auto& u : w.units) add_input(u);
     index.states = int(inputs.size());
     for (const auto& s : initial_state) add_input(s);
+
+    // With nothing to record the forward keeps nothing (Note [Inference], window.hpp); the probe
+    // reads every step's buffers, so it never infers.
+    bool record = false;
+    for (const auto& tensor : inputs) record = record || tensor.requires_grad();
+    if (!saved->probe && !(record && grad_mode_enabled())) {
+        saved->inference = true;
+        saved->segment = inference_segment(d.steps, d.batch);
+    }
+    std::vector<const T*> initial;
+    for (const auto& s : initial_state) initial.push_back(s.value().data());
+    auto values = forward(*saved, w, input.value().data(), initial);
+    if (saved->inference) {
+        // Plain tensors, as record_op returns when it records nothing.
+        SequenceResult<T> result;
+        result.output = Tensor<T>(std::move(values[0]));
+        for (std::size_t s = 1; s < values.size(); ++s) result.final_state.push_back(Tensor<T>(std::move(values[s])));
+        return result;
+    }
     // `owner` keeps the rules alive with the graph: the cell when a layer runs it, the rules'
     // shared owner when run_sequence does.
     auto outputs = record_op<T>(op + (reverse ? "_reverse" : ""), std::move(inputs), std::move(values),

@@ -23,7 +23,8 @@ struct Saved {
     Dims dims;
     InputIndex index;
     bool reverse = false;
-    std::size_t segment = 0;          // steps per window: dims.steps unless recomputing
+    std::size_t segment = 0;          // steps per window: dims.steps unless recomputing or inferring
+    bool inference = false;           // nothing recorded: states in two slots, step buffers in one (Note [Inference])
     Buffer<T> gates;                  // [W, B, G*H] as the forward rule left them
     std::vector<Buffer<T>> states;    // per state: [W, B, width] before step t
     std::vector<Buffer<T>> finals;    // per state: [B, width] after the last processed step
@@ -42,7 +43,11 @@ struct Saved {
         return active.empty() || all_active[t] || active[t * dims.batch + b];
     }
     std::size_t segments() const { return (dims.steps + segment - 1) / segment; }
-    bool recomputing() const { return segments() > 1; }
+    bool recomputing() const { return !inference && segments() > 1; }
+    // The slot of the states before the step in window slot `slot`, and of its per-step buffers
+    // (the saved ones, q, m): the step's own slot when kept for backward.
+    std::size_t state_slot(std::size_t slot) const { return inference ? slot % 2 : slot; }
+    std::size_t step_slot(std::size_t slot) const { return inference ? 0 : slot; }
     // Segment j covers the processing positions k in [first_k(j), end_k(j)).
     std::size_t first_k(std::size_t j) const { return j * segment; }
     std::size_t end_k(std::size_t j) const { return std::min(dims.steps, (j + 1) * segment); }
@@ -76,6 +81,22 @@ struct StepWeights {
 // (k = sqrt(T) at best) for one more forward pass. The rerun repeats the forward's arithmetic
 // exactly, so only the weight gradients' summation order (per segment) differs.
 //
+// Note [Inference]: with nothing to record (no_grad, or no input requiring a gradient) the
+// forward keeps nothing for a backward. It runs in windows of inference_rows / B steps (at least
+// one): the input projections of a window are one GEMM of about inference_rows rows (one GEMM
+// over all T steps would grow with T; one per step would stream W_ih T times), the states
+// alternate between two slots (not one: a finished row's projected h is copied from the state
+// before the step after the projection overwrote the slot, and a user's rule may read other units
+// of the state than it writes), the per-step buffers (saved, q, m) live for one step, and the
+// states after a window go straight to the final states, where the next window starts from.
+// The arithmetic of every step is the recorded forward's; only the projection GEMM's row count
+// differs, so outputs agree to round-off (bit for bit where the GEMM's sums do not depend on M).
+constexpr std::size_t inference_rows = 256;
+
+inline std::size_t inference_segment(std::size_t steps, std::size_t batch) {
+    return std::max<std::size_t>(1, std::min(steps, inference_rows / std::max<std::size_t>(batch, 1)));
+}
+
 // Note [Threads]: the rows of a batch are independent until the weight gradients sum over them,
 // so with blas::num_threads() > 1 the driver splits the batch into row groups, one per thread,
 // each running the step loop with its own recurrent GEMMs on its rows (single-threaded GEMMs
