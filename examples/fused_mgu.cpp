@@ -20,11 +20,10 @@
 #include <rewind/nn/fused/check.hpp>
 #include <rewind/nn/layers/layers.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
-#include <rewind/nn/train/clip.hpp>
-#include <rewind/nn/train/optim.hpp>
 
 #include "adding_task.hpp"
 #include "common.hpp"
+#include "user_cell_demo.hpp"
 #include "mgu_cell.hpp"
 
 using namespace rw;
@@ -32,21 +31,6 @@ using namespace rw::nn;
 namespace adding = examples::adding;
 
 namespace {
-
-struct Model : Module<float> {
-    Model(std::size_t hidden, std::uint64_t seed) {
-        Generator init(seed);
-        mgu = register_module("mgu", std::make_shared<Recurrent<float>>(
-                                         examples::mgu_factory<float>(), RecurrentOptions{.input_size = 2, .hidden_size = hidden, .seed = seed}));
-        head = register_module("head", std::make_shared<Linear<float>>(hidden, 1, init));
-    }
-    Tensor<float> predict(const adding::Batch& a) const {
-        const Tensor<float> h_n = mgu->forward(a.x, {}, a.lengths).h_n();  // [1, B, H]
-        return head->forward(reshape(h_n, {h_n.size(1), h_n.size(2)}));
-    }
-    std::shared_ptr<Recurrent<float>> mgu;
-    std::shared_ptr<Linear<float>> head;
-};
 
 struct BenchSize {
     std::size_t steps, batch, size;
@@ -78,40 +62,11 @@ int main(int argc, char** argv) {
     fmt::print("check_fused_cell, T=6, B=4, lengths, both directions, given h0:\n{}\n", check.to_string());
 
     // ---- the fused layer against central differences ----
-    auto tiny = std::make_shared<Recurrent<double>>(
-        examples::mgu_factory<double>(),
-        RecurrentOptions{.input_size = 3, .hidden_size = 4, .num_layers = 2, .bidirectional = true, .seed = common.seed});
-    Generator check_data(common.seed + 1);
-    const std::vector<std::int64_t> lengths{5, 2, 4};
-    const GradcheckReport gradcheck = examples::gradcheck_layer(*tiny, 5, lengths.size(), check_data, lengths);
-    const bool gradcheck_fused = tiny->uses_fused();
-    fmt::print("gradcheck on the fused path ({}), 2 layers, bidirectional, lengths {{5, 2, 4}}:\n{}\n",
-               gradcheck_fused ? "fused rules ran" : "NOT fused: " + tiny->path_note(), gradcheck);
+    const examples::FusedGradcheck gradcheck = examples::gradcheck_fused_layer(examples::mgu_factory<double>(), common.seed);
 
     // ---- training on the adding problem, fused path ----
-    Model model(hidden, common.seed);
-    Adam<float> adam(model.named_parameters(), AdamOptions{.lr = 1e-2});
-    Generator data(common.seed + 2);
-    const adding::Batch held_out = adding::random_batch(length / 2, length, 256, data);
-    auto held_out_mse = [&] {
-        NoGradGuard no_grad;
-        return double(mse_loss(model.predict(held_out), held_out.target).item());
-    };
-    fmt::print("adding problem, lengths {}..{}, held-out MSE (predicting the mean: {:.4f}):\n", length / 2, length,
-               adding::kMeanBaselineMse);
-    double mse = held_out_mse();
-    fmt::print("  step {:4}  MSE {:.4f}\n", 0, mse);
-    bool trained_fused = true;
-    for (std::size_t step = 1; step <= steps; ++step) {
-        const adding::Batch a = adding::random_batch(length / 2, length, batch, data);
-        adam.zero_grad();
-        mse_loss(model.predict(a), a.target).backward();
-        trained_fused = trained_fused && model.mgu->uses_fused();
-        clip_grad_norm(model.named_parameters(), 1.0);
-        adam.step();
-        if (step % std::max<std::size_t>(1, steps / 5) == 0 || step == steps)
-            fmt::print("  step {:4}  MSE {:.4f}\n", step, mse = held_out_mse());
-    }
+    examples::AddingModel model("mgu", examples::mgu_factory<float>(), hidden, common.seed);
+    const examples::AddingTraining training = examples::train_adding_fused(model, steps, length, batch, common.seed);
 
     // ---- fused vs generic, interleaved, medians ----
     std::vector<BenchSize> sizes;
@@ -134,11 +89,11 @@ int main(int argc, char** argv) {
     }
 
     examples::print_json(json, {{"check_passed", check.passed},
-                                {"gradcheck_passed", gradcheck.passed},
-                                {"gradcheck_fused", gradcheck_fused},
-                                {"trained_fused", trained_fused},
-                                {"mse", mse},
+                                {"gradcheck_passed", gradcheck.report.passed},
+                                {"gradcheck_fused", gradcheck.fused},
+                                {"trained_fused", training.trained_fused},
+                                {"mse", training.mse},
                                 {"baseline_mse", adding::kMeanBaselineMse},
                                 {"bench", timings}});
-    return check.passed && gradcheck.passed ? EXIT_SUCCESS : EXIT_FAILURE;
+    return check.passed && gradcheck.report.passed ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -20,6 +20,23 @@ xt::xarray<T> with_weight_decay(const xt::xarray<T>& value, const xt::xarray<T>&
     return grad + T(weight_decay) * value;
 }
 
+// Adam's two moments, which NAdam and RAdam share: m = beta1 m + (1 - beta1) g (buffer exp_avg),
+// v = beta2 v + (1 - beta2) g^2 (buffer exp_avg_sq).
+template <class T>
+struct Moments {
+    const xt::xarray<T>& exp_avg;
+    const xt::xarray<T>& exp_avg_sq;
+};
+
+template <class T, class State>
+Moments<T> update_moments(State& state, const xt::xarray<T>& value, const xt::xarray<T>& g, double beta1, double beta2) {
+    auto& exp_avg = state.buffer("exp_avg", value);
+    auto& exp_avg_sq = state.buffer("exp_avg_sq", value);
+    exp_avg = exp_avg * T(beta1) + T(1 - beta1) * g;
+    exp_avg_sq = exp_avg_sq * T(beta2) + T(1 - beta2) * g * g;
+    return {exp_avg, exp_avg_sq};
+}
+
 }  // namespace
 
 // ---- SGD ----
@@ -80,10 +97,7 @@ xt::xarray<T> Adam<T>::update(const xt::xarray<T>& value, const xt::xarray<T>& g
     xt::xarray<T> p = value;
     if (decoupled_) p = value * T(1 - lr * o_.weight_decay);
     else g = with_weight_decay(value, grad, o_.weight_decay);
-    auto& m = state.buffer("exp_avg", value);
-    auto& v = state.buffer("exp_avg_sq", value);
-    m = m * T(o_.beta1) + T(1 - o_.beta1) * g;
-    v = v * T(o_.beta2) + T(1 - o_.beta2) * g * g;
+    const auto [m, v] = update_moments(state, value, g, o_.beta1, o_.beta2);
     const double step = static_cast<double>(state.step);
     const double step_size = lr / (1 - std::pow(o_.beta1, step));
     const double correction2_sqrt = std::sqrt(1 - std::pow(o_.beta2, step));
@@ -225,10 +239,7 @@ xt::xarray<T> NAdam<T>::update(const xt::xarray<T>& value, const xt::xarray<T>& 
     double& mu_product = state.scalar("mu_product", 1.0);
     mu_product = double(float(mu_product) * float(mu));
     const double mu_product_next = double(float(float(mu_product) * float(mu)) * float(mu_next));
-    auto& exp_avg = state.buffer("exp_avg", value);
-    auto& exp_avg_sq = state.buffer("exp_avg_sq", value);
-    exp_avg = exp_avg * T(o_.beta1) + T(1 - o_.beta1) * g;
-    exp_avg_sq = exp_avg_sq * T(o_.beta2) + T(1 - o_.beta2) * g * g;
+    const auto [exp_avg, exp_avg_sq] = update_moments(state, value, g, o_.beta1, o_.beta2);
     const xt::xarray<T> denominator = xt::sqrt(exp_avg_sq / T(bias_correction2)) + T(o_.eps);
     const xt::xarray<T> p = value + T(-lr * (1. - mu) / (1. - mu_product)) * g / denominator;
     return p + T(-lr * mu_next / (1. - mu_product_next)) * exp_avg / denominator;
@@ -252,10 +263,7 @@ xt::xarray<T> RAdam<T>::update(const xt::xarray<T>& value, const xt::xarray<T>& 
     const double bias_correction1 = 1 - std::pow(o_.beta1, step);
     const double bias_correction2 = 1 - std::pow(o_.beta2, step);
     const xt::xarray<T> g = with_weight_decay(value, grad, o_.weight_decay);
-    auto& exp_avg = state.buffer("exp_avg", value);
-    auto& exp_avg_sq = state.buffer("exp_avg_sq", value);
-    exp_avg = exp_avg * T(o_.beta1) + T(1 - o_.beta1) * g;
-    exp_avg_sq = exp_avg_sq * T(o_.beta2) + T(1 - o_.beta2) * g * g;
+    const auto [exp_avg, exp_avg_sq] = update_moments(state, value, g, o_.beta1, o_.beta2);
     const xt::xarray<T> corrected = exp_avg / T(bias_correction1);
     const double rho_inf = 2 / (1 - o_.beta2) - 1;
     const double rho_t = rho_inf - 2 * step * std::pow(o_.beta2, step) / bias_correction2;
