@@ -1,5 +1,6 @@
 // PyTorch's recurrent-layer tests that apply to a CPU library, ported to rewind's API; each case
-// names the test of pytorch/pytorch's test/test_nn.py it follows. Every case runs on both paths
+// names the test of pytorch/pytorch's test/test_nn.py it follows (test/nn/test_packed_sequence.py
+// tests the PackedSequence type's own utilities, which rewind's lengths argument does not have). Every case runs on both paths
 // (fused and generic) and asserts which one ran.
 
 #include <boost/test/unit_test.hpp>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include <xtensor/xrandom.hpp>
+#include <xtensor/xview.hpp>
 
 #include <rewind/autograd.hpp>
 #include <rewind/nn/layers/recurrent.hpp>
@@ -219,6 +221,42 @@ BOOST_AUTO_TEST_CASE(test_rnn_args_check_a_wrong_input_or_state_size_is_refused_
             return std::string(error.what()).find("expected [2, 2, 4], got [2, 3, 4]") != std::string::npos;
         });
     }
+}
+
+// test_variable_sequence (test_nn.py): a padded batch of unsorted lengths through a bidirectional
+// two-layer layer equals each sequence run alone: its output rows, zeros past its end, its final
+// states, and the weight gradients (the batch's summed loss is the sum of the sequences' losses).
+BOOST_AUTO_TEST_CASE(test_variable_sequence_a_batch_of_unsorted_lengths_equals_each_sequence_run_alone) {
+    const std::vector<std::int64_t> lengths{4, 6, 1, 5};
+    const std::size_t T = 6, B = lengths.size(), I = 3, H = 4;
+    for (const auto& cell : kCells)
+        for (ExecutionPath path : kPaths)
+            BOOST_TEST_CONTEXT(cell << " " << path_name(path)) {
+                auto rnn = rw::nn::make_recurrent<double>(
+                    cell, {.input_size = I, .hidden_size = H, .num_layers = 2, .bidirectional = true, .path = path, .seed = 5});
+                const Tensor<double> x = uniform_input({T, B, I}, 11);
+                const auto batch = rnn->forward(x, {}, lengths);
+                BOOST_TEST(rnn->uses_fused() == (path == ExecutionPath::fused));
+                rw::sum(batch.output).backward();
+                std::vector<xt::xarray<double>> batch_grads;
+                for (const auto& [name, parameter] : rnn->named_parameters()) batch_grads.push_back(parameter.grad().value());
+                rnn->zero_grad();
+                for (std::size_t b = 0; b < B; ++b) {
+                    const std::size_t n = std::size_t(lengths[b]);
+                    const Tensor<double> alone_x(xt::xarray<double>(xt::view(x.value(), xt::range(0, n), xt::range(b, b + 1), xt::all())));
+                    const auto alone = rnn->forward(alone_x);
+                    rw::sum(alone.output).backward();
+                    const auto rows = xt::view(batch.output.value(), xt::all(), b, xt::all());
+                    BOOST_TEST(xt::allclose(xt::view(rows, xt::range(0, n), xt::all()),
+                                            xt::view(alone.output.value(), xt::all(), 0, xt::all()), 1e-12, 1e-14), "sequence " << b);
+                    BOOST_TEST(all_equal(xt::view(rows, xt::range(n, T), xt::all()), xt::zeros<double>({T - n, 2 * H})));
+                    BOOST_TEST(xt::allclose(xt::view(batch.h_n().value(), xt::all(), b, xt::all()),
+                                            xt::view(alone.h_n().value(), xt::all(), 0, xt::all()), 1e-12, 1e-14), "sequence " << b);
+                }
+                std::size_t k = 0;
+                for (const auto& [name, parameter] : rnn->named_parameters())
+                    BOOST_TEST(xt::allclose(batch_grads[k++], parameter.grad().value(), 1e-11, 1e-13), name);
+            }
 }
 
 BOOST_AUTO_TEST_SUITE_END()
