@@ -43,7 +43,8 @@ std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& reques
     const LayerConfig& config = request.layer;
     nn::RecurrentOptions options = config.recurrent_options();
     options.seed = request.seed;
-    auto layer = request.plant_error ? make_layer_with_planted_error(config.cell, options, *request.plant_error)
+    const PlantedError kind = request.second_order ? PlantedError::second_order : PlantedError::backward;
+    auto layer = request.plant_error ? make_layer_with_planted_error(config.cell, options, *request.plant_error, kind)
                                      : nn::make_recurrent<double>(config.cell, options);
     choose_path(*layer, path);
     return layer;
@@ -96,6 +97,17 @@ nn::PerStepReport check_steps(const GradcheckRequest& request, nn::Recurrent<dou
     return nn::gradcheck_layer_per_step(layer, data.x, data.initial, data.lengths, check_options(request));
 }
 
+// --second-order: the same checks of the second derivatives, on the same data.
+GradcheckReport check_second_order(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    nn::LayerCheck checked = checked_function(request, layer);
+    return gradgradcheck(checked.function, std::move(checked.inputs), check_options(request), std::move(checked.names));
+}
+
+nn::PerStepReport check_second_order_steps(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    const CheckData data = check_data(request, layer);
+    return nn::gradgradcheck_layer_per_step(layer, data.x, data.initial, data.lengths, check_options(request));
+}
+
 // The analytic gradients of one random projection of the checked function.
 std::vector<std::pair<std::string, xt::xarray<double>>> analytic_gradients(const GradcheckRequest& request,
                                                                            nn::Recurrent<double>& layer) {
@@ -137,8 +149,15 @@ int run_gradcheck(const GradcheckRequest& request) {
 
     std::vector<PathReport> reports;
     for (const auto& [path, layer] : layers) {
-        reports.push_back({path, check_layer(request, *layer), std::nullopt, layer->path_note()});
-        if (request.per_step) reports.back().per_step = check_steps(request, *layer);
+        PathReport& report = reports.emplace_back();
+        report.path = path;
+        report.report = check_layer(request, *layer);
+        report.path_note = layer->path_note();
+        if (request.per_step) report.per_step = check_steps(request, *layer);
+        if (request.second_order) {
+            report.second_order = check_second_order(request, *layer);
+            if (request.per_step) report.second_order_per_step = check_second_order_steps(request, *layer);
+        }
     }
     std::optional<PathAgreement> agreement;
     if (layers.size() == 2) agreement = compare_paths(request, *layers[0].second, *layers[1].second);
@@ -171,9 +190,13 @@ Command add_gradcheck_command(CLI::App& app) {
     command->add_flag("--per-step", request->per_step,
                       "also check dL/dx_t and dL/dh_t for every time step and name the first step, walking back "
                       "from T, where analytic and numeric disagree");
+    command->add_flag("--second-order", request->second_order,
+                      "also check second derivatives: G = <dL/d(inputs), v> built with create_graph, dG/d(inputs) "
+                      "against central differences of dL/d(inputs) (per step too with --per-step)");
     command->add_option("--plant-error", request->plant_error,
                         "check the check: make the backward of this step wrong by 1% in layer 0's forward direction "
-                        "(a wrapped cell, run step by step); --per-step should name this step");
+                        "(a wrapped cell, run step by step); --per-step should name this step. With --second-order "
+                        "the backward stays right and its derivative is made wrong instead");
     command->add_flag("!--zero-initial-state", request->initial_state,
                       "start from zeros instead of random initial states h0 (and c0), which are then not checked");
     command->add_option("--eps", request->tolerance.step, "central-difference step")

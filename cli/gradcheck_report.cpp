@@ -64,40 +64,75 @@ std::string describe(const GradcheckRequest& request) {
     return text + fmt::format(", seed {}", request.seed);
 }
 
+// One row per checked tensor, and the verdict.
+std::string tensor_table(const GradcheckRequest& request, const GradcheckReport& report) {
+    const GradcheckOptions& tolerance = request.tolerance;
+    std::string text = fmt::format("  {:<20} {:<12} {:>11} {:>11}  {}\n", "tensor", "shape", "max abs err", "max rel err",
+                                   "worst element");
+    for (const InputCheck& check : report.inputs) {
+        const std::string where = location(request, check);
+        text += fmt::format("  {:<20} {:<12} {:>11.3e} {:>11.3e}  [{}]{}{}\n", check.name, shape_string(check.shape),
+                            check.max_abs_error, check.max_rel_error, fmt::join(check.worst_index, ", "),
+                            where.empty() ? "" : " (" + where + ")",
+                            check.passed ? "" : fmt::format("  FAILED ({} elements)", check.failed_elements));
+    }
+    text += fmt::format(
+        "{}: max abs error {:.3e}, max rel error {:.3e} (an element passes when |analytic - numeric| <= {:g} + "
+        "{:g} |numeric|)\n",
+        report.passed ? "passed" : "FAILED", report.max_abs_error, report.max_rel_error, tolerance.absolute_tolerance,
+        tolerance.relative_tolerance);
+    return text;
+}
+
+std::string per_step_text(const nn::PerStepReport& per_step) {
+    std::string text;
+    if (per_step.steps.empty() || per_step.steps.front().hidden.empty())
+        text += "  (d/dh_t not checked: the fused kernel runs the whole sequence as one op; --path generic checks it)\n";
+    return text + per_step.to_string();
+}
+
 }  // namespace
 
 std::string report_text(const GradcheckRequest& request, const std::vector<PathReport>& reports,
                         const std::optional<PathAgreement>& agreement) {
-    const GradcheckOptions& tolerance = request.tolerance;
     std::string text;
-    for (const auto& [path, report, per_step, path_note] : reports) {
-        text += fmt::format("gradcheck of {}, {} path\n", describe(request), path_name(path));
-        if (!path_note.empty()) text += fmt::format("  note: the fused path ran step(): {}\n", path_note);
-        text += fmt::format("  {:<20} {:<12} {:>11} {:>11}  {}\n", "tensor", "shape", "max abs err", "max rel err",
-                            "worst element");
-        for (const InputCheck& check : report.inputs) {
-            const std::string where = location(request, check);
-            text += fmt::format("  {:<20} {:<12} {:>11.3e} {:>11.3e}  [{}]{}{}\n", check.name, shape_string(check.shape),
-                                check.max_abs_error, check.max_rel_error, fmt::join(check.worst_index, ", "),
-                                where.empty() ? "" : " (" + where + ")",
-                                check.passed ? "" : fmt::format("  FAILED ({} elements)", check.failed_elements));
+    for (const PathReport& r : reports) {
+        const std::string path = path_name(r.path);
+        text += fmt::format("gradcheck of {}, {} path\n", describe(request), path);
+        if (!r.path_note.empty()) text += fmt::format("  note: the fused path ran step(): {}\n", r.path_note);
+        text += tensor_table(request, r.report);
+        if (r.per_step) {
+            text += fmt::format("per step, {} path: dL/dx_t and dL/dh_t (the gradient with respect to step t's hidden "
+                                "state) against central differences, walking back from T\n", path);
+            text += per_step_text(*r.per_step);
         }
-        text += fmt::format(
-            "{}: max abs error {:.3e}, max rel error {:.3e} (an element passes when |analytic - numeric| <= {:g} + "
-            "{:g} |numeric|)\n",
-            report.passed ? "passed" : "FAILED", report.max_abs_error, report.max_rel_error,
-            tolerance.absolute_tolerance, tolerance.relative_tolerance);
-        if (!per_step) continue;
-        text += fmt::format("per step, {} path: dL/dx_t and dL/dh_t (the gradient with respect to step t's hidden state) "
-                            "against central differences, walking back from T\n", path_name(path));
-        if (per_step->steps.empty() || per_step->steps.front().hidden.empty())
-            text += "  (dL/dh_t not checked: the fused kernel runs the whole sequence as one op; --path generic checks it)\n";
-        text += per_step->to_string();
+        if (r.second_order) {
+            text += fmt::format("second order, {} path: G = <dL/d(every tensor above), v> for a fixed random v, built "
+                                "with create_graph; dG/d(tensor) against central differences of dL/d(tensor)\n", path);
+            text += tensor_table(request, *r.second_order);
+        }
+        if (r.second_order_per_step) {
+            text += fmt::format("second order per step, {} path: G = <dL/d(x_t, h_t), v>; dG/dx_t and dG/dh_t against "
+                                "central differences of the first gradients, walking back from T\n", path);
+            text += per_step_text(*r.second_order_per_step);
+        }
     }
     if (agreement)
         text += fmt::format("fused vs generic analytic gradients: max relative difference {:.3e} (in {})\n",
                             agreement->max_rel_difference, agreement->worst_tensor);
     return text;
+}
+
+// The tensors' rows of one order, each marked with its path.
+json tensors_json(nn::ExecutionPath path, const GradcheckReport& report) {
+    json rows = json::array();
+    for (const InputCheck& check : report.inputs) {
+        json entry = input_check_json(check);
+        entry["path"] = path_name(path);
+        if (check.name == "x" && !check.worst_index.empty()) entry["time_step"] = check.worst_index.front();
+        rows.push_back(std::move(entry));
+    }
+    return rows;
 }
 
 json report_json(const GradcheckRequest& request, const std::vector<PathReport>& reports,
@@ -115,18 +150,25 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
                         {"batch", request.batch},
                         {"lengths", request.lengths},
                         {"seed", request.seed}};
-    for (const auto& [path, report, per_step, path_note] : reports) {
-        if (!path_note.empty()) result["path_notes"].push_back({{"path", path_name(path)}, {"note", path_note}});
-        result["passed"] = result["passed"].get<bool>() && report.passed && (!per_step || per_step->passed);
-        result["max_abs_error"] = std::max(result["max_abs_error"].get<double>(), report.max_abs_error);
-        result["max_rel_error"] = std::max(result["max_rel_error"].get<double>(), report.max_rel_error);
-        for (const InputCheck& check : report.inputs) {
-            json entry = input_check_json(check);
-            entry["path"] = path_name(path);
-            if (check.name == "x" && !check.worst_index.empty()) entry["time_step"] = check.worst_index.front();
-            result["tensors"].push_back(std::move(entry));
+    // Every check of a path, whatever its order, decides "passed".
+    auto passes = [&result](bool passed) { result["passed"] = result["passed"].get<bool>() && passed; };
+    for (const PathReport& r : reports) {
+        if (!r.path_note.empty()) result["path_notes"].push_back({{"path", path_name(r.path)}, {"note", r.path_note}});
+        passes(r.report.passed && (!r.per_step || r.per_step->passed));
+        result["max_abs_error"] = std::max(result["max_abs_error"].get<double>(), r.report.max_abs_error);
+        result["max_rel_error"] = std::max(result["max_rel_error"].get<double>(), r.report.max_rel_error);
+        for (json& row : tensors_json(r.path, r.report)) result["tensors"].push_back(std::move(row));
+        if (r.per_step) result["per_step"].push_back(per_step_json(r.path, *r.per_step));
+        if (r.second_order) {
+            json second{{"path", path_name(r.path)},
+                        {"passed", r.second_order->passed},
+                        {"max_abs_error", r.second_order->max_abs_error},
+                        {"max_rel_error", r.second_order->max_rel_error},
+                        {"tensors", tensors_json(r.path, *r.second_order)}};
+            if (r.second_order_per_step) second["per_step"] = per_step_json(r.path, *r.second_order_per_step);
+            passes(r.second_order->passed && (!r.second_order_per_step || r.second_order_per_step->passed));
+            result["second_order"].push_back(std::move(second));
         }
-        if (per_step) result["per_step"].push_back(per_step_json(path, *per_step));
     }
     if (agreement)
         result["paths_agreement"] = {{"max_rel_difference", agreement->max_rel_difference},
@@ -134,15 +176,31 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
     return result;
 }
 
+namespace {
+
+// "x, weight_hh_l0, the per-step gradients from step 4 back": what one check found wrong.
+std::vector<std::string> failed_parts(const GradcheckReport& report, const std::optional<nn::PerStepReport>& per_step,
+                                      const std::string& what) {
+    std::vector<std::string> names;
+    for (const InputCheck& check : report.inputs)
+        if (!check.passed) names.push_back(check.name);
+    if (per_step && per_step->first_disagreeing_step)
+        names.push_back(fmt::format("the per-step {} from step {} back", what, *per_step->first_disagreeing_step));
+    return names;
+}
+
+}  // namespace
+
 std::string failure_summary(const std::vector<PathReport>& reports) {
     std::vector<std::string> failures;
-    for (const auto& [path, report, per_step, path_note] : reports) {
-        std::vector<std::string> names;
-        for (const InputCheck& check : report.inputs)
-            if (!check.passed) names.push_back(check.name);
-        if (per_step && per_step->first_disagreeing_step)
-            names.push_back(fmt::format("the per-step gradients from step {} back", *per_step->first_disagreeing_step));
-        if (!names.empty()) failures.push_back(fmt::format("{} ({} path)", fmt::join(names, ", "), path_name(path)));
+    for (const PathReport& r : reports) {
+        const std::string path = path_name(r.path);
+        if (const auto names = failed_parts(r.report, r.per_step, "gradients"); !names.empty())
+            failures.push_back(fmt::format("{} ({} path)", fmt::join(names, ", "), path));
+        if (r.second_order)
+            if (const auto names = failed_parts(*r.second_order, r.second_order_per_step, "second derivatives");
+                !names.empty())
+                failures.push_back(fmt::format("the second derivatives of {} ({} path)", fmt::join(names, ", "), path));
     }
     if (failures.empty()) return {};
     return fmt::format("analytic and numeric gradients disagree for {}", fmt::join(failures, "; "));

@@ -27,6 +27,7 @@ struct GradcheckRequest {
     GradcheckOptions tolerance;  // step and tolerances; the seed is set from `seed`
     bool per_step = false;       // also dL/dx_t and dL/dh_t step by step (nn::gradcheck_layer_per_step)
     std::optional<std::size_t> plant_error;  // --plant-error: the step whose backward is made wrong
+    bool second_order = false;  // --second-order: also second derivatives (gradgradcheck), per step with --per-step
     int threads = 1;
 };
 
@@ -35,6 +36,8 @@ struct PathReport {
     GradcheckReport report;
     std::optional<nn::PerStepReport> per_step;  // with --per-step
     std::string path_note;  // the layer's path_note(): why the fused path ran step() (e.g. proj_size)
+    std::optional<GradcheckReport> second_order;          // with --second-order
+    std::optional<nn::PerStepReport> second_order_per_step;  // with --second-order --per-step
 };
 
 // With --path both: how closely the two paths' analytic gradients agree.

@@ -73,17 +73,30 @@ GradcheckReport gradcheck_layer(Recurrent<double>& layer, const Tensor<double>& 
     return gradcheck(check.function, std::move(check.inputs), options, std::move(check.names));
 }
 
+GradcheckReport gradgradcheck_layer(Recurrent<double>& layer, const Tensor<double>& x,
+                                    const std::vector<Tensor<double>>& initial_state,
+                                    const std::optional<std::vector<std::int64_t>>& lengths,
+                                    const GradcheckOptions& options) {
+    LayerCheck check = layer_check(layer, x, initial_state, lengths);
+    return gradgradcheck(check.function, std::move(check.inputs), options, std::move(check.names));
+}
+
 // ---- per time step ----
 
 bool StepCheck::passed() const {
     return x.passed && std::all_of(hidden.begin(), hidden.end(), [](const InputCheck& h) { return h.passed; });
 }
 
-PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<double>& x,
-                                       const std::vector<Tensor<double>>& initial_state,
-                                       const std::optional<std::vector<std::int64_t>>& lengths,
-                                       const GradcheckOptions& options) {
-    if (x.dim() != 3) throw_shape_error("gradcheck_layer_per_step", "expects a 3-D input", x.shape());
+namespace {
+
+using Checker = GradcheckReport (*)(const CheckedFunction&, std::vector<Tensor<double>>, const GradcheckOptions&,
+                                    std::vector<std::string>);
+
+// One driver for both orders: `check` is gradcheck or gradgradcheck over x_t and the probes d_t.
+PerStepReport check_per_step(const char* what, Checker check, Recurrent<double>& layer, const Tensor<double>& x,
+                             const std::vector<Tensor<double>>& initial_state,
+                             const std::optional<std::vector<std::int64_t>>& lengths, const GradcheckOptions& options) {
+    if (x.dim() != 3) throw_shape_error(what, "expects a 3-D input", x.shape());
     const std::size_t time_axis = layer.options().batch_first ? 1 : 0;
     const Tensor<double> time_major = time_axis == 1 ? permute(x, {1, 0, 2}) : x;
     const std::size_t steps = time_major.size(0), batch = time_major.size(1);
@@ -112,7 +125,7 @@ PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<do
         });
         return flattened(layer.forward(xs, initial_state, lengths));
     };
-    const GradcheckReport checked = gradcheck(function, std::move(inputs), options, std::move(names));
+    const GradcheckReport checked = check(function, std::move(inputs), options, std::move(names));
 
     PerStepReport report;
     report.passed = checked.passed;
@@ -134,15 +147,37 @@ PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<do
     return report;
 }
 
+}  // namespace
+
+PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<double>& x,
+                                       const std::vector<Tensor<double>>& initial_state,
+                                       const std::optional<std::vector<std::int64_t>>& lengths,
+                                       const GradcheckOptions& options) {
+    return check_per_step("gradcheck_layer_per_step", &gradcheck, layer, x, initial_state, lengths, options);
+}
+
+PerStepReport gradgradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<double>& x,
+                                           const std::vector<Tensor<double>>& initial_state,
+                                           const std::optional<std::vector<std::int64_t>>& lengths,
+                                           const GradcheckOptions& options) {
+    PerStepReport report =
+        check_per_step("gradgradcheck_layer_per_step", &gradgradcheck, layer, x, initial_state, lengths, options);
+    report.quantity = "G";
+    return report;
+}
+
 std::string PerStepReport::to_string() const {
+    // "dL" or "dG"; and what is wrong at a step: its backward, or (second order) the backward's derivative.
+    const std::string d = "d" + quantity;
+    const std::string rule = quantity == "L" ? "the backward" : "the second-order rule (the derivative of the backward)";
     const bool has_hidden = !steps.empty() && !steps.front().hidden.empty();
-    std::string text = fmt::format("{:>6}  {:>11} {:>11}", "step", "dL/dx_t abs", "rel");
-    if (has_hidden) text += fmt::format("  {:>11} {:>11} {}", "dL/dh_t abs", "rel", "worst of");
+    std::string text = fmt::format("{:>6}  {:>11} {:>11}", "step", d + "/dx_t abs", "rel");
+    if (has_hidden) text += fmt::format("  {:>11} {:>11} {}", d + "/dh_t abs", "rel", "worst of");
     text += '\n';
     for (std::size_t i = steps.size(); i-- > 0;) {
         const StepCheck& step = steps[i];
         std::vector<std::string> failed;
-        if (!step.x.passed) failed.push_back(fmt::format("dL/dx_{}", step.step));
+        if (!step.x.passed) failed.push_back(fmt::format("{}/dx_{}", d, step.step));
         text += fmt::format("{:>6}  {:>11.3e} {:>11.3e}", step.step, step.x.max_abs_error, step.x.max_rel_error);
         if (has_hidden) {
             const auto worst = std::max_element(step.hidden.begin(), step.hidden.end(), [](const auto& a, const auto& b) {
@@ -150,7 +185,7 @@ std::string PerStepReport::to_string() const {
             });
             text += fmt::format("  {:>11.3e} {:>11.3e} {:<14}", worst->max_abs_error, worst->max_rel_error, worst->name);
             for (const InputCheck& h : step.hidden)
-                if (!h.passed) failed.push_back(fmt::format("dL/dh_{} ({})", step.step, h.name));
+                if (!h.passed) failed.push_back(fmt::format("{}/dh_{} ({})", d, step.step, h.name));
         }
         if (!failed.empty()) text += fmt::format("  FAILED: {}", fmt::join(failed, ", "));
         text.erase(text.find_last_not_of(' ') + 1);
@@ -173,19 +208,19 @@ std::string PerStepReport::to_string() const {
             only_reverse = only_reverse && h.name.ends_with("_reverse");
         }
     if (step.hidden.empty())
-        text += fmt::format(": dL/dx_{} is wrong (dL/dh_t is not checked: the fused kernel keeps it)\n", s);
+        text += fmt::format(": {0}/dx_{1} is wrong ({0}/dh_t is not checked: the fused kernel keeps it)\n", d, s);
     else if (wrong_hidden.empty())
-        text += fmt::format(": dL/dh_{0} is right but dL/dx_{0} wrong, so the backward of step {0} itself is wrong\n", s);
+        text += fmt::format(": {1}/dh_{0} is right but {1}/dx_{0} wrong, so {2} of step {0} itself is wrong\n", s, d, rule);
     else if (only_reverse)
-        text += fmt::format(": dL/dh_{} is wrong only in {}, whose recursion runs forward in time: there the step where "
+        text += fmt::format(": {}/dh_{} is wrong only in {}, whose recursion runs forward in time: there the step where "
                             "the error enters is the first disagreeing one walking forward from step 0\n",
-                            s, fmt::join(wrong_hidden, ", "));
+                            d, s, fmt::join(wrong_hidden, ", "));
     else if (s + 1 < steps.size())
-        text += fmt::format(": dL/dh_{0} ({2}) is wrong although dL/dh_{1} and dL/dx_{1} are right, so the error enters "
-                            "in the backward of step {1} into its state input h_{0} (or in h_{0}'s own term of L); the "
-                            "earlier steps inherit it\n", s, s + 1, fmt::join(wrong_hidden, ", "));
+        text += fmt::format(": {3}/dh_{0} ({2}) is wrong although {3}/dh_{1} and {3}/dx_{1} are right, so the error enters "
+                            "in {4} of step {1} into its state input h_{0} (or in h_{0}'s own term of {5}); the "
+                            "earlier steps inherit it\n", s, s + 1, fmt::join(wrong_hidden, ", "), d, rule, quantity);
     else
-        text += fmt::format(": dL/dh_{} ({}), the gradient with respect to the last hidden state, is wrong\n", s,
+        text += fmt::format(": {}/dh_{} ({}), the gradient with respect to the last hidden state, is wrong\n", d, s,
                             fmt::join(wrong_hidden, ", "));
     return text;
 }

@@ -36,6 +36,15 @@ GradcheckReport gradcheck_layer(Recurrent<double>& layer, const Tensor<double>& 
                                 const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
                                 const GradcheckOptions& options = {});
 
+// Second derivatives of the whole layer (rw::gradgradcheck over layer_check's inputs): with L as
+// above and a fixed random v over every input, G = <dL/d(inputs), v> is built with create_graph
+// and dG/d(inputs) checked against central differences of dL/d(inputs). A rule whose values are
+// right but whose own derivative is wrong (what a gradient penalty or MAML differentiates) fails here.
+GradcheckReport gradgradcheck_layer(Recurrent<double>& layer, const Tensor<double>& x,
+                                    const std::vector<Tensor<double>>& initial_state = {},
+                                    const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
+                                    const GradcheckOptions& options = {});
+
 // ---- per time step: where a wrong derivation enters ----
 // L = <the layer's outputs and final states, r> for a fixed random r (as gradcheck_layer), and
 // for every step t, against central differences in float64: dL/dx_t, and dL/dh_t of every layer
@@ -56,6 +65,8 @@ struct StepCheck {
 };
 
 struct PerStepReport {
+    // "L" for gradcheck_layer_per_step; "G" (= <dL/d(x_t, h_t), v>) for gradgradcheck_layer_per_step.
+    std::string quantity = "L";
     std::vector<StepCheck> steps;  // in time order
     std::optional<std::size_t> first_disagreeing_step;  // walking back from T; none when every step agrees
     bool passed = true;
@@ -71,5 +82,16 @@ PerStepReport gradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<do
                                        const std::vector<Tensor<double>>& initial_state = {},
                                        const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
                                        const GradcheckOptions& options = {});
+
+// The same per step for second derivatives: G = <dL/d(x_0..x_(T-1), h_0..h_(T-1)), v> for a fixed
+// random v, built with create_graph through the layer (through the fused op's double backward on
+// the fused path), and dG/dx_t, dG/dh_t against central differences of the first gradients. A step
+// whose second-order rule is wrong (its backward right in value, the backward's own derivative
+// wrong) makes dG/dx_s or dG/dh_(s-1) wrong and every earlier step with it, while later steps
+// agree, so the latest failing step walking back from T names it as in the first-order check.
+PerStepReport gradgradcheck_layer_per_step(Recurrent<double>& layer, const Tensor<double>& x,
+                                           const std::vector<Tensor<double>>& initial_state = {},
+                                           const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
+                                           const GradcheckOptions& options = {});
 
 }  // namespace rw::nn
