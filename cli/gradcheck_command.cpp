@@ -43,7 +43,9 @@ std::shared_ptr<nn::Recurrent<double>> make_layer(const GradcheckRequest& reques
     const LayerConfig& config = request.layer;
     nn::RecurrentOptions options = config.recurrent_options();
     options.seed = request.seed;
-    const PlantedError kind = request.second_order ? PlantedError::second_order : PlantedError::backward;
+    const PlantedError kind = request.second_order ? PlantedError::second_order
+                              : request.jvp        ? PlantedError::jvp
+                                                   : PlantedError::backward;
     auto layer = request.plant_error ? make_layer_with_planted_error(config.cell, options, *request.plant_error, kind)
                                      : nn::make_recurrent<double>(config.cell, options);
     choose_path(*layer, path);
@@ -103,6 +105,17 @@ GradcheckReport check_second_order(const GradcheckRequest& request, nn::Recurren
     return gradgradcheck(checked.function, std::move(checked.inputs), check_options(request), std::move(checked.names));
 }
 
+// --jvp: forward mode and H v, on the same data.
+JvpReport check_jvp(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    const CheckData data = check_data(request, layer);
+    return nn::jvpcheck_layer(layer, data.x, data.initial, data.lengths, check_options(request));
+}
+
+GradcheckReport check_hvp(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
+    const CheckData data = check_data(request, layer);
+    return nn::hvpcheck_layer(layer, data.x, data.initial, data.lengths, check_options(request));
+}
+
 nn::PerStepReport check_second_order_steps(const GradcheckRequest& request, nn::Recurrent<double>& layer) {
     const CheckData data = check_data(request, layer);
     return nn::gradgradcheck_layer_per_step(layer, data.x, data.initial, data.lengths, check_options(request));
@@ -158,6 +171,10 @@ int run_gradcheck(const GradcheckRequest& request) {
             report.second_order = check_second_order(request, *layer);
             if (request.per_step) report.second_order_per_step = check_second_order_steps(request, *layer);
         }
+        if (request.jvp) {
+            report.jvp = check_jvp(request, *layer);
+            report.hvp = check_hvp(request, *layer);
+        }
     }
     std::optional<PathAgreement> agreement;
     if (layers.size() == 2) agreement = compare_paths(request, *layers[0].second, *layers[1].second);
@@ -190,13 +207,21 @@ Command add_gradcheck_command(CLI::App& app) {
     command->add_flag("--per-step", request->per_step,
                       "also check dL/dx_t and dL/dh_t for every time step and name the first step, walking back "
                       "from T, where analytic and numeric disagree");
-    command->add_flag("--second-order", request->second_order,
-                      "also check second derivatives: G = <dL/d(inputs), v> built with create_graph, dG/d(inputs) "
-                      "against central differences of dL/d(inputs) (per step too with --per-step)");
+    auto* second_order = command->add_flag(
+        "--second-order", request->second_order,
+        "also check second derivatives: G = <dL/d(inputs), v> built with create_graph, dG/d(inputs) against central "
+        "differences of dL/d(inputs) (per step too with --per-step)");
+    command
+        ->add_flag("--jvp", request->jvp,
+                   "also check forward mode: J v (rw::jvp) against central differences for a tangent on each tensor, "
+                   "the adjoint identity <J v, u> = <v, J^T u> with rw::vjp (relative 1e-12), and H v (rw::hvp) "
+                   "against central differences of gradients")
+        ->excludes(second_order);
     command->add_option("--plant-error", request->plant_error,
                         "check the check: make the backward of this step wrong by 1% in layer 0's forward direction "
                         "(a wrapped cell, run step by step); --per-step should name this step. With --second-order "
-                        "the backward stays right and its derivative is made wrong instead");
+                        "the backward stays right and its derivative is made wrong instead; with --jvp the "
+                        "forward-mode rule is made wrong instead");
     command->add_flag("!--zero-initial-state", request->initial_state,
                       "start from zeros instead of random initial states h0 (and c0), which are then not checked");
     command->add_option("--eps", request->tolerance.step, "central-difference step")

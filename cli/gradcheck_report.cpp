@@ -16,8 +16,8 @@ using json = nlohmann::json;
 std::string location(const GradcheckRequest& request, const InputCheck& check) {
     if (check.worst_index.empty()) return {};
     const std::size_t first = check.worst_index.front();
-    if (check.name == "x") return fmt::format("time step {}", first);
-    if (check.name == "h0" || check.name == "c0") {
+    if (check.name == "x" || check.name == "output") return fmt::format("time step {}", first);
+    if (check.name == "h0" || check.name == "c0" || check.name == "h_n" || check.name == "c_n") {
         const std::size_t directions = request.layer.directions();
         return fmt::format("layer {}, {} direction", first / directions, first % directions == 0 ? "forward" : "reverse");
     }
@@ -84,6 +84,34 @@ std::string tensor_table(const GradcheckRequest& request, const GradcheckReport&
     return text;
 }
 
+// One row per tangent (the tensor carrying it) and output.
+std::string jvp_text(const GradcheckRequest& request, const JvpReport& report) {
+    std::string text = fmt::format("  {:<20} {:<8} {:>11} {:>11}  {:<26} {:>11}\n", "tangent on", "output", "max abs err",
+                                   "max rel err", "worst element", "adjoint err");
+    for (const TangentCheck& tangent : report.tangents)
+        for (std::size_t o = 0; o < tangent.outputs.size(); ++o) {
+            const InputCheck& check = tangent.outputs[o];
+            const AdjointCheck& adjoint = tangent.adjoint[o];
+            const std::string where = location(request, check);
+            std::vector<std::string> failed;
+            if (!check.passed)
+                failed.push_back(check.first_failed_row && check.name == "output"
+                                     ? fmt::format("J v FAILED from time step {}", *check.first_failed_row)
+                                     : fmt::format("J v FAILED ({} elements)", check.failed_elements));
+            if (!adjoint.passed) failed.push_back("adjoint FAILED");
+            text += fmt::format("  {:<20} {:<8} {:>11.3e} {:>11.3e}  {:<26} {:>11.3e}{}\n", o == 0 ? tangent.input : "",
+                                check.name, check.max_abs_error, check.max_rel_error,
+                                fmt::format("[{}]{}", fmt::join(check.worst_index, ", "), where.empty() ? "" : " (" + where + ")"),
+                                adjoint.rel_error, failed.empty() ? "" : fmt::format("  {}", fmt::join(failed, ", ")));
+        }
+    text += fmt::format("{}: J v max abs error {:.3e}, max rel error {:.3e} (|analytic - numeric| <= {:g} + {:g} |numeric|); "
+                        "adjoint identity max rel error {:.3e} (<= {:g})\n",
+                        report.passed ? "passed" : "FAILED", report.max_abs_error, report.max_rel_error,
+                        report.options.absolute_tolerance, report.options.relative_tolerance, report.max_adjoint_error,
+                        report.options.adjoint_tolerance);
+    return text;
+}
+
 std::string per_step_text(const nn::PerStepReport& per_step) {
     std::string text;
     if (per_step.steps.empty() || per_step.steps.front().hidden.empty())
@@ -115,6 +143,17 @@ std::string report_text(const GradcheckRequest& request, const std::vector<PathR
             text += fmt::format("second order per step, {} path: G = <dL/d(x_t, h_t), v>; dG/dx_t and dG/dh_t against "
                                 "central differences of the first gradients, walking back from T\n", path);
             text += per_step_text(*r.second_order_per_step);
+        }
+        if (r.jvp) {
+            text += fmt::format("forward mode, {} path: a random tangent v on one tensor at a time; J v (rw::jvp) against "
+                                "central differences along v, and <J v, u> = <v, J^T u> (rw::vjp, random u) per output\n",
+                                path);
+            text += jvp_text(request, *r.jvp);
+        }
+        if (r.hvp) {
+            text += fmt::format("Hessian-vector product, {} path: H v (rw::hvp_leaves, forward-over-reverse) of L = "
+                                "<outputs, r> against central differences of dL/d(tensor) along a random v\n", path);
+            text += tensor_table(request, *r.hvp);
         }
     }
     if (agreement)
@@ -169,6 +208,37 @@ json report_json(const GradcheckRequest& request, const std::vector<PathReport>&
             passes(r.second_order->passed && (!r.second_order_per_step || r.second_order_per_step->passed));
             result["second_order"].push_back(std::move(second));
         }
+        if (r.jvp) {
+            json tangents = json::array();
+            for (const TangentCheck& tangent : r.jvp->tangents) {
+                json outputs = json::array();
+                for (std::size_t o = 0; o < tangent.outputs.size(); ++o) {
+                    json entry = input_check_json(tangent.outputs[o]);
+                    const AdjointCheck& a = tangent.adjoint[o];
+                    entry["first_failed_row"] = nullptr;
+                    if (tangent.outputs[o].first_failed_row) entry["first_failed_row"] = *tangent.outputs[o].first_failed_row;
+                    entry["adjoint"] = {{"jvp_side", a.jvp_side}, {"vjp_side", a.vjp_side}, {"rel_error", a.rel_error},
+                                        {"passed", a.passed}};
+                    outputs.push_back(std::move(entry));
+                }
+                tangents.push_back({{"input", tangent.input}, {"passed", tangent.passed()}, {"outputs", outputs}});
+            }
+            result["jvp"].push_back({{"path", path_name(r.path)},
+                                     {"passed", r.jvp->passed},
+                                     {"max_abs_error", r.jvp->max_abs_error},
+                                     {"max_rel_error", r.jvp->max_rel_error},
+                                     {"max_adjoint_error", r.jvp->max_adjoint_error},
+                                     {"tangents", tangents}});
+            passes(r.jvp->passed);
+        }
+        if (r.hvp) {
+            result["hvp"].push_back({{"path", path_name(r.path)},
+                                     {"passed", r.hvp->passed},
+                                     {"max_abs_error", r.hvp->max_abs_error},
+                                     {"max_rel_error", r.hvp->max_rel_error},
+                                     {"tensors", tensors_json(r.path, *r.hvp)}});
+            passes(r.hvp->passed);
+        }
     }
     if (agreement)
         result["paths_agreement"] = {{"max_rel_difference", agreement->max_rel_difference},
@@ -201,6 +271,23 @@ std::string failure_summary(const std::vector<PathReport>& reports) {
             if (const auto names = failed_parts(*r.second_order, r.second_order_per_step, "second derivatives");
                 !names.empty())
                 failures.push_back(fmt::format("the second derivatives of {} ({} path)", fmt::join(names, ", "), path));
+        if (r.jvp)
+            for (const TangentCheck& tangent : r.jvp->tangents)
+                for (std::size_t o = 0; o < tangent.outputs.size(); ++o) {
+                    const InputCheck& check = tangent.outputs[o];
+                    std::vector<std::string> wrong;
+                    if (!check.passed)
+                        wrong.push_back(check.first_failed_row && check.name == "output"
+                                            ? fmt::format("J v of output from time step {} on", *check.first_failed_row)
+                                            : fmt::format("J v of {}", check.name));
+                    if (!tangent.adjoint[o].passed) wrong.push_back(fmt::format("the adjoint identity of {}", check.name));
+                    if (!wrong.empty())
+                        failures.push_back(fmt::format("{} with the tangent on {} ({} path)", fmt::join(wrong, " and "),
+                                                       tangent.input, path));
+                }
+        if (r.hvp)
+            if (const auto names = failed_parts(*r.hvp, std::nullopt, ""); !names.empty())
+                failures.push_back(fmt::format("H v in {} ({} path)", fmt::join(names, ", "), path));
     }
     if (failures.empty()) return {};
     return fmt::format("analytic and numeric gradients disagree for {}", fmt::join(failures, "; "));

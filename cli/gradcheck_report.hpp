@@ -28,6 +28,7 @@ struct GradcheckRequest {
     bool per_step = false;       // also dL/dx_t and dL/dh_t step by step (nn::gradcheck_layer_per_step)
     std::optional<std::size_t> plant_error;  // --plant-error: the step whose backward is made wrong
     bool second_order = false;  // --second-order: also second derivatives (gradgradcheck), per step with --per-step
+    bool jvp = false;           // --jvp: also forward mode (J v, the adjoint identity) and H v
     int threads = 1;
 };
 
@@ -38,6 +39,8 @@ struct PathReport {
     std::string path_note;  // the layer's path_note(): why the fused path ran step() (e.g. proj_size)
     std::optional<GradcheckReport> second_order;          // with --second-order
     std::optional<nn::PerStepReport> second_order_per_step;  // with --second-order --per-step
+    std::optional<JvpReport> jvp;                           // with --jvp
+    std::optional<GradcheckReport> hvp;                     // with --jvp: H v against differences of gradients
 };
 
 // With --path both: how closely the two paths' analytic gradients agree.

@@ -10,11 +10,28 @@ namespace {
 
 constexpr double kPlantedFactor = 1.01;
 
+// The identity's tangent, or (for the planted forward-mode error) 1% off.
+ForwardRule<double> tangent_times(double factor) {
+    return [factor](const ForwardContext<double>& context) -> std::vector<Tensor<double>> {
+        if (!context.has_tangent(0)) return {Tensor<double>()};
+        return {context.tangent(0) * factor};
+    };
+}
+
 // Identity forward; a backward off by 1%.
 Tensor<double> wrong_backward(const Tensor<double>& h) {
-    return record_op<double>("planted_error", {h}, h.value(), [](const BackwardContext<double>& context) -> Gradients<double> {
-        return {context.grad_output(0) * kPlantedFactor};
-    });
+    return record_op<double>(
+        "planted_error", {h}, h.value(),
+        [](const BackwardContext<double>& context) -> Gradients<double> { return {context.grad_output(0) * kPlantedFactor}; },
+        tangent_times(1.0));
+}
+
+// Identity forward and backward; a forward-mode rule off by 1%.
+Tensor<double> wrong_tangent(const Tensor<double>& h) {
+    return record_op<double>(
+        "planted_error", {h}, h.value(),
+        [](const BackwardContext<double>& context) -> Gradients<double> { return {context.grad_output(0)}; },
+        tangent_times(kPlantedFactor));
 }
 
 // Identity forward whose backward g -> g is right in value, but recorded (create_graph) as
@@ -27,7 +44,7 @@ Tensor<double> wrong_second_order(const Tensor<double>& h) {
         const Tensor<double>& input = context.input(0);
         const Tensor<double> frozen(input.value());
         return {g + g * (input - frozen) * (kPlantedFactor - 1)};
-    });
+    }, tangent_times(1.0));
 }
 
 // A cell's step() does not know t, so the wrapper appends t to each step's prepared input as one
@@ -55,7 +72,10 @@ public:
         const std::size_t width = x_t.size(1) - 1;
         const auto t = std::size_t(x_t.value()(0, width));
         nn::State<double> next = inner_->step(slice(x_t, 1, 0, width), state);
-        if (t == step_) next[0] = kind_ == PlantedError::backward ? wrong_backward(next[0]) : wrong_second_order(next[0]);
+        if (t == step_)
+            next[0] = kind_ == PlantedError::backward ? wrong_backward(next[0])
+                      : kind_ == PlantedError::jvp    ? wrong_tangent(next[0])
+                                                      : wrong_second_order(next[0]);
         return next;
     }
 

@@ -7,7 +7,9 @@
 //
 // With --second-order the planted error is one only a second-order check can see: the backward
 // of step S is right in value, but its own derivative (what create_graph records) is wrong, so
-// the first-order check passes and `--second-order --per-step` must name step S.
+// the first-order check passes and `--second-order --per-step` must name step S. With --jvp the
+// backward is right and the forward-mode rule of step S is off by 1%: the tangent of the output
+// first disagrees at step S.
 
 #include <cstdint>
 #include <memory>
@@ -19,6 +21,7 @@ namespace rw::cli {
 enum class PlantedError {
     backward,      // the backward of step S off by 1%
     second_order,  // the backward of step S right, its derivative with respect to h_S off by 1% of the gradient
+    jvp,           // the backward right, the forward-mode (JVP) rule of step S off by 1%
 };
 
 // The wrapped cell has no fused rules, so the layer runs step() on either path.

@@ -81,6 +81,66 @@ GradcheckReport gradgradcheck_layer(Recurrent<double>& layer, const Tensor<doubl
     return gradgradcheck(check.function, std::move(check.inputs), options, std::move(check.names));
 }
 
+// ---- forward mode ----
+
+namespace {
+
+// The layer's outputs as separate tensors over layer_check's inputs, read from the same handles.
+struct LayerOutputs {
+    LayerCheck check;
+    std::size_t first_data = 0;  // x's index in check.inputs
+    std::vector<std::string> output_names;
+};
+
+LayerOutputs layer_outputs(Recurrent<double>& layer, const Tensor<double>& x,
+                           const std::vector<Tensor<double>>& initial_state,
+                           const std::optional<std::vector<std::int64_t>>& lengths) {
+    LayerOutputs outputs{layer_check(layer, x, initial_state, lengths), 0, {"output"}};
+    outputs.first_data = outputs.check.inputs.size() - 1 - initial_state.size();
+    for (const auto& name : layer.state_names()) outputs.output_names.push_back(name + "_n");
+    return outputs;
+}
+
+std::vector<Tensor<double>> run(Recurrent<double>& layer, const LayerOutputs& outputs,
+                                const std::optional<std::vector<std::int64_t>>& lengths) {
+    const auto& in = outputs.check.inputs;
+    const std::vector<Tensor<double>> initial(in.begin() + std::ptrdiff_t(outputs.first_data) + 1, in.end());
+    RecurrentResult<double> result = layer.forward(in[outputs.first_data], initial, lengths);
+    std::vector<Tensor<double>> all{result.output};
+    all.insert(all.end(), result.state.begin(), result.state.end());
+    return all;
+}
+
+}  // namespace
+
+JvpReport jvpcheck_layer(Recurrent<double>& layer, const Tensor<double>& x, const std::vector<Tensor<double>>& initial_state,
+                         const std::optional<std::vector<std::int64_t>>& lengths, const GradcheckOptions& options) {
+    const LayerOutputs outputs = layer_outputs(layer, x, initial_state, lengths);
+    return jvpcheck_leaves([&] { return run(layer, outputs, lengths); }, outputs.check.inputs, options,
+                           outputs.check.names, outputs.output_names);
+}
+
+GradcheckReport hvpcheck_layer(Recurrent<double>& layer, const Tensor<double>& x,
+                               const std::vector<Tensor<double>>& initial_state,
+                               const std::optional<std::vector<std::int64_t>>& lengths, const GradcheckOptions& options) {
+    const LayerOutputs outputs = layer_outputs(layer, x, initial_state, lengths);
+    Tensor<double> projection;  // r: fixed random weights of the flattened outputs, drawn once
+    auto loss = [&] {
+        const Tensor<double> all = flattened(layer.forward(outputs.check.inputs[outputs.first_data],
+                                                           {outputs.check.inputs.begin() + std::ptrdiff_t(outputs.first_data) + 1,
+                                                            outputs.check.inputs.end()},
+                                                           lengths));
+        if (!projection.defined()) {
+            Generator generator(options.seed + 4);
+            xt::xarray<double> r = xt::xarray<double>::from_shape(all.value().shape());
+            for (double& v : r) v = generator.uniform(-1.0, 1.0);
+            projection = Tensor<double>(std::move(r));
+        }
+        return sum(all * projection);
+    };
+    return hvpcheck_leaves(loss, outputs.check.inputs, options, outputs.check.names);
+}
+
 // ---- per time step ----
 
 bool StepCheck::passed() const {

@@ -45,6 +45,24 @@ GradcheckReport gradgradcheck_layer(Recurrent<double>& layer, const Tensor<doubl
                                     const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
                                     const GradcheckOptions& options = {});
 
+// ---- forward mode (issue 20) ----
+// rw::jvpcheck_leaves over layer_check's inputs that require a gradient (the parameters under their
+// names, x, h0 and c0 when given): a random tangent on each alone, its J v against central
+// differences for each output ("output" [T, B, D*H], then "h_n" and "c_n"), and the adjoint
+// identity <J v, u> = <v, J^T u> per output. On the fused path the tangents go through the fused
+// op's forward-mode rule.
+JvpReport jvpcheck_layer(Recurrent<double>& layer, const Tensor<double>& x,
+                         const std::vector<Tensor<double>>& initial_state = {},
+                         const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
+                         const GradcheckOptions& options = {});
+
+// rw::hvpcheck_leaves of gradcheck_layer's L = <outputs and final states, r> over the same inputs:
+// H v (forward-over-reverse) against central differences of dL/d(inputs) along v.
+GradcheckReport hvpcheck_layer(Recurrent<double>& layer, const Tensor<double>& x,
+                               const std::vector<Tensor<double>>& initial_state = {},
+                               const std::optional<std::vector<std::int64_t>>& lengths = std::nullopt,
+                               const GradcheckOptions& options = {});
+
 // ---- per time step: where a wrong derivation enters ----
 // L = <the layer's outputs and final states, r> for a fixed random r (as gradcheck_layer), and
 // for every step t, against central differences in float64: dL/dx_t, and dL/dh_t of every layer
