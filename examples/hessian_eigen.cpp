@@ -3,9 +3,12 @@
 // reverse: one forward with tangents and one backward per product, never the Hessian itself).
 // A small LSTM is trained on the adding problem in float64, then the iteration runs on the
 // generic path and on the fused path from the same start, and the two must agree to round-off.
+// --product double-backward computes H v the other way, as the gradient of <grad L, v> (reverse-
+// over-reverse, create_graph): an independent route to the same numbers.
 //
 //   build-dir/bin/hessian_eigen [--steps N] [--hidden H] [--length T] [--iterations K]
-//                               [--csv F] [--plot F.png] [--json] [--seed S] [--threads N]
+//                               [--product hvp|double-backward] [--csv F] [--plot F.png] [--json]
+//                               [--seed S] [--threads N]
 
 #include <cmath>
 #include <cstdlib>
@@ -65,6 +68,21 @@ std::vector<Tensor<double>> scaled(const std::vector<Tensor<double>>& a, double 
     return result;
 }
 
+// H v over the parameters: rw::hvp_leaves (forward-over-reverse), or the gradient of <grad L, v>.
+std::vector<Tensor<double>> hessian_product(const Model& model, const Data& data, const std::vector<Tensor<double>>& parameters,
+                                            const std::vector<Tensor<double>>& v, bool forward_over_reverse) {
+    if (forward_over_reverse) return hvp_leaves<double>([&] { return model.loss(data); }, parameters, v).product;
+    EnableGradGuard recording(true);
+    const std::vector<Tensor<double>> g =
+        grad<double>({model.loss(data)}, parameters, {}, {.retain_graph = true, .create_graph = true});
+    Tensor<double> projected = Tensor<double>::scalar(0.0);
+    for (std::size_t i = 0; i < g.size(); ++i) projected = projected + sum(g[i] * v[i]);
+    std::vector<Tensor<double>> product = grad<double>({projected}, parameters);
+    for (std::size_t i = 0; i < product.size(); ++i)
+        if (!product[i].defined()) product[i] = Tensor<double>::zeros(parameters[i].shape());
+    return product;
+}
+
 struct PowerIteration {
     std::vector<double> estimates;  // <v_k, H v_k> per iteration
     double residual = 0;            // ||H v - lambda v|| / |lambda| at the end
@@ -74,7 +92,7 @@ struct PowerIteration {
 
 // v <- H v / ||H v||, lambda = <v, H v>, until lambda changes by less than `tolerance` (relative).
 PowerIteration power_iteration(Model& model, const Data& data, nn::ExecutionPath path, std::size_t iterations,
-                               double tolerance, std::uint64_t seed) {
+                               double tolerance, bool forward_over_reverse, std::uint64_t seed) {
     model.lstm->set_path(path);
     const std::vector<Tensor<double>> parameters = model.parameters();
     Generator generator(seed + 7);
@@ -85,7 +103,7 @@ PowerIteration power_iteration(Model& model, const Data& data, nn::ExecutionPath
     try {
         std::vector<Tensor<double>> hv;
         for (std::size_t k = 0; k < iterations; ++k) {
-            hv = hvp_leaves<double>([&] { return model.loss(data); }, parameters, v).product;
+            hv = hessian_product(model, data, parameters, v, forward_over_reverse);
             result.fused_ran = model.lstm->uses_fused();
             result.estimates.push_back(dot(v, hv));
             const double lambda = result.estimates.back();
@@ -111,8 +129,9 @@ int main(int argc, char** argv) {
     CLI::App app{"the top Hessian eigenvalue of a trained LSTM's loss by power iteration on rw::hvp_leaves"};
     examples::CommonOptions common;
     examples::CurveOptions curve_options;
-    std::size_t steps = 300, hidden = 8, length = 10, iterations = 100;
+    std::size_t steps = 500, hidden = 8, length = 10, iterations = 100;
     double tolerance = 1e-8;
+    std::string product = "hvp";
     bool json = false;
     examples::add_common_options(app, common);
     app.add_option("--steps", steps, "training steps before the iteration")->check(CLI::Range(0, 1000000))->capture_default_str();
@@ -121,6 +140,9 @@ int main(int argc, char** argv) {
     app.add_option("--iterations", iterations, "most power iterations")->check(CLI::Range(2, 100000))->capture_default_str();
     app.add_option("--tolerance", tolerance, "stop when the estimate changes by less than this (relative)")
         ->check(CLI::Range(0.0, 1.0))
+        ->capture_default_str();
+    app.add_option("--product", product, "H v by rw::hvp_leaves (forward-over-reverse) or by double backward")
+        ->check(CLI::IsMember({"hvp", "double-backward"}))
         ->capture_default_str();
     examples::add_curve_options(app, curve_options, "the eigenvalue estimate per iteration");
     examples::add_json_option(app, json);
@@ -151,9 +173,13 @@ int main(int argc, char** argv) {
                "(predicting the mean: {:.4f})\n", hidden, count, steps, length, mse_before, mse, adding::kMeanBaselineMse);
 
     // ---- the top eigenvalue of the held-out loss's Hessian, on each path from the same v_0 ----
-    fmt::print("power iteration on H v = rw::hvp_leaves(held-out MSE, parameters, v):\n");
-    const PowerIteration generic = power_iteration(model, held_out, nn::ExecutionPath::generic, iterations, tolerance, common.seed);
-    const PowerIteration fused = power_iteration(model, held_out, nn::ExecutionPath::fused, iterations, tolerance, common.seed);
+    const bool forward_over_reverse = product == "hvp";
+    fmt::print("power iteration on H v = {} of the held-out MSE over the parameters:\n",
+               forward_over_reverse ? "rw::hvp_leaves" : "the gradient of <grad L, v>");
+    const PowerIteration generic =
+        power_iteration(model, held_out, nn::ExecutionPath::generic, iterations, tolerance, forward_over_reverse, common.seed);
+    const PowerIteration fused =
+        power_iteration(model, held_out, nn::ExecutionPath::fused, iterations, tolerance, forward_over_reverse, common.seed);
 
     double max_rel_difference = fused.error.empty() && fused.estimates.size() == generic.estimates.size() ? 0 : NAN;
     if (!std::isnan(max_rel_difference))
@@ -176,7 +202,8 @@ int main(int argc, char** argv) {
                                                hidden, length),
                           .x_label = "iteration", .y_label = "<v, H v>"});
 
-    examples::print_json(json, {{"mse", mse},
+    examples::print_json(json, {{"product", product},
+                                {"mse", mse},
                                 {"baseline_mse", adding::kMeanBaselineMse},
                                 {"parameters", count},
                                 {"eigenvalue", lambda},

@@ -66,6 +66,23 @@ BOOST_AUTO_TEST_CASE(second_order_passes_for_stacked_bidirectional_layers_with_l
     }
 }
 
+BOOST_AUTO_TEST_CASE(second_order_through_the_fused_double_backward_passes_and_the_fused_op_ran) {
+    TempDir dir;
+    const auto args = gradcheck_args({"--cell", "lstm", "--layers", "2", "--bidirectional", "--input-size", "2",
+                                      "--hidden-size", "2", "--seq-len", "4", "--batch", "3", "--lengths", "4,1,3"},
+                                     {"--second-order", "--per-step", "--path", "both", "--json"});
+    const Run run = run_cli(dir, args);
+    BOOST_TEST_REQUIRE(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(!report.contains("path_notes"), run.out);  // no fallback to step(): the fused op ran
+    BOOST_TEST_REQUIRE(report.at("second_order").size() == 2u);
+    const json& fused = report.at("second_order").at(1);
+    BOOST_TEST(fused.at("path") == "fused");
+    BOOST_TEST(all_passed(fused.at("tensors")));
+    BOOST_TEST(fused.at("per_step").at("hidden_checked").get<bool>() == false);  // h_t stays inside the fused op
+    BOOST_TEST(fused.at("per_step").at("passed").get<bool>());
+}
+
 BOOST_AUTO_TEST_CASE(a_wrong_second_order_rule_at_one_step_is_named_and_the_first_order_check_misses_it) {
     // The backward of step 3 is right in value, its derivative wrong (cli/planted_error.cpp): the
     // first-order checks pass, the second-order ones fail, and the per-step one names step 3.

@@ -176,6 +176,23 @@ BOOST_AUTO_TEST_CASE(gradient_penalty_trains_through_the_fused_double_backward_a
     BOOST_TEST(summary.at("mean_penalty").get<double>() < 0.9 * summary.at("unpenalised_mean_penalty").get<double>());
 }
 
+// The top Hessian eigenvalue of a trained LSTM's loss (393 parameters) by power iteration: 500
+// float64 training steps end at MSE 0.0018-0.0039 over seeds 1-4, the iteration converges in 4-6
+// products (eigenvalue 47-67, residual ||H v - lambda v|| / lambda <= 1.1e-6), and the generic and
+// fused paths give the same estimates to <= 2.9e-15 at every iteration. H v by double backward
+// until every op the LSTM uses has a forward-mode rule (then rw::hvp_leaves, the default).
+BOOST_AUTO_TEST_CASE(hessian_eigen_converges_to_the_same_top_eigenvalue_on_both_paths) {
+    const json summary = run_example("hessian_eigen", "--product double-backward");
+    BOOST_TEST(summary.at("mse").get<double>() < 0.02);
+    BOOST_TEST(summary.at("eigenvalue").get<double>() > 0);
+    BOOST_TEST(summary.at("iterations").get<int>() < 100);
+    BOOST_TEST(summary.at("residual").get<double>() < 1e-4);
+    BOOST_TEST(summary.at("fused_ran").get<bool>());
+    BOOST_TEST(summary.at("max_rel_difference").get<double>() < 1e-12);
+    BOOST_TEST(summary.at("fused_eigenvalue").get<double>() ==
+               summary.at("eigenvalue").get<double>(), boost::test_tools::tolerance(1e-12));
+}
+
 // Echo at delay 6 with TBPTT(k2, k2): seeds 1-3 give 0.26-0.33 for k2 = 4 (chance 0.25; a read-out
 // of what the recurrence retains by accident) and 0.996-0.999 for k2 = 12.
 BOOST_AUTO_TEST_CASE(tbptt_limit_k2_beyond_the_delay_learns_and_k2_below_stays_near_chance) {

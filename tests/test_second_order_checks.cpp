@@ -39,7 +39,8 @@ Tensor<double> square(const Tensor<double>& x, SquareFaults faults = {}) {
         [faults](const BackwardContext<double>& ctx) -> Gradients<double> {
             const Tensor<double>& input = ctx.input(0);
             const Tensor<double> twice = faults.frozen_backward ? input + Tensor<double>(input.value()) : input + input;
-            return {ctx.grad_output(0) * twice * faults.backward};
+            const Tensor<double> g = ctx.grad_output(0) * twice;
+            return {faults.backward == 1 ? g : g * faults.backward};
         },
         [faults](const ForwardContext<double>& ctx) -> std::vector<Tensor<double>> {
             const Tensor<double>& input = ctx.input(0);
@@ -111,9 +112,11 @@ BOOST_AUTO_TEST_CASE(a_rule_wrong_by_one_part_in_a_billion_passes_central_differ
     BOOST_TEST(!report.tangents[0].adjoint[0].passed);
 }
 
+// The losses of the H v checks use ops whose backward rules have forward rules themselves
+// (forward-over-reverse runs the backward with tangents).
 BOOST_AUTO_TEST_CASE(hvpcheck_agrees_with_central_differences_of_gradients) {
     const LossFunction<double> loss = [](const std::vector<Tensor<double>>& in) {
-        return sum(tanh(in[0] * in[1]) * square(in[0]));
+        return sum(in[0] * in[1] * square(in[0]) + in[1] * in[1]);
     };
     const GradcheckReport report = hvpcheck(loss, two_inputs(), {}, {"a", "b"});
     BOOST_TEST(report.passed, report.to_string());
@@ -123,7 +126,7 @@ BOOST_AUTO_TEST_CASE(hvpcheck_agrees_with_central_differences_of_gradients) {
 
 BOOST_AUTO_TEST_CASE(hvpcheck_catches_a_backward_right_in_value_with_a_wrong_derivative) {
     const LossFunction<double> loss = [](const std::vector<Tensor<double>>& in) {
-        return sum(tanh(in[0] * in[1]) * square(in[0], {.frozen_backward = true}));
+        return sum(in[0] * in[1] * square(in[0], {.frozen_backward = true}) + in[1] * in[1]);
     };
     const GradcheckReport report = hvpcheck(loss, two_inputs(), {}, {"a", "b"});
     BOOST_TEST_MESSAGE(report.to_string());
@@ -136,7 +139,7 @@ BOOST_AUTO_TEST_CASE(hvpcheck_catches_a_backward_right_in_value_with_a_wrong_der
 BOOST_AUTO_TEST_CASE(hvpcheck_leaves_checks_leaves_a_closure_reads) {
     const std::vector<Tensor<double>> leaves = two_inputs();
     const GradcheckReport report =
-        hvpcheck_leaves([&] { return sum(tanh(leaves[0] * leaves[1]) * leaves[0]); }, leaves, {}, {"a", "b"});
+        hvpcheck_leaves([&] { return sum(leaves[0] * leaves[1] * leaves[0]); }, leaves, {}, {"a", "b"});
     BOOST_TEST(report.passed, report.to_string());
     BOOST_TEST(!leaves[0].has_tangent());  // cleared after the call
 }
@@ -199,7 +202,7 @@ BOOST_AUTO_TEST_CASE(every_step_of_stacked_bidirectional_layers_with_lengths_agr
         const PerStepReport report = gradgradcheck_layer_per_step(*layer, x, {}, lengths);
         BOOST_TEST_CONTEXT(cell << "\n" << report.to_string()) {
             BOOST_TEST(report.passed);
-            BOOST_TEST(report.quantity == "G");
+            BOOST_TEST(report.quantity == 'G');
             BOOST_TEST_REQUIRE(report.steps.size() == 4u);
             BOOST_TEST(report.steps[0].hidden.size() == 4u);
             BOOST_TEST(report.to_string().find("dG/dx_t") != std::string::npos);

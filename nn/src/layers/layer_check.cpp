@@ -222,14 +222,14 @@ PerStepReport gradgradcheck_layer_per_step(Recurrent<double>& layer, const Tenso
                                            const GradcheckOptions& options) {
     PerStepReport report =
         check_per_step("gradgradcheck_layer_per_step", &gradgradcheck, layer, x, initial_state, lengths, options);
-    report.quantity = "G";
+    report.quantity = 'G';
     return report;
 }
 
 std::string PerStepReport::to_string() const {
     // "dL" or "dG"; and what is wrong at a step: its backward, or (second order) the backward's derivative.
-    const std::string d = "d" + quantity;
-    const std::string rule = quantity == "L" ? "the backward" : "the second-order rule (the derivative of the backward)";
+    const std::string d = std::string("d") + quantity;
+    const std::string rule = quantity == 'L' ? "the backward" : "the second-order rule (the derivative of the backward)";
     const bool has_hidden = !steps.empty() && !steps.front().hidden.empty();
     std::string text = fmt::format("{:>6}  {:>11} {:>11}", "step", d + "/dx_t abs", "rel");
     if (has_hidden) text += fmt::format("  {:>11} {:>11} {}", d + "/dh_t abs", "rel", "worst of");

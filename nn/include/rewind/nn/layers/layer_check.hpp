@@ -84,7 +84,7 @@ struct StepCheck {
 
 struct PerStepReport {
     // "L" for gradcheck_layer_per_step; "G" (= <dL/d(x_t, h_t), v>) for gradgradcheck_layer_per_step.
-    std::string quantity = "L";
+    char quantity = 'L';
     std::vector<StepCheck> steps;  // in time order
     std::optional<std::size_t> first_disagreeing_step;  // walking back from T; none when every step agrees
     bool passed = true;
