@@ -115,7 +115,8 @@ std::string jvp_text(const GradcheckRequest& request, const JvpReport& report) {
 std::string per_step_text(const nn::PerStepReport& per_step) {
     std::string text;
     if (per_step.steps.empty() || per_step.steps.front().hidden.empty())
-        text += "  (d/dh_t not checked: the fused kernel runs the whole sequence as one op; --path generic checks it)\n";
+        text += fmt::format("  (d{}/dh_t not checked: the fused kernel runs the whole sequence as one op; --path generic "
+                            "checks it)\n", per_step.quantity);
     return text + per_step.to_string();
 }
 

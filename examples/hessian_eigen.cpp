@@ -85,7 +85,8 @@ std::vector<Tensor<double>> hessian_product(const Model& model, const Data& data
 
 struct PowerIteration {
     std::vector<double> estimates;  // <v_k, H v_k> per iteration
-    double residual = 0;            // ||H v - lambda v|| / |lambda| at the end
+    std::vector<double> residuals;  // ||H v_k - lambda_k v_k|| / |lambda_k| per iteration
+    double residual = 0;            // the last one
     bool fused_ran = false;
     std::string error;              // why the path could not run, if it could not
 };
@@ -111,6 +112,7 @@ PowerIteration power_iteration(Model& model, const Data& data, nn::ExecutionPath
             for (std::size_t i = 0; i < v.size(); ++i)
                 residual.emplace_back(xt::xarray<double>(hv[i].value() - lambda * v[i].value()));
             result.residual = std::sqrt(dot(residual, residual)) / std::abs(lambda);
+            result.residuals.push_back(result.residual);
             fmt::print("  {} path, iteration {:3}: lambda {:.10g}  residual {:.2e}\n",
                        path == nn::ExecutionPath::fused ? "fused" : "generic", k + 1, lambda, result.residual);
             if (k > 0 && std::abs(lambda - result.estimates[k - 1]) <= tolerance * std::abs(lambda)) break;
@@ -194,13 +196,16 @@ int main(int argc, char** argv) {
                                                  max_rel_difference)
                                    : fmt::format("; the fused path failed: {}", fused.error));
 
-    examples::Curve curve{{"iteration", "generic", "fused"}, {}};
-    for (std::size_t k = 0; k < generic.estimates.size(); ++k)
-        curve.add({double(k + 1), generic.estimates[k], k < fused.estimates.size() ? fused.estimates[k] : NAN});
+    examples::Curve curve{{"iteration", "lambda (generic)", "lambda (fused)", "residual (generic)", "residual (fused)"}, {}};
+    for (std::size_t k = 0; k < generic.estimates.size(); ++k) {
+        const bool has_fused = k < fused.estimates.size();
+        curve.add({double(k + 1), generic.estimates[k], has_fused ? fused.estimates[k] : NAN, generic.residuals[k],
+                   has_fused ? fused.residuals[k] : NAN});
+    }
     examples::save_curve(curve_options, curve,
                          {.title = fmt::format("top Hessian eigenvalue of a trained LSTM's loss (H={}, T={}): power iteration",
                                                hidden, length),
-                          .x_label = "iteration", .y_label = "<v, H v>"});
+                          .x_label = "iteration", .y_label = "lambda = <v, H v>;  ||H v - lambda v|| / lambda", .log_y = true});
 
     examples::print_json(json, {{"product", product},
                                 {"mse", mse},
