@@ -76,6 +76,7 @@ template <class T>
 Directional<T> directional(const ReplayOp<T>& op, const std::vector<Tensor<T>>& inputs,
                            const std::vector<Tensor<T>>& grad_outputs, const std::vector<Tensor<T>>& v,
                            const std::vector<Tensor<T>>& u, bool want_jvp, const std::vector<bool>& want_gradients) {
+    if (op.sweeps) return op.sweeps(inputs, grad_outputs, v, u, want_jvp, want_gradients);
     require_replay(op);
     require_leaf_weights(op, inputs);
     const std::size_t n = op.inputs, m = op.outputs;
@@ -171,7 +172,7 @@ bool beyond_first_order(const BackwardContext<T>& ctx) {
 template <class T>
 Gradients<T> record_backward(const std::shared_ptr<const ReplayOp<T>>& op, const BackwardContext<T>& ctx,
                              Gradients<T> values) {
-    require_replay(*op);
+    if (!op->sweeps) require_replay(*op);
     const std::size_t n = op->inputs, m = op->outputs;
     std::vector<Tensor<T>> inputs;
     for (std::size_t i = 0; i < n; ++i) inputs.push_back(ctx.input(i));
@@ -246,7 +247,7 @@ Gradients<T> record_backward(const std::shared_ptr<const ReplayOp<T>>& op, const
 template <class T>
 ForwardRule<T> forward_rule(const std::shared_ptr<const ReplayOp<T>>& op) {
     return [op](const ForwardContext<T>& c) -> std::vector<Tensor<T>> {
-        if (!op->replay)
+        if (!op->replay && !op->sweeps)
             throw GraphError(fmt::format(
                 "op '{}' has no forward-mode (JVP) rule without a replay: the fused op's tangents come from a replay "
                 "of the sequence with the cell's generic step(), which a layer (rw::nn::Recurrent) supplies and "
