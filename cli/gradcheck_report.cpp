@@ -260,6 +260,32 @@ std::vector<std::string> failed_parts(const GradcheckReport& report, const std::
     return names;
 }
 
+// "J v of output from time step 3 on (tangents on x, h0), J v of h_n (tangent on x), the adjoint
+// identity in 4 of 6 (tangent, output) pairs": what disagrees, and for which tangents.
+std::string jvp_failures(const JvpReport& report) {
+    std::vector<std::pair<std::string, std::vector<std::string>>> wrong;  // in the order first met
+    std::size_t pairs = 0, adjoint_failed = 0;
+    for (const TangentCheck& tangent : report.tangents)
+        for (std::size_t o = 0; o < tangent.outputs.size(); ++o) {
+            const InputCheck& check = tangent.outputs[o];
+            ++pairs;
+            adjoint_failed += tangent.adjoint[o].passed ? 0 : 1;
+            if (check.passed) continue;
+            const std::string what = check.first_failed_row && check.name == "output"
+                                         ? fmt::format("J v of output from time step {} on", *check.first_failed_row)
+                                         : fmt::format("J v of {}", check.name);
+            auto at = std::find_if(wrong.begin(), wrong.end(), [&](const auto& w) { return w.first == what; });
+            if (at == wrong.end()) at = wrong.insert(wrong.end(), {what, {}});
+            at->second.push_back(tangent.input);
+        }
+    std::vector<std::string> parts;
+    for (const auto& [what, inputs] : wrong)
+        parts.push_back(fmt::format("{} (tangent{} on {})", what, inputs.size() == 1 ? "" : "s", fmt::join(inputs, ", ")));
+    if (adjoint_failed > 0)
+        parts.push_back(fmt::format("the adjoint identity in {} of {} (tangent, output) pairs", adjoint_failed, pairs));
+    return fmt::format("{}", fmt::join(parts, ", "));
+}
+
 }  // namespace
 
 std::string failure_summary(const std::vector<PathReport>& reports) {
@@ -273,19 +299,8 @@ std::string failure_summary(const std::vector<PathReport>& reports) {
                 !names.empty())
                 failures.push_back(fmt::format("the second derivatives of {} ({} path)", fmt::join(names, ", "), path));
         if (r.jvp)
-            for (const TangentCheck& tangent : r.jvp->tangents)
-                for (std::size_t o = 0; o < tangent.outputs.size(); ++o) {
-                    const InputCheck& check = tangent.outputs[o];
-                    std::vector<std::string> wrong;
-                    if (!check.passed)
-                        wrong.push_back(check.first_failed_row && check.name == "output"
-                                            ? fmt::format("J v of output from time step {} on", *check.first_failed_row)
-                                            : fmt::format("J v of {}", check.name));
-                    if (!tangent.adjoint[o].passed) wrong.push_back(fmt::format("the adjoint identity of {}", check.name));
-                    if (!wrong.empty())
-                        failures.push_back(fmt::format("{} with the tangent on {} ({} path)", fmt::join(wrong, " and "),
-                                                       tangent.input, path));
-                }
+            if (const std::string wrong = jvp_failures(*r.jvp); !wrong.empty())
+                failures.push_back(fmt::format("{} ({} path)", wrong, path));
         if (r.hvp)
             if (const auto names = failed_parts(*r.hvp, std::nullopt, ""); !names.empty())
                 failures.push_back(fmt::format("H v in {} ({} path)", fmt::join(names, ", "), path));

@@ -1,6 +1,7 @@
-// `rewind gradcheck --second-order` (issue 20): second derivatives of a layer against central
-// differences of its gradients, per tensor and per time step, run as a user runs the tool; and a
-// planted error only a second-order check can see, which it must name.
+// `rewind gradcheck --second-order` and `--jvp` (issue 20): second derivatives of a layer against
+// central differences of its gradients, per tensor and per time step; forward mode against central
+// differences and the adjoint identity, and H v; run as a user runs the tool, each with a planted
+// error that only it can see, which it must name.
 
 #include <algorithm>
 #include <string>
@@ -118,6 +119,62 @@ BOOST_AUTO_TEST_CASE(the_text_report_says_which_step_and_which_rule_is_wrong) {
                run.out);
     BOOST_TEST(run.err.rfind("rewind gradcheck: analytic and numeric gradients disagree for the second derivatives of ", 0) == 0,
                run.err);
+}
+
+BOOST_AUTO_TEST_CASE(jvp_holds_the_adjoint_identity_to_1e_12_and_hvp_agrees_on_both_paths) {
+    TempDir dir;
+    const auto args = gradcheck_args({"--cell", "gru", "--layers", "2", "--bidirectional", "--input-size", "2",
+                                      "--hidden-size", "3", "--seq-len", "4", "--batch", "3", "--lengths", "4,1,3"},
+                                     {"--jvp", "--path", "both", "--json"});
+    const Run run = run_cli(dir, args);
+    BOOST_TEST_REQUIRE(run.exit_code == 0, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(!report.contains("path_notes"), run.out);  // the fused op ran
+    BOOST_TEST_REQUIRE(report.at("jvp").size() == 2u);
+    for (const auto& jvp : report.at("jvp")) {
+        BOOST_TEST(jvp.at("passed").get<bool>());
+        BOOST_TEST(jvp.at("max_adjoint_error").get<double>() <= 1e-12);
+        // A tangent on every parameter of both layers and directions, x and h0, each through output and h_n.
+        BOOST_TEST(jvp.at("tangents").size() == 4u * 4u + 2u);
+        BOOST_TEST(jvp.at("tangents").at(0).at("outputs").size() == 2u);
+    }
+    BOOST_TEST(report.at("jvp").at(1).at("path") == "fused");
+    for (const auto& hvp : report.at("hvp")) BOOST_TEST(all_passed(hvp.at("tensors")));
+}
+
+BOOST_AUTO_TEST_CASE(a_forward_rule_planted_wrong_at_one_step_is_named_by_the_time_step_where_j_v_first_disagrees) {
+    // The backward stays right (first order passes); the tangent of step 3's new hidden state is
+    // 1% off, so J v of the output is right before step 3 and wrong from it on.
+    TempDir dir;
+    const auto args = gradcheck_args({"--cell", "lstm", "--input-size", "2", "--hidden-size", "3", "--seq-len", "6",
+                                      "--batch", "2"},
+                                     {"--jvp", "--plant-error", "3", "--path", "generic", "--json"});
+    const Run run = run_cli(dir, args);
+    BOOST_TEST_REQUIRE(run.exit_code == 1, "stdout:\n" << run.out << "stderr:\n" << run.err);
+    const json report = json::parse(run.out);
+    BOOST_TEST(all_passed(report.at("tensors")));
+    const json& jvp = report.at("jvp").at(0);
+    BOOST_TEST(!jvp.at("passed").get<bool>());
+    for (const auto& tangent : jvp.at("tangents")) {
+        const json& output = tangent.at("outputs").at(0);
+        BOOST_TEST_CONTEXT(tangent.at("input")) {
+            BOOST_TEST(output.at("name") == "output");
+            BOOST_TEST(output.at("first_failed_row").get<int>() == 3);
+            BOOST_TEST(!output.at("adjoint").at("passed").get<bool>());
+        }
+    }
+    BOOST_TEST(run.err.find("J v of output from time step 3 on (tangents on weight_ih_l0, weight_hh_l0, bias_ih_l0, "
+                            "bias_hh_l0, x, h0, c0)") != std::string::npos, run.err);
+    BOOST_TEST(run.err.find("the adjoint identity in 21 of 21 (tangent, output) pairs (generic path)") != std::string::npos,
+               run.err);
+}
+
+BOOST_AUTO_TEST_CASE(jvp_and_second_order_are_one_or_the_other) {
+    TempDir dir;
+    const Run run = run_cli(dir, {"gradcheck", "--cell", "gru", "--input-size", "2", "--hidden-size", "2", "--seq-len", "2",
+                                  "--batch", "1", "--jvp", "--second-order"});
+    BOOST_TEST(run.exit_code == 2, run.err);
+    BOOST_TEST(run.err.find("--second-order excludes --jvp") != std::string::npos, run.err);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -136,6 +136,16 @@ BOOST_AUTO_TEST_CASE(hvpcheck_catches_a_backward_right_in_value_with_a_wrong_der
     BOOST_TEST(gradcheck([&](const std::vector<Tensor<double>>& in) { return loss(in); }, two_inputs()).passed);
 }
 
+BOOST_AUTO_TEST_CASE(hvp_leaves_keeps_the_product_of_two_leaves_whose_gradients_are_one_tensor) {
+    // add's backward hands a and b the same gradient tensor (as bias_ih and bias_hh of a layer):
+    // both rows of H v must survive taking the tangents off the gradients.
+    const std::vector<Tensor<double>> leaves = two_inputs();
+    const GradcheckReport report = hvpcheck_leaves(
+        [&] { return sum((leaves[0] + leaves[1]) * (leaves[0] + leaves[1])); }, leaves, {}, {"a", "b"});
+    BOOST_TEST(report.passed, report.to_string());
+    BOOST_TEST(report.inputs[1].max_abs_error < 1e-6);
+}
+
 BOOST_AUTO_TEST_CASE(hvpcheck_leaves_checks_leaves_a_closure_reads) {
     const std::vector<Tensor<double>> leaves = two_inputs();
     const GradcheckReport report =

@@ -31,14 +31,6 @@ Tensor<T> or_zeros(const Tensor<T>& tensor, const Tensor<T>& like) {
     return tensor.defined() ? tensor : Tensor<T>::zeros(like.shape());
 }
 
-// The tangent a result carries, taken off it so it does not flow on into the caller's later ops.
-template <class T>
-Tensor<T> take_tangent(Tensor<T>& result) {
-    Tensor<T> tangent = result.tangent();
-    result.clear_tangent();
-    return or_zeros(tangent, result);
-}
-
 template <class T>
 HvpResult<T> hvp_of(Tensor<T> loss, const std::vector<Tensor<T>>& wrt, const char* op) {
     if (!loss.defined() || loss.size() != 1)
@@ -47,10 +39,14 @@ HvpResult<T> hvp_of(Tensor<T> loss, const std::vector<Tensor<T>>& wrt, const cha
     HvpResult<T> result;
     if (loss.requires_grad()) result.gradient = grad<T>({loss}, wrt);
     else result.gradient.resize(wrt.size());
+    // Every tangent is read before any is cleared: two gradients may be one tensor (add's backward
+    // hands both inputs the same gradient), and clearing the first would zero the second's.
     for (std::size_t i = 0; i < wrt.size(); ++i) {
         result.gradient[i] = or_zeros(result.gradient[i], wrt[i]);
-        result.product.push_back(take_tangent(result.gradient[i]));
+        result.product.push_back(or_zeros(result.gradient[i].tangent(), result.gradient[i]));
     }
+    // Taken off the results so that they do not flow on into the caller's later ops.
+    for (auto& gradient : result.gradient) gradient.clear_tangent();
     loss.clear_tangent();
     result.value = loss;
     return result;
@@ -86,7 +82,8 @@ JvpResult<T> jvp(const TensorFunction<T>& f, const std::vector<Tensor<T>>& prima
         ForwardModeGuard on(true);
         result.outputs = f(duals);
     }
-    for (auto& output : result.outputs) result.tangents.push_back(take_tangent(output));
+    for (auto& output : result.outputs) result.tangents.push_back(or_zeros(output.tangent(), output));
+    for (auto& output : result.outputs) output.clear_tangent();  // after reading all: outputs may be one tensor
     return result;
 }
 

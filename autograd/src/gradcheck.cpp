@@ -270,10 +270,8 @@ std::vector<Tensor<double>> leaves_jvp(const std::function<std::vector<Tensor<do
     ForwardModeGuard on(true);
     std::vector<Tensor<double>> outputs = function();
     std::vector<Tensor<double>> result;
-    for (auto& output : outputs) {
-        result.push_back(output.tangent());
-        output.clear_tangent();
-    }
+    for (const auto& output : outputs) result.push_back(output.tangent());
+    for (auto& output : outputs) output.clear_tangent();  // after reading all: two outputs may be one tensor
     return zeros_where_undefined(std::move(result), outputs);
 }
 
