@@ -79,6 +79,14 @@ InputCheck compare(const std::string& name, const Array& analytic, const Array& 
     return check;
 }
 
+// One input's row, and the report's verdict and worst errors with it.
+void add_check(GradcheckReport& report, InputCheck check) {
+    report.passed = report.passed && check.passed;
+    report.max_abs_error = std::max(report.max_abs_error, check.max_abs_error);
+    report.max_rel_error = std::max(report.max_rel_error, check.max_rel_error);
+    report.inputs.push_back(std::move(check));
+}
+
 GradcheckReport check_gradients(const CheckedFunction& function, std::vector<Tensor<double>> inputs,
                                 const GradcheckOptions& options, std::vector<std::string> names) {
     names.resize(inputs.size());
@@ -110,11 +118,7 @@ GradcheckReport check_gradients(const CheckedFunction& function, std::vector<Ten
             numeric.data()[e] = (plus - minus) / (2 * options.step);
         }
         Array analytic_value = analytic[w].defined() ? analytic[w].value() : Array(xt::zeros<double>(value.shape()));
-        InputCheck check = compare(names[wanted_index[w]], analytic_value, numeric, options);
-        report.passed = report.passed && check.passed;
-        report.max_abs_error = std::max(report.max_abs_error, check.max_abs_error);
-        report.max_rel_error = std::max(report.max_rel_error, check.max_rel_error);
-        report.inputs.push_back(std::move(check));
+        add_check(report, compare(names[wanted_index[w]], analytic_value, numeric, options));
     }
     return report;
 }
@@ -327,11 +331,7 @@ GradcheckReport check_hessian(std::vector<Tensor<double>>& inputs,
             return t.defined() ? t.value() : Array(xt::zeros<double>(inputs[i].value().shape()));
         };
         const Array numeric = (value_or_zeros(plus[i]) - value_or_zeros(minus[i])) / (2 * options.step);
-        InputCheck check = compare(names[i], value_or_zeros(analytic[i]), numeric, options);
-        report.passed = report.passed && check.passed;
-        report.max_abs_error = std::max(report.max_abs_error, check.max_abs_error);
-        report.max_rel_error = std::max(report.max_rel_error, check.max_rel_error);
-        report.inputs.push_back(std::move(check));
+        add_check(report, compare(names[i], value_or_zeros(analytic[i]), numeric, options));
     }
     return report;
 }
