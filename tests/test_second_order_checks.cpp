@@ -242,4 +242,26 @@ BOOST_AUTO_TEST_CASE(a_backward_that_saves_its_output_as_a_constant_passes_first
     BOOST_TEST(!gradgradcheck_layer(*layer, random_tensor({5, 2, 2}, 9, 1.0)).passed);
 }
 
+BOOST_AUTO_TEST_CASE(every_built_in_cell_holds_the_adjoint_identity_and_its_hvp_on_both_paths) {
+    const std::vector<std::int64_t> lengths{3, 1};
+    for (const std::string cell : {"rnn_tanh", "rnn_relu", "lstm", "gru"})
+        for (const ExecutionPath path : {ExecutionPath::generic, ExecutionPath::fused}) {
+            auto layer = make_recurrent<double>(cell, {.input_size = 2, .hidden_size = 2, .bidirectional = true, .path = path,
+                                                       .seed = 11});
+            const Tensor<double> x = random_tensor({3, 2, 2}, 12);
+            std::vector<Tensor<double>> initial;
+            for (std::size_t s = 0; s < layer->state_names().size(); ++s) initial.push_back(random_tensor({2, 2, 2}, 13 + s));
+            const JvpReport jvp = jvpcheck_layer(*layer, x, initial, lengths);
+            BOOST_TEST_CONTEXT(cell << (path == ExecutionPath::fused ? ", fused" : ", generic") << "\n" << jvp.to_string()) {
+                BOOST_TEST(layer->uses_fused() == (path == ExecutionPath::fused));
+                BOOST_TEST(jvp.passed);
+                BOOST_TEST(jvp.max_adjoint_error <= 1e-12);
+                BOOST_TEST(jvp.tangents.size() == 2u * 4u + 1u + initial.size());  // parameters, x, initial states
+                BOOST_TEST(jvp.tangents[0].outputs.size() == 1u + initial.size());  // output, h_n (, c_n)
+                const GradcheckReport hvp = hvpcheck_layer(*layer, x, initial, lengths);
+                BOOST_TEST(hvp.passed, hvp.to_string());
+            }
+        }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
