@@ -6,6 +6,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <random>
 #include <string>
 #include <utility>
@@ -16,6 +19,17 @@
 #include "test_helpers.hpp"
 
 namespace rw::op_checks {
+
+// A file of the repository as text (ops.hpp, the sources, docs/derivatives.md), for the tests that
+// hold the op list, the code and the formula table to each other.
+inline std::string read_repository_file(const std::filesystem::path& relative) {
+    const std::filesystem::path path = std::filesystem::path(REWIND_TESTS_DIR) / ".." / relative;
+    std::ifstream file(path);
+    BOOST_REQUIRE_MESSAGE(file, "cannot read " << path);
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+}
 
 using Array = xt::xarray<double>;
 using Inputs = std::vector<Tensor<double>>;

@@ -3,28 +3,17 @@
 
 #include <boost/test/unit_test.hpp>
 
-#include <filesystem>
-#include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
 
-namespace {
+#include "op_checks.hpp"
 
-std::string read(const std::filesystem::path& path) {
-    std::ifstream file(path);
-    BOOST_REQUIRE_MESSAGE(file, "cannot read " << path);
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-}
-
-}  // namespace
+using rw::op_checks::read_repository_file;
 
 BOOST_AUTO_TEST_CASE(every_op_declared_in_ops_hpp_has_a_row_in_docs_derivatives_md) {
-    const std::filesystem::path root = std::filesystem::path(REWIND_TESTS_DIR) / "..";
-    const std::string header = read(root / "autograd" / "include" / "rewind" / "autograd" / "ops.hpp");
-    const std::string table = read(root / "docs" / "derivatives.md");
+    const std::string header = read_repository_file("autograd/include/rewind/autograd/ops.hpp");
+    const std::string table = read_repository_file("docs/derivatives.md");
     // "template <class T...> <return type> name(": the operators (operator+ ...) do not match.
     const std::regex declaration(R"(template <class T[^\n]*?>\s+[\w:<>, ]*?\b(\w+)\()");
     std::set<std::string> ops;
@@ -38,8 +27,7 @@ BOOST_AUTO_TEST_CASE(every_op_declared_in_ops_hpp_has_a_row_in_docs_derivatives_
 // Forward mode (issue 20): every op row, the internal ops' included, ends with its tangent
 // (JVP) column, the output's tangent `dy` (or — for argmax, which has none).
 BOOST_AUTO_TEST_CASE(every_op_row_of_docs_derivatives_md_has_a_jvp_entry) {
-    const std::filesystem::path root = std::filesystem::path(REWIND_TESTS_DIR) / "..";
-    const std::string table = read(root / "docs" / "derivatives.md");
+    const std::string table = read_repository_file("docs/derivatives.md");
     const std::string ops_part = table.substr(0, table.find("## Fused rules"));
     std::istringstream lines(ops_part);
     std::size_t rows = 0, headers = 0;

@@ -7,10 +7,8 @@
 #include <boost/test/unit_test.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <tuple>
 
 #include "jvp_cases.hpp"
@@ -22,14 +20,6 @@ namespace {
 
 constexpr double adjoint_tolerance = 1e-12;
 constexpr double difference_tolerance = 1e-6;
-
-std::string read(const std::filesystem::path& path) {
-    std::ifstream file(path);
-    BOOST_REQUIRE_MESSAGE(file, "cannot read " << path);
-    std::stringstream text;
-    text << file.rdbuf();
-    return text.str();
-}
 
 // Every input with a tangent, then each input alone (the others' zero tangents skipped).
 std::vector<std::vector<std::size_t>> tangent_sets(std::size_t inputs) {
@@ -100,9 +90,8 @@ BOOST_AUTO_TEST_CASE(every_op_jvp_matches_central_differences) {
 }
 
 BOOST_AUTO_TEST_CASE(every_op_of_ops_hpp_and_every_recorded_op_has_a_jvp_case) {
-    const std::filesystem::path root = std::filesystem::path(REWIND_TESTS_DIR) / "..";
     std::set<std::string> required;
-    const std::string header = read(root / "autograd" / "include" / "rewind" / "autograd" / "ops.hpp");
+    const std::string header = op_checks::read_repository_file("autograd/include/rewind/autograd/ops.hpp");
     const std::regex declaration(R"(template <class T[^\n]*?>\s+[\w:<>, ]*?\b(\w+)\()");
     for (auto it = std::sregex_iterator(header.begin(), header.end(), declaration); it != std::sregex_iterator(); ++it)
         if ((*it)[1] != "argmax") required.insert((*it)[1]);  // argmax returns indices: nothing to differentiate
@@ -110,10 +99,11 @@ BOOST_AUTO_TEST_CASE(every_op_of_ops_hpp_and_every_recorded_op_has_a_jvp_case) {
     // The node names recorded in autograd/src ("checkpoint_" + name is the checkpoint op).
     const std::regex recorded(R"(record_op<T>\(\s*"(\w+?)_?")");
     std::size_t sites = 0;
-    for (const auto& entry : std::filesystem::directory_iterator(root / "autograd" / "src")) {
+    const std::filesystem::path sources = std::filesystem::path(REWIND_TESTS_DIR) / ".." / "autograd" / "src";
+    for (const auto& entry : std::filesystem::directory_iterator(sources)) {
         const std::string file = entry.path().filename().string();
         if (file.rfind("ops_", 0) != 0 && file != "recompute.cpp") continue;  // make_dual (forward.cpp) sets its own tangent
-        const std::string source = read(entry.path());
+        const std::string source = op_checks::read_repository_file(std::filesystem::path("autograd/src") / file);
         for (auto it = std::sregex_iterator(source.begin(), source.end(), recorded); it != std::sregex_iterator(); ++it, ++sites)
             required.insert((*it)[1]);
     }
