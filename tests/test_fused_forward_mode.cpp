@@ -237,15 +237,7 @@ BOOST_AUTO_TEST_CASE(jvp_and_forward_over_reverse_hvp_through_the_fused_layer_eq
     for (const auto& cell : cells) {
         if (cell == "ln_lstm") continue;
         for (int round = 0; round < 3; ++round) {
-            Config c = random_config(g, 5);
-            c.cell = cell;
-            c.layers = std::min<std::size_t>(c.layers, 2);
-            c.batch = std::min<std::size_t>(c.batch, 3);
-            if (!c.lengths.empty()) c.lengths.resize(c.batch);
-            c.input = std::min<std::size_t>(c.input, 7);
-            c.hidden = std::min<std::size_t>(c.hidden, 7);
-            c.bias = c.bias || !has_bias_option(cell);
-            c.proj_size = cell == "lstm" && c.hidden > 1 && round == 1 ? c.hidden / 2 + 1 : 0;
+            const Config c = small_random_config(cell, g);
             BOOST_TEST_MESSAGE(c.to_string());
             auto layer = make_layer<double>(c, ExecutionPath::fused, 50 + round);
             const Named fused = layer_forward_mode(*layer, c, 60 + round, true);
