@@ -11,12 +11,13 @@
 //     per step only ḣ W_hh^T (packed once) and the cell's forward_tangent.
 //   tangent_backward: the primal backward and its tangent step by step from the last, the
 //     gradients of the pre-activations kept side by side as [ḋG | dG] per row so that
-//     ḋh += ḋG W_hh + dG Ẇ_hh is one GEMM with K doubled against [W_hh; Ẇ_hh], and over all steps
-//     [ḋW; dW] = [ḋG | dG]^T X is one GEMM with M doubled (+ dG^T Ẋ), ḋx likewise with K doubled,
-//     the biases' sums of both halves in one pass.
+//     ḋh += ḋG W_hh + dG Ẇ_hh is one GEMM with K doubled against [W_hh; Ẇ_hh], and ḋx likewise
+//     over all steps; ḋW = ḋG^T X + dG^T Ẋ summed as the driver sums dW (transposed when tall:
+//     X^T [ḋG | dG] as one GEMM with M doubled measured slower than two, see the README's figures).
 // The sweeps run one row group (no threads) over a forward that kept every step.
 
 #include "tangent.hpp"
+#include "weight_gradients.hpp"
 
 #include <algorithm>
 #include <memory>
@@ -281,26 +282,63 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
         }
         give(in.x, std::move(dx), std::move(tdx));
     }
-    // [ḋW; dW] = [ḋG | dG]^T X, then ḋW += dG^T Ẋ: a weight's gradient and tangent, [rows, cols] each.
+    // dW = dG^T X and ḋW = ḋG^T X + dG^T Ẋ, each summed as the driver sums weight gradients
+    // (Note [Transposed weight gradients]: tall ones as X^T dG, turned once).
     auto weight = [&](int index, const T* grads, std::size_t ld, std::size_t rows, std::size_t offset, const T* input,
-                      const T* tinput, std::size_t cols, bool joint) {
+                      const T* tinput, std::size_t cols) {
         if (!wanted(index)) return;
         xt::xarray<T> dw = xt::xarray<T>::from_shape({rows, cols}), tdw = xt::xarray<T>::from_shape({rows, cols});
-        if (joint) {
-            Buffer<T> both(2 * rows * cols);
-            blas::gemm(true, false, 2 * rows, cols, TB, T(1), grads, ld, input, cols, T(0), both.data(), cols);
-            std::copy_n(both.data(), rows * cols, tdw.data());
-            std::copy_n(both.data() + rows * cols, rows * cols, dw.data());
-        } else {
-            blas::gemm(true, false, rows, cols, TB, T(1), grads, ld, input, cols, T(0), tdw.data(), cols);
-            blas::gemm(true, false, rows, cols, TB, T(1), grads + offset, ld, input, cols, T(0), dw.data(), cols);
-        }
-        if (tinput) blas::gemm(true, false, rows, cols, TB, T(1), grads + offset, ld, tinput, cols, T(1), tdw.data(), cols);
+        WeightGradient<T> primal(dw, rows, cols), tangent(tdw, rows, cols);
+        primal.add(grads + offset, ld, input, cols, TB, T(0));
+        tangent.add(grads, ld, input, cols, TB, T(0));
+        if (tinput) tangent.add(grads + offset, ld, tinput, cols, TB, T(1));
+        primal.finish();
+        tangent.finish();
         give(index, std::move(dw), std::move(tdw));
     };
-    weight(in.weight_ih, gg, g2, GH, GH, x, tx, I, true);
-    if (l.recurrent > 0)
-        weight(in.weight_hh, rr, r2, RH, r_primal, saved.states[0].data(), ft.states[0].data(), P, contiguous);
+    const T* h = saved.states[0].data();
+    const T* th = ft.states[0].data();
+    const std::size_t IP = I + P;
+    if (!separate && RH == GH && wanted(in.weight_ih) && wanted(in.weight_hh) && WeightGradient<T>::transposes(GH, IP)) {
+        // As the first-order backward (Note [Joint weight product]): [dW_ih | dW_hh] = dG^T [x | h],
+        // [ḋW_ih | ḋW_hh] = ḋG^T [x | h] + dG^T [ẋ | ḣ] (dG^T ḣ alone when ẋ is zero).
+        Buffer<T> joined(TB * IP), tjoined = tx ? Buffer<T>(TB * IP) : Buffer<T>();
+        for (std::size_t r = 0; r < TB; ++r) {
+            std::copy_n(x + r * I, I, joined.data() + r * IP);
+            std::copy_n(h + r * P, P, joined.data() + r * IP + I);
+            if (!tx) continue;
+            std::copy_n(tx + r * I, I, tjoined.data() + r * IP);
+            std::copy_n(th + r * P, P, tjoined.data() + r * IP + I);
+        }
+        xt::xarray<T> dw = xt::xarray<T>::from_shape({GH, IP}), tdw = xt::xarray<T>::from_shape({GH, IP});
+        xt::xarray<T> tdw_hh = tx ? xt::xarray<T>() : xt::xarray<T>::from_shape({GH, P});
+        WeightGradient<T> primal(dw, GH, IP), tangent(tdw, GH, IP);
+        primal.add(gg + GH, g2, joined.data(), IP, TB, T(0));
+        tangent.add(gg, g2, joined.data(), IP, TB, T(0));
+        if (tx) {
+            tangent.add(gg + GH, g2, tjoined.data(), IP, TB, T(1));
+        } else {
+            WeightGradient<T> hh(tdw_hh, GH, P);
+            hh.add(gg + GH, g2, th, P, TB, T(0));
+            hh.finish();
+        }
+        primal.finish();
+        tangent.finish();
+        auto split = [&](const xt::xarray<T>& from, std::size_t offset, std::size_t cols, const T* extra) {
+            xt::xarray<T> part = xt::xarray<T>::from_shape({GH, cols});
+            for (std::size_t g = 0; g < GH; ++g) {
+                std::copy_n(from.data() + g * IP + offset, cols, part.data() + g * cols);
+                if (extra)
+                    for (std::size_t c = 0; c < cols; ++c) part(g, c) += extra[g * cols + c];
+            }
+            return part;
+        };
+        give(in.weight_ih, split(dw, 0, I, nullptr), split(tdw, 0, I, nullptr));
+        give(in.weight_hh, split(dw, I, P, nullptr), split(tdw, I, P, tx ? nullptr : tdw_hh.data()));
+    } else {
+        weight(in.weight_ih, gg, g2, GH, GH, x, tx, I);
+        if (l.recurrent > 0) weight(in.weight_hh, rr, r2, RH, r_primal, h, th, P);
+    }
     // The biases: column sums of both halves.
     auto bias = [&](int index, const T* grads, std::size_t ld, std::size_t width, std::size_t offset) {
         if (!wanted(index)) return;

@@ -42,7 +42,8 @@ TangentRun<T> run_tangent_sweeps(const CellRules<T>& rules, const Tensor<T>& inp
                                  const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths,
                                  bool reverse, const std::vector<Tensor<T>>& tangents,
                                  const std::vector<Tensor<T>>& grad_outputs,
-                                 const std::vector<Tensor<T>>& grad_output_tangents, bool with_backward) {
+                                 const std::vector<Tensor<T>>& grad_output_tangents, bool with_backward,
+                                 const std::vector<bool>& needed) {
     Saved<T> saved;
     saved.rules = &rules;
     saved.reverse = reverse;
@@ -113,7 +114,8 @@ TangentRun<T> run_tangent_sweeps(const CellRules<T>& rules, const Tensor<T>& inp
     for (const auto& f : ft.final_state) run.output_tangents.push_back(f);
     if (!with_backward) return run;
     TangentGradients<T> g = tangent_backward(saved, values, tangent_ptrs, ft, pointers(grad_outputs),
-                                             pointers(grad_output_tangents), std::vector<bool>(inputs.size(), true));
+                                             pointers(grad_output_tangents),
+                                             needed.empty() ? std::vector<bool>(inputs.size(), true) : needed);
     run.gradients = std::move(g.gradient);
     run.gradient_tangents = std::move(g.tangent);
     return run;
@@ -126,11 +128,12 @@ template std::vector<Tensor<double>> tangent_op_inputs(const CellRules<double>&,
 template TangentRun<float> run_tangent_sweeps(const CellRules<float>&, const Tensor<float>&,
                                               const std::vector<Tensor<float>>&, const std::vector<std::int64_t>&, bool,
                                               const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&,
-                                              const std::vector<Tensor<float>>&, bool);
+                                              const std::vector<Tensor<float>>&, bool,
+                                              const std::vector<bool>&);
 template TangentRun<double> run_tangent_sweeps(const CellRules<double>&, const Tensor<double>&,
                                                const std::vector<Tensor<double>>&, const std::vector<std::int64_t>&,
                                                bool, const std::vector<Tensor<double>>&,
                                                const std::vector<Tensor<double>>&, const std::vector<Tensor<double>>&,
-                                               bool);
+                                               bool, const std::vector<bool>&);
 
 }  // namespace rw::nn::fused::detail

@@ -26,12 +26,14 @@ struct TangentRun {
 };
 
 // tangents: per op input (undefined: zero); grad_outputs and their tangents: output then final
-// states (undefined: zero). with_backward false: the forward sweep only.
+// states (undefined: zero). with_backward false: the forward sweep only; needed: per op input
+// whether its gradient (and tangent) is wanted (empty: all).
 template <class T>
 TangentRun<T> run_tangent_sweeps(const CellRules<T>& rules, const Tensor<T>& input,
                                  const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths,
                                  bool reverse, const std::vector<Tensor<T>>& tangents,
                                  const std::vector<Tensor<T>>& grad_outputs,
-                                 const std::vector<Tensor<T>>& grad_output_tangents, bool with_backward = true);
+                                 const std::vector<Tensor<T>>& grad_output_tangents, bool with_backward = true,
+                                 const std::vector<bool>& needed = {});
 
 }  // namespace rw::nn::fused::detail
