@@ -1,7 +1,7 @@
 // Which path a fused layer takes and says it took (a subclass that overrides step(), a cell
 // without rules, a step observer), what the fused op records on the tape (one op per layer and
-// direction, weight_hr as an input, the cells kept alive by the graph), the double-backward error,
-// the bytes backward keeps per step, direct calls' argument checks, and the table of cells.
+// direction, weight_hr as an input, the cells kept alive by the graph), the bytes backward keeps
+// per step, direct calls' argument checks, and the table of cells.
 
 #include <boost/test/unit_test.hpp>
 
@@ -31,25 +31,6 @@ BOOST_AUTO_TEST_CASE(records_one_op_per_layer_and_direction) {
     BOOST_TEST(result.output.grad_fn()->name() == "fused_lstm");
     BOOST_TEST(result.output.grad_fn()->inputs().size() == 7u);  // x, 4 parameters, h0, c0
     BOOST_TEST(result.output.grad_fn()->num_outputs() == 3u);
-}
-
-BOOST_AUTO_TEST_CASE(double_backward_is_refused_with_a_pointer_to_the_generic_path) {
-    auto gru = make_gru<double>({.input_size = 3, .hidden_size = 4});
-    Generator g(2);
-    auto x = random_tensor<double>({3, 2, 3}, g, 1.0, true);
-    auto loss = sum(gru->forward(x).output);
-    try {
-        rw::grad<double>({loss}, {x}, {}, {.create_graph = true});
-        BOOST_FAIL("expected GraphError");
-    } catch (const GraphError& error) {
-        const std::string message = error.what();
-        BOOST_TEST(message.find("ExecutionPath::generic") != std::string::npos, message);
-    }
-    // The generic path supports it.
-    gru->set_path(ExecutionPath::generic);
-    auto loss2 = sum(gru->forward(x).output);
-    auto dx = rw::grad<double>({loss2}, {x}, {}, {.create_graph = true});
-    BOOST_TEST(dx[0].requires_grad());
 }
 
 BOOST_AUTO_TEST_CASE(saved_bytes_per_step_counts_what_backward_keeps) {

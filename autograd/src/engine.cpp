@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <unordered_map>
+#include <unordered_set>
+#include <utility>
 
 #include <fmt/format.h>
 #include <xtensor/xnoalias.hpp>
@@ -20,6 +22,8 @@ namespace {
 
 // Pass ids mark the nodes a pass has collected (Node::visited_by_), so collecting needs no set.
 std::atomic<std::uint64_t> next_pass_id{1};
+// Passes running on this thread: more than one while a backward rule runs a backward of its own.
+thread_local int pass_depth = 0;
 
 }  // namespace
 
@@ -33,7 +37,7 @@ template <class T>
 class BackwardPass {
 public:
     BackwardPass(BackwardOptions options, const std::vector<Tensor<T>>* targets)
-        : options_(options), targets_(targets) {
+        : options_(options), targets_(targets), nested_(pass_depth++ > 0) {
         // A graph built by create_graph refers to this one (saved inputs and outputs): freeing
         // it would leave the new gradients impossible to differentiate, so keep it (as PyTorch does).
         if (options_.create_graph) options_.retain_graph = true;
@@ -44,6 +48,8 @@ public:
     ~BackwardPass() {
         // Leaves no scratch state behind, also when a backward rule threw.
         for (auto& impl : touched_) impl->pending = Tensor<T>();
+        for (auto& [impl, sum] : stashed_) impl->pending = std::move(sum);
+        --pass_depth;
     }
 
     std::vector<Tensor<T>> run(const std::vector<Tensor<T>>& roots, const std::vector<Tensor<T>>& seeds) {
@@ -104,24 +110,43 @@ private:
     }
 
     // A plain tensor (not on any graph) that only this reference holds.
-    // (Not in anomaly mode, where the out-of-place add checks the sum.)
+    // (Not in anomaly mode, where the out-of-place add checks the sum; not with a tangent, which
+    // the out-of-place add carries into the sum: forward-over-reverse.)
     static bool is_private(const Tensor<T>& tensor) {
-        return tensor.impl().use_count() == 1 && !tensor.requires_grad() && !anomaly_mode_enabled();
+        return tensor.impl().use_count() == 1 && !tensor.requires_grad() && !anomaly_mode_enabled() &&
+               !tensor.has_tangent();
+    }
+
+    // Note [Nested passes]: a backward rule may run a backward pass of its own (recomputation,
+    // the fused op's replay) whose graph shares tensors with the outer pass's, a module's
+    // parameters at least. The partial sums live in TensorImpl::pending, so the inner pass sets
+    // aside an outer sum it finds on a tensor the first time it touches it, and puts it back
+    // when it ends; it also never takes a node output's sum it did not make itself, and runs no
+    // hooks (a data-parallel all-reduce must see the outer pass's total, not a replay's part).
+    bool is_mine(const TensorImpl<T>* impl) const { return !nested_ || mine_.count(impl) != 0; }
+
+    void isolate(const std::shared_ptr<TensorImpl<T>>& impl) {
+        if (!mine_.insert(impl.get()).second) return;
+        if (impl->pending.defined()) {
+            stashed_.emplace_back(impl, std::move(impl->pending));
+            impl->pending = Tensor<T>();
+        }
     }
 
     // Shared ownership keeps the tensor (and its pending gradient) alive when a released node
     // drops its inputs before the tensor's own producer has run.
     void accumulate(const std::shared_ptr<TensorImpl<T>>& impl, Tensor<T> gradient) {
+        if (nested_) isolate(impl);
         Tensor<T>& pending = impl->pending;
         if (!pending.defined()) {
             pending = std::move(gradient);
             touched_.push_back(impl);
             if (!impl->grad_fn) leaves_.push_back(impl);
-        } else if (!options_.create_graph && is_private(pending)) {
+        } else if (!options_.create_graph && is_private(pending) && !gradient.has_tangent()) {
             // Nothing else holds the running sum (no caller, rule, hook or graph): add in place
             // instead of allocating a fresh gradient for every use, e.g. of a weight at every step.
             add_into(pending.mutable_value(), gradient.value());
-        } else if (!options_.create_graph && is_private(gradient)) {
+        } else if (!options_.create_graph && is_private(gradient) && !pending.has_tangent()) {
             add_into(gradient.mutable_value(), pending.value());
             pending = std::move(gradient);
         } else {
@@ -145,7 +170,9 @@ private:
 
     // A tensor's gradient is complete; show it to hooks, keep it where asked.
     void deliver(TensorImpl<T>& impl, const Tensor<T>& gradient) {
-        for (const auto& hook : impl.hooks) hook(gradient);
+        // An inner pass's gradient is a part of the outer one's: hooks see only the outer total.
+        if (!nested_)
+            for (const auto& hook : impl.hooks) hook(gradient);
         auto target = target_index_.empty() ? target_index_.end() : target_index_.find(&impl);
         if (target != target_index_.end()) {
             captured_[target->second] = gradient;
@@ -161,7 +188,7 @@ private:
         bool any = false;
         for (std::size_t i = 0; i < node.outputs_.size(); ++i) {
             auto impl = node.outputs_[i].lock();
-            if (!impl || !impl->pending.defined()) continue;
+            if (!impl || !impl->pending.defined() || !is_mine(impl.get())) continue;
             grad_outputs[i] = std::move(impl->pending);
             impl->pending = Tensor<T>();
             deliver(*impl, grad_outputs[i]);
@@ -201,7 +228,7 @@ private:
             if (uses == leaf_uses_.end() || --uses->second > 0) continue;
             leaf_uses_.erase(uses);
             TensorImpl<T>& impl = *input.impl();
-            if (!impl.pending.defined()) continue;
+            if (!impl.pending.defined() || !is_mine(&impl)) continue;
             Tensor<T> gradient = std::move(impl.pending);
             impl.pending = Tensor<T>();
             deliver(impl, gradient);
@@ -238,6 +265,9 @@ private:
     std::vector<std::shared_ptr<TensorImpl<T>>> touched_;
     std::vector<std::shared_ptr<TensorImpl<T>>> leaves_;
     std::unordered_map<const TensorImpl<T>*, std::size_t> leaf_uses_;  // Note [early leaves]
+    bool nested_;  // Note [Nested passes]
+    std::unordered_set<const TensorImpl<T>*> mine_;
+    std::vector<std::pair<std::shared_ptr<TensorImpl<T>>, Tensor<T>>> stashed_;
 };
 
 }  // namespace detail

@@ -140,6 +140,20 @@ Tensor<T> sum_to_shape_of(const Tensor<T>& g, const Tensor<T>& x) {
     return g.value().shape() == x.value().shape() ? g : sum_to(g, x.shape());
 }
 
+// The sum over the inputs that carry a tangent of term(tangent, input index), at the output's
+// shape: the forward rule of an op linear in each input's tangent. Zero tangents cost nothing.
+template <class T, class Term>
+Tensor<T> sum_of_tangents(const ForwardContext<T>& ctx, const Shape& shape, Term term) {
+    Tensor<T> total;
+    for (std::size_t i = 0; i < ctx.num_inputs(); ++i) {
+        if (!ctx.has_tangent(i)) continue;
+        Tensor<T> part = term(ctx.tangent(i), i);
+        if (part.shape() != shape) part = broadcast_to(part, shape);
+        total = total.defined() ? add(total, part) : part;
+    }
+    return total;
+}
+
 }  // namespace
 
 // ---- binary ----
@@ -150,6 +164,9 @@ Tensor<T> add(const Tensor<T>& a, const Tensor<T>& b) {
     return record_op<T>("add", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         return {sum_to_shape_of(g, ctx.input(0)), sum_to_shape_of(g, ctx.input(1))};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // d(a + b) = da + db, each broadcast to the output's shape
+        return {sum_of_tangents(ctx, ctx.output(0).shape(), [](const Tensor<T>& t, std::size_t) { return t; })};
     });
 }
 
@@ -170,6 +187,10 @@ Tensor<T> mul(const Tensor<T>& a, const Tensor<T>& b) {
         const auto &a = ctx.input(0), &b = ctx.input(1);
         return {ctx.needs_input_grad(0) ? sum_to_shape_of(mul(g, b), a) : Tensor<T>(),
                 ctx.needs_input_grad(1) ? sum_to_shape_of(mul(g, a), b) : Tensor<T>()};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // d(a b) = da b + a db
+        return {sum_of_tangents(ctx, ctx.output(0).shape(),
+                                [&](const Tensor<T>& t, std::size_t i) { return mul(t, ctx.input(1 - i)); })};
     });
 }
 
@@ -222,6 +243,8 @@ template <class T>
 Tensor<T> tanh(const Tensor<T>& x) {
     return record_op<T>("tanh", {x}, map_lanes(x.value(), [](T v) { return std::tanh(v); }, [](const auto& v) { return tanh_lanes(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {tanh_backward(ctx.grad_output(0), ctx.output(0))};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        return {tanh_backward(ctx.tangent(0), ctx.output(0))};  // (1 - y^2) dx
     });
 }
 

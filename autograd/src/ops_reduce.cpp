@@ -117,7 +117,8 @@ Tensor<T> sum(const Tensor<T>& x) {
     return record_op<T>("sum", {x}, xt::xarray<T>(total),
                         [](const BackwardContext<T>& ctx) -> Gradients<T> {
                             return {broadcast_to(ctx.grad_output(0), ctx.input(0).shape())};
-                        });
+                        },
+                        [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {sum(ctx.tangent(0))}; });
 }
 
 template <class T>

@@ -139,6 +139,26 @@ template <class T>
 void Tensor<T>::retain_grad() { checked().retains_grad = true; }
 
 template <class T>
+bool Tensor<T>::has_tangent() const { return impl_ && impl_->tangent; }
+
+template <class T>
+Tensor<T> Tensor<T>::tangent() const {
+    const auto& impl = checked();
+    return impl.tangent ? *impl.tangent : Tensor();
+}
+
+template <class T>
+void Tensor<T>::set_tangent(Tensor tangent) {
+    auto& impl = checked();
+    if (tangent.defined() && tangent.shape() != shape())
+        throw_shape_error("set_tangent", "tangent shape differs from the tensor's", tangent.shape(), shape());
+    impl.tangent = tangent.defined() ? std::make_unique<Tensor>(std::move(tangent)) : nullptr;
+}
+
+template <class T>
+void Tensor<T>::clear_tangent() { checked().tangent.reset(); }
+
+template <class T>
 Tensor<T> Tensor<T>::detach() const { return Tensor(checked().value, false); }
 
 template <class T>

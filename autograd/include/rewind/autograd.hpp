@@ -5,6 +5,7 @@
 #include "autograd/recompute.hpp"
 #include "autograd/engine.hpp"
 #include "autograd/errors.hpp"
+#include "autograd/forward.hpp"
 #include "autograd/function.hpp"
 #include "autograd/gemm.hpp"
 #include "autograd/gradcheck.hpp"

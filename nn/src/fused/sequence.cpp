@@ -20,6 +20,7 @@
 #include "driver.hpp"
 #include "forward_steps.hpp"
 #include "probe.hpp"
+#include "replay.hpp"
 #include "window.hpp"
 #include "rewind/nn/layers/cell.hpp"
 
@@ -132,16 +133,6 @@ std::vector<xt::xarray<T>> forward(Saved<T>& saved, const CellWeights<T>& w, con
     return finish(std::move(output), std::move(finals));
 }
 
-template <class T>
-void refuse_second_order(const BackwardContext<T>& ctx) {
-    if (ctx.create_graph())
-        throw GraphError(fmt::format(
-            "backward of '{}' with create_graph=true: the fused recurrent kernel's backward is hand-written and "
-            "cannot be differentiated again; run the layer on the generic path "
-            "(layer.set_path(rw::nn::ExecutionPath::generic)) for higher-order gradients",
-            ctx.op_name()));
-}
-
 // The probe's gradient records, sized for every step and written by the backward.
 template <class T>
 void start_probe_gradients(Saved<T>& saved) {
@@ -228,7 +219,6 @@ xt::xarray<T> unit_gradient(const std::vector<std::unique_ptr<BackwardSteps<T>>>
 // backward by the row groups, then its share of the products over all steps (dx, the weights).
 template <class T>
 Gradients<T> backward(Saved<T>& saved, const BackwardContext<T>& ctx) {
-    refuse_second_order(ctx);
     const Dims& d = saved.dims;
     const InputIndex& in = saved.index;
     const std::size_t B = d.batch, GH = d.gate_width(), I = d.input, S = d.layout.states;
@@ -285,7 +275,8 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
                                               const std::vector<Tensor<T>>& initial_state,
                                               const std::vector<std::int64_t>& lengths, bool reverse,
                                               const std::string& name, std::shared_ptr<SequenceProbe<T>> probe,
-                                              std::shared_ptr<const void> owner, std::size_t segment) {
+                                              std::shared_ptr<const void> owner, std::size_t segment,
+                                              SequenceReplay<T> replay) {
     auto saved = std::make_shared<Saved<T>>();
     saved->owner = std::move(owner);
     saved->probe = std::move(probe);
@@ -355,8 +346,20 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     }
     // `owner` keeps the rules alive with the graph: the cell when a layer runs it, the rules'
     // shared owner when run_sequence does.
-    auto outputs = record_op<T>(op + (reverse ? "_reverse" : ""), std::move(inputs), std::move(values),
-                                [saved](const BackwardContext<T>& ctx) -> Gradients<T> { return backward(*saved, ctx); });
+    // Beyond first order the op differentiates the layer's replay (Note [Second order through the
+    // fused op], replay.hpp); the first-order gradients stay the fused backward's.
+    auto replay_op = std::make_shared<replay::ReplayOp<T>>();
+    replay_op->op = op + (reverse ? "_reverse" : "");
+    replay_op->replay = std::move(replay);
+    replay_op->index = index;
+    replay_op->inputs = inputs.size();
+    replay_op->outputs = values.size();
+    auto outputs = record_op<T>(replay_op->op, std::move(inputs), std::move(values),
+                                [saved, replay_op = std::shared_ptr<const replay::ReplayOp<T>>(replay_op)](
+                                    const BackwardContext<T>& ctx) -> Gradients<T> {
+                                    if (!ctx.create_graph()) return backward(*saved, ctx);
+                                    return replay::record_backward(replay_op, ctx, backward(*saved, ctx));
+                                });
     SequenceResult<T> result;
     result.output = outputs[0];
     result.final_state.assign(outputs.begin() + 1, outputs.end());
@@ -387,12 +390,12 @@ template SequenceResult<float> detail::run_sequence_probed(const CellRules<float
                                                            const std::vector<Tensor<float>>&,
                                                            const std::vector<std::int64_t>&, bool, const std::string&,
                                                            std::shared_ptr<detail::SequenceProbe<float>>,
-                                                           std::shared_ptr<const void>, std::size_t);
+                                                           std::shared_ptr<const void>, std::size_t, detail::SequenceReplay<float>);
 template SequenceResult<double> detail::run_sequence_probed(const CellRules<double>&, const Tensor<double>&,
                                                             const std::vector<Tensor<double>>&,
                                                             const std::vector<std::int64_t>&, bool, const std::string&,
                                                             std::shared_ptr<detail::SequenceProbe<double>>,
-                                                            std::shared_ptr<const void>, std::size_t);
+                                                            std::shared_ptr<const void>, std::size_t, detail::SequenceReplay<double>);
 template SequenceResult<float> run_sequence(std::shared_ptr<const CellRules<float>>, const Tensor<float>&,
                                             const std::vector<Tensor<float>>&, const std::vector<std::int64_t>&, bool,
                                             const std::string&, std::size_t);

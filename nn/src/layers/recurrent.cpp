@@ -272,10 +272,25 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         std::string why_not = observer_ ? "a step observer needs every step on the tape"
                                         : "a step probe needs every step on the tape";
         const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
-        // The cell's shared_ptr keeps its rules alive for the op's backward, even past the layer.
-        if (rules)
+        if (rules) {
+            const std::shared_ptr<RecurrentCell<T>> held = cells_[layer * num_directions() + direction];
+            // The op's replay (fused/probe.hpp): these steps on the generic path, (x, initial states...)
+            // to (output, final states...), for its rules beyond first order. Like run_segments' reruns
+            // it may run after the layer is gone, so it holds the cell and the lengths; it keeps every
+            // step on its graph, also when the layer recomputes.
+            fused::detail::SequenceReplay<T> replay = [held, sequence, layer, direction](const std::vector<Tensor<T>>& in) {
+                const std::vector<Tensor<T>> prepared = unstack(held->prepare_input(in[0]), 0);
+                std::vector<Tensor<T>> outputs(sequence.steps);
+                State<T> last = run_steps(*held, prepared, 0, State<T>(in.begin() + 1, in.end()), sequence, layer, direction,
+                                          0, sequence.steps, outputs);
+                std::vector<Tensor<T>> results{stack(outputs, 0)};
+                results.insert(results.end(), last.begin(), last.end());
+                return results;
+            };
+            // The cell's shared_ptr keeps its rules alive for the op's backward, even past the layer.
             return fused::detail::run_sequence_probed<T>(*rules, input, state, sequence.lengths, direction == 1, cell.kind(),
-                                                      nullptr, cells_[layer * num_directions() + direction], segment);
+                                                      nullptr, held, segment, std::move(replay));
+        }
         if (path_note_.empty()) path_note_ = fmt::format("layer {} direction {}: {}", layer, direction, why_not);
     }
     last_fused_ = false;

@@ -2,7 +2,7 @@
 // The one way to put an op on the tape, used by the built-in ops and open to users.
 //
 // An op computes its output values itself, then calls record_op() with its inputs, those
-// values and its backward rule. The rule receives a BackwardContext (gradients of all outputs,
+// values, its backward rule and (for forward mode, forward.hpp) its forward rule. The rule receives a BackwardContext (gradients of all outputs,
 // some possibly undefined; the inputs and outputs as tensors) and returns one gradient per
 // input (undefined where there is none). Rules written with differentiable ops support
 // create_graph, so gradients of gradients come for free.
@@ -20,6 +20,8 @@ namespace rw {
 
 template <class T>
 class BackwardContext;
+template <class T>
+class ForwardContext;
 
 namespace detail {
 template <class T> class BackwardPass;  // the engine (engine.cpp)
@@ -31,6 +33,12 @@ using Gradients = std::vector<Tensor<T>>;
 
 template <class T>
 using BackwardRule = std::function<Gradients<T>(const BackwardContext<T>&)>;
+
+// The forward-mode (JVP) rule: one tangent per output (undefined for a zero tangent) from the
+// inputs' tangents. It runs with grad mode off and forward mode suspended, so its ops record
+// nothing and carry no tangents (Note [One forward level], forward.hpp).
+template <class T>
+using ForwardRule = std::function<std::vector<Tensor<T>>(const ForwardContext<T>&)>;
 
 // One recorded op on the tape (Tensor::grad_fn()). Users look at it through the read-only
 // accessors; only record_op and the engine change it (as PyTorch's function.h keeps a Node's
@@ -89,25 +97,54 @@ private:
     bool create_graph_;
 };
 
+// What a forward rule sees: the op's inputs with their tangents, and its outputs.
+template <class T>
+class ForwardContext {
+public:
+    ForwardContext(const std::string& name, const Tensor<T>* inputs, std::size_t num_inputs,
+                   const std::vector<Tensor<T>>& outputs)
+        : name_(name), inputs_(inputs), num_inputs_(num_inputs), outputs_(outputs) {}
+
+    std::size_t num_inputs() const { return num_inputs_; }
+    const Tensor<T>& input(std::size_t index) const;
+    bool has_tangent(std::size_t index) const { return input(index).has_tangent(); }
+    // Undefined when the input carries none (a zero tangent).
+    Tensor<T> tangent(std::size_t index) const { return input(index).tangent(); }
+    Tensor<T> tangent_or_zeros(std::size_t index) const;
+    std::size_t num_outputs() const { return outputs_.size(); }
+    const Tensor<T>& output(std::size_t index) const { return outputs_.at(index); }
+    const std::string& op_name() const { return name_; }
+
+private:
+    const std::string& name_;
+    const Tensor<T>* inputs_;
+    std::size_t num_inputs_;
+    const std::vector<Tensor<T>>& outputs_;
+};
+
 // Records an op with several outputs. When grad mode is off or no input requires a gradient,
-// nothing is recorded and the outputs are plain tensors.
+// nothing is recorded and the outputs are plain tensors. When forward mode is on and an input
+// carries a tangent, `forward` gives the outputs theirs, recorded or not; an op without one then
+// throws GraphError naming it.
 template <class T>
 std::vector<Tensor<T>> record_op(std::string name, std::vector<Tensor<T>> inputs,
-                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward);
+                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward,
+                                 ForwardRule<T> forward = nullptr);
 
 // The single-output form.
 template <class T>
 Tensor<T> record_op(std::string name, std::vector<Tensor<T>> inputs, xt::xarray<T> output_value,
-                    BackwardRule<T> backward);
+                    BackwardRule<T> backward, ForwardRule<T> forward = nullptr);
 
 // The same with the inputs as a braced list (`{a, b}`): the list is copied into the node only
 // when the op is recorded, so ops under NoGradGuard (and inside backward rules) build no vector.
 template <class T>
 std::vector<Tensor<T>> record_op(std::string name, std::initializer_list<Tensor<T>> inputs,
-                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward);
+                                 std::vector<xt::xarray<T>> output_values, BackwardRule<T> backward,
+                                 ForwardRule<T> forward = nullptr);
 template <class T>
 Tensor<T> record_op(std::string name, std::initializer_list<Tensor<T>> inputs, xt::xarray<T> output_value,
-                    BackwardRule<T> backward);
+                    BackwardRule<T> backward, ForwardRule<T> forward = nullptr);
 
 // ---- grad mode and anomaly mode (per thread) ----
 
@@ -115,6 +152,9 @@ bool grad_mode_enabled();
 void set_grad_mode(bool enabled);
 bool anomaly_mode_enabled();
 void set_anomaly_mode(bool enabled);
+// Forward mode (forward.hpp) is on unless suspended; forward rules run with it suspended.
+bool forward_mode_enabled();
+void set_forward_mode(bool enabled);
 
 // Nothing is recorded while a NoGradGuard lives.
 class NoGradGuard {
@@ -137,6 +177,16 @@ private:
     bool previous_;
 };
 
+class ForwardModeGuard {
+public:
+    explicit ForwardModeGuard(bool enabled) : previous_(forward_mode_enabled()) { set_forward_mode(enabled); }
+    ~ForwardModeGuard() { set_forward_mode(previous_); }
+    ForwardModeGuard(const ForwardModeGuard&) = delete;
+    ForwardModeGuard& operator=(const ForwardModeGuard&) = delete;
+private:
+    bool previous_;
+};
+
 // While an AnomalyGuard lives, the first op whose forward or backward yields NaN or Inf throws
 // AnomalyError naming the op and the pass.
 class AnomalyGuard {
@@ -150,22 +200,24 @@ private:
 };
 
 extern template std::vector<Tensor<float>> record_op(std::string, std::vector<Tensor<float>>,
-    std::vector<xt::xarray<float>>, BackwardRule<float>);
+    std::vector<xt::xarray<float>>, BackwardRule<float>, ForwardRule<float>);
 extern template std::vector<Tensor<double>> record_op(std::string, std::vector<Tensor<double>>,
-    std::vector<xt::xarray<double>>, BackwardRule<double>);
+    std::vector<xt::xarray<double>>, BackwardRule<double>, ForwardRule<double>);
 extern template Tensor<float> record_op(std::string, std::vector<Tensor<float>>, xt::xarray<float>,
-    BackwardRule<float>);
+    BackwardRule<float>, ForwardRule<float>);
 extern template Tensor<double> record_op(std::string, std::vector<Tensor<double>>, xt::xarray<double>,
-    BackwardRule<double>);
+    BackwardRule<double>, ForwardRule<double>);
 extern template std::vector<Tensor<float>> record_op(std::string, std::initializer_list<Tensor<float>>,
-    std::vector<xt::xarray<float>>, BackwardRule<float>);
+    std::vector<xt::xarray<float>>, BackwardRule<float>, ForwardRule<float>);
 extern template std::vector<Tensor<double>> record_op(std::string, std::initializer_list<Tensor<double>>,
-    std::vector<xt::xarray<double>>, BackwardRule<double>);
+    std::vector<xt::xarray<double>>, BackwardRule<double>, ForwardRule<double>);
 extern template Tensor<float> record_op(std::string, std::initializer_list<Tensor<float>>, xt::xarray<float>,
-    BackwardRule<float>);
+    BackwardRule<float>, ForwardRule<float>);
 extern template Tensor<double> record_op(std::string, std::initializer_list<Tensor<double>>, xt::xarray<double>,
-    BackwardRule<double>);
+    BackwardRule<double>, ForwardRule<double>);
 extern template class BackwardContext<float>;
 extern template class BackwardContext<double>;
+extern template class ForwardContext<float>;
+extern template class ForwardContext<double>;
 
 }  // namespace rw

@@ -35,6 +35,9 @@ struct TensorImpl {
     bool requires_grad = false;
     bool retains_grad = false;
     std::vector<GradientHook<T>> hooks;
+    // Forward mode: d(this)/d(input direction), a plain tensor of this shape, or empty
+    // (Note [One forward level], forward.hpp).
+    std::unique_ptr<Tensor<T>> tangent;
 
     TensorImpl() = default;
     // Moves the value in: a default-constructed xarray is a 0-d array that allocates its element.
@@ -94,6 +97,13 @@ public:
 
     void backward(bool retain_graph = false, bool create_graph = false) const;
     void backward(const Tensor& seed, bool retain_graph = false, bool create_graph = false) const;
+
+    // Forward mode (forward.hpp): the directional derivative this tensor carries, undefined when
+    // none. set_tangent checks the shape; detach() drops the tangent too.
+    bool has_tangent() const;
+    Tensor tangent() const;
+    void set_tangent(Tensor tangent);
+    void clear_tangent();
 
     // The hook sees this tensor's total gradient of each backward pass.
     void register_hook(GradientHook<T> hook);
