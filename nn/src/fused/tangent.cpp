@@ -20,6 +20,7 @@
 #include "weight_gradients.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 
 #include <xtensor/xarray.hpp>
@@ -355,6 +356,47 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
     return out;
 }
 
+namespace {
+std::atomic<std::size_t> sweeps_run{0};
+
+template <class T>
+std::vector<const T*> pointers(const std::vector<Tensor<T>>& tensors, std::size_t count) {
+    std::vector<const T*> out(count, nullptr);
+    for (std::size_t i = 0; i < std::min(count, tensors.size()); ++i)
+        if (tensors[i].defined()) out[i] = tensors[i].value().data();
+    return out;
+}
+}  // namespace
+
+std::size_t tangent_sweeps_run() { return sweeps_run.load(); }
+
+template <class T>
+bool tangent_directional(Saved<T>& saved, const std::vector<Tensor<T>>& inputs, const std::vector<Tensor<T>>& grad_outputs,
+                         const std::vector<Tensor<T>>& v, const std::vector<Tensor<T>>& u, bool want_jvp,
+                         const std::vector<bool>& want_gradients, std::vector<Tensor<T>>& jvp,
+                         std::vector<Tensor<T>>& gradients) {
+    if (!tangent_sweep_refusal(saved).empty()) return false;
+    const std::size_t n = inputs.size(), m = 1 + saved.dims.layout.states;
+    const std::vector<const T*> values = pointers(inputs, n), tangents = pointers(v, n);
+    ForwardTangents<T> ft = tangent_forward(saved, values, tangents);
+    jvp.assign(m, Tensor<T>());
+    gradients.assign(n, Tensor<T>());
+    if (want_jvp) {
+        jvp[0] = ft.output;
+        for (std::size_t s = 0; s + 1 < m; ++s) jvp[1 + s] = ft.final_state[s];
+    }
+    bool any = false;
+    for (bool w : want_gradients) any = any || w;
+    if (any) {
+        TangentGradients<T> g = tangent_backward(saved, values, tangents, ft, pointers(grad_outputs, m), pointers(u, m),
+                                                 want_gradients);
+        gradients = std::move(g.tangent);
+    }
+    ++sweeps_run;
+    return true;
+}
+
+
 template std::string tangent_sweep_refusal(const Saved<float>&);
 template std::string tangent_sweep_refusal(const Saved<double>&);
 template ForwardTangents<float> tangent_forward(Saved<float>&, const std::vector<const float*>&,
@@ -369,5 +411,12 @@ template TangentGradients<double> tangent_backward(Saved<double>&, const std::ve
                                                    const std::vector<const double*>&, const ForwardTangents<double>&,
                                                    const std::vector<const double*>&,
                                                    const std::vector<const double*>&, const std::vector<bool>&);
+template bool tangent_directional(Saved<float>&, const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&,
+                                  const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&, bool,
+                                  const std::vector<bool>&, std::vector<Tensor<float>>&, std::vector<Tensor<float>>&);
+template bool tangent_directional(Saved<double>&, const std::vector<Tensor<double>>&,
+                                  const std::vector<Tensor<double>>&, const std::vector<Tensor<double>>&,
+                                  const std::vector<Tensor<double>>&, bool, const std::vector<bool>&,
+                                  std::vector<Tensor<double>>&, std::vector<Tensor<double>>&);
 
 }  // namespace rw::nn::fused::driver

@@ -53,4 +53,18 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
                                      const std::vector<const T*>& grad_output_tangents,
                                      const std::vector<bool>& needed);
 
+// The fused op's question beyond first order (replay.hpp's `directional`) answered by the sweeps:
+// along tangents v of the op's inputs and u of its grad outputs, at grad outputs dy,
+//   jvp[o] = J v (when want_jvp)   and   gradients[i] = ∇²<dy, F> v + Jᵀ u (where want_gradients[i]).
+// False, touching nothing, when tangent_sweep_refusal(saved) is not empty.
+template <class T>
+bool tangent_directional(Saved<T>& saved, const std::vector<Tensor<T>>& inputs, const std::vector<Tensor<T>>& grad_outputs,
+                         const std::vector<Tensor<T>>& v, const std::vector<Tensor<T>>& u, bool want_jvp,
+                         const std::vector<bool>& want_gradients, std::vector<Tensor<T>>& jvp,
+                         std::vector<Tensor<T>>& gradients);
+
+// How many times tangent_directional has answered (the fast sweeps ran), over all threads: tests
+// assert which path ran with it.
+std::size_t tangent_sweeps_run();
+
 }  // namespace rw::nn::fused::driver
