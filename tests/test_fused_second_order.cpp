@@ -250,7 +250,7 @@ BOOST_AUTO_TEST_CASE(a_direct_run_sequence_has_no_replay_and_says_so_under_creat
     } catch (const GraphError& error) {
         const std::string message = error.what();
         BOOST_TEST(message.find("'fused_lstm'") != std::string::npos, message);
-        BOOST_TEST(message.find("run_sequence called directly has none") != std::string::npos, message);
+        BOOST_TEST(message.find("fused::run_sequence call was given none") != std::string::npos, message);
     }
 }
 

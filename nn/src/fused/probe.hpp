@@ -2,7 +2,6 @@
 // Private to nn/: the sequence driver's per-step values, recorded for check_fused_cell, and the
 // owner of the rules (the layer's cell) kept alive with the graph.
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,16 +20,9 @@ struct SequenceProbe {
     xt::xarray<T> grad_gates;                       // [T, B, G*H]: dL/d(gate pre-activations) at step t
 };
 
-// The layer-direction recomputed with the cell's generic ops: (x, initial states...) to
-// (output, final states...), reading the cell's parameters itself. The fused op's rules beyond
-// first order (double backward, forward mode) differentiate it (replay.hpp); run_sequence called
-// directly has none.
-template <class T>
-using SequenceReplay = std::function<std::vector<Tensor<T>>(const std::vector<Tensor<T>>& inputs)>;
-
 // run_sequence, recording into *probe when given (filled by the forward and by the backward);
 // `owner` lives as long as the op's backward may run the rules; `segment` as run_sequence's
-// recompute_segment (ignored while probing); `replay` as above (empty: no second order).
+// recompute_segment (ignored while probing); `replay` as run_sequence's (cell_rules.hpp).
 template <class T>
 SequenceResult<T> run_sequence_probed(const CellRules<T>& rules, const Tensor<T>& input,
                                       const std::vector<Tensor<T>>& initial_state,

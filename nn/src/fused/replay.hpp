@@ -12,7 +12,10 @@
 // one Hessian-vector product and one forward tangent. `directional` is the one function that
 // computes both, here by differentiating the replay twice on a private graph; a cell with fast
 // tangent sweeps can answer the same question without the replay, and nothing else changes.
-// Third order (create_graph through the second-order rule) is refused.
+// Forward mode uses the same function: the op's JVP is J v, and the tangents of its gradients
+// (forward-over-reverse, rw::hvp) are ∇²φ v + Jᵀ u for tangents v of θ and u of dy.
+// Third order (create_graph through the second-order rule) and tangents through the
+// second-order rule are refused.
 
 #include <memory>
 #include <string>
@@ -29,7 +32,7 @@ namespace rw::nn::fused::replay {
 template <class T>
 struct ReplayOp {
     std::string op;                     // the fused op's name, e.g. "fused_lstm_reverse"
-    detail::SequenceReplay<T> replay;   // empty when run_sequence was called directly
+    SequenceReplay<T> replay;   // empty: run_sequence was called without one
     driver::InputIndex index;
     std::size_t inputs = 0, outputs = 0;
 
@@ -40,25 +43,40 @@ struct ReplayOp {
     std::string input_name(std::size_t i) const;
 };
 
-// J v per output of F and ∇²φ v per input (Note above). v has one entry per input of F
-// (undefined: zero); dy one per output (undefined: zero). Only the Hessian rows in `want_hvp`
-// and, with want_jvp, the tangents are computed; the rest are undefined (zero).
+// The seam. Along a direction v of the inputs (one per input of F, undefined: zero) and u of
+// the grad outputs (one per output, undefined: zero), at grad outputs dy (undefined: zero):
+//   jvp[o]:       J v, the outputs' tangent (computed when want_jvp);
+//   gradients[i]: ∇²φ v + Jᵀ u, the tangent of B = ∇<dy, F> (computed where want_gradients[i]).
+// With u = 0 these are the second-order rule's two results; with v and u the tangents of the
+// inputs and grad outputs, the tangent of the fused backward's gradients (forward-over-reverse).
+// Here: the replay differentiated twice on a private graph (reverse-over-reverse, so it needs no
+// op's forward rule).
 template <class T>
 struct Directional {
-    std::vector<Tensor<T>> jvp;  // per output
-    std::vector<Tensor<T>> hvp;  // per input
+    std::vector<Tensor<T>> jvp;        // per output
+    std::vector<Tensor<T>> gradients;  // per input
 };
 
 template <class T>
 Directional<T> directional(const ReplayOp<T>& op, const std::vector<Tensor<T>>& inputs,
-                           const std::vector<Tensor<T>>& grad_outputs, const std::vector<Tensor<T>>& v, bool want_jvp,
-                           const std::vector<bool>& want_hvp);
+                           const std::vector<Tensor<T>>& grad_outputs, const std::vector<Tensor<T>>& v,
+                           const std::vector<Tensor<T>>& u, bool want_jvp, const std::vector<bool>& want_gradients);
 
-// The fused backward's gradient values made differentiable (create_graph): recorded as the
-// outputs of `<op>_backward`, whose backward is the second-order rule. Throws GraphError when the
-// op has no replay or reads a weight that is not a leaf.
+// Whether a backward of the op must go beyond the fused backward: create_graph, or tangents on
+// its inputs or grad outputs in forward mode.
+template <class T>
+bool beyond_first_order(const BackwardContext<T>& ctx);
+
+// The fused backward's gradient values made differentiable: recorded as the outputs of
+// `<op>_backward` (under create_graph), whose backward is the second-order rule, and given
+// tangents by its forward rule (forward-over-reverse). Throws GraphError when the op has no
+// replay or reads a weight that is not a leaf.
 template <class T>
 Gradients<T> record_backward(const std::shared_ptr<const ReplayOp<T>>& op, const BackwardContext<T>& ctx,
                              Gradients<T> values);
+
+// The op's forward-mode (JVP) rule: J v through `directional`.
+template <class T>
+ForwardRule<T> forward_rule(const std::shared_ptr<const ReplayOp<T>>& op);
 
 }  // namespace rw::nn::fused::replay

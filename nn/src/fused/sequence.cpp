@@ -337,29 +337,36 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     std::vector<const T*> initial;
     for (const auto& s : initial_state) initial.push_back(s.value().data());
     auto values = forward(*saved, w, input.value().data(), initial);
-    if (saved->inference) {
+    bool tangents = false;
+    if (forward_mode_enabled())
+        for (const auto& tensor : inputs) tangents = tangents || tensor.has_tangent();
+    if (saved->inference && !tangents) {
         // Plain tensors, as record_op returns when it records nothing.
         SequenceResult<T> result;
         result.output = Tensor<T>(std::move(values[0]));
         for (std::size_t s = 1; s < values.size(); ++s) result.final_state.push_back(Tensor<T>(std::move(values[s])));
         return result;
     }
-    // `owner` keeps the rules alive with the graph: the cell when a layer runs it, the rules'
-    // shared owner when run_sequence does.
-    // Beyond first order the op differentiates the layer's replay (Note [Second order through the
-    // fused op], replay.hpp); the first-order gradients stay the fused backward's.
+    // Beyond first order (create_graph, tangents) the op differentiates the replay (Note [Second
+    // order through the fused op], replay.hpp); its values and first-order gradients stay the
+    // fused forward's and backward's. Inferring with tangents, record_op records nothing but
+    // still gives the outputs their tangents.
     auto replay_op = std::make_shared<replay::ReplayOp<T>>();
     replay_op->op = op + (reverse ? "_reverse" : "");
     replay_op->replay = std::move(replay);
     replay_op->index = index;
     replay_op->inputs = inputs.size();
     replay_op->outputs = values.size();
-    auto outputs = record_op<T>(replay_op->op, std::move(inputs), std::move(values),
-                                [saved, replay_op = std::shared_ptr<const replay::ReplayOp<T>>(replay_op)](
-                                    const BackwardContext<T>& ctx) -> Gradients<T> {
-                                    if (!ctx.create_graph()) return backward(*saved, ctx);
-                                    return replay::record_backward(replay_op, ctx, backward(*saved, ctx));
-                                });
+    const std::shared_ptr<const replay::ReplayOp<T>> held = replay_op;
+    // `owner` keeps the rules alive with the graph: the cell when a layer runs it, the rules'
+    // shared owner when run_sequence does.
+    auto outputs = record_op<T>(
+        held->op, std::move(inputs), std::move(values),
+        [saved, held](const BackwardContext<T>& ctx) -> Gradients<T> {
+            if (!replay::beyond_first_order(ctx)) return backward(*saved, ctx);
+            return replay::record_backward(held, ctx, backward(*saved, ctx));
+        },
+        replay::forward_rule(held));
     SequenceResult<T> result;
     result.output = outputs[0];
     result.final_state.assign(outputs.begin() + 1, outputs.end());
@@ -369,13 +376,14 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
 template <class T>
 SequenceResult<T> run_sequence(std::shared_ptr<const CellRules<T>> rules, const Tensor<T>& input,
                                const std::vector<Tensor<T>>& initial_state, const std::vector<std::int64_t>& lengths,
-                               bool reverse, const std::string& name, std::size_t recompute_segment) {
+                               bool reverse, const std::string& name, std::size_t recompute_segment,
+                               SequenceReplay<T> replay) {
     if (!rules)
         throw std::invalid_argument(fmt::format("fused_{}: run_sequence was given no rules (a null pointer)",
                                                 name.empty() ? std::string("cell") : name));
     const CellRules<T>& held = *rules;
     return detail::run_sequence_probed<T>(held, input, initial_state, lengths, reverse, name, nullptr, std::move(rules),
-                                          recompute_segment);
+                                          recompute_segment, std::move(replay));
 }
 
 std::size_t row_groups(std::size_t batch) {
@@ -390,17 +398,17 @@ template SequenceResult<float> detail::run_sequence_probed(const CellRules<float
                                                            const std::vector<Tensor<float>>&,
                                                            const std::vector<std::int64_t>&, bool, const std::string&,
                                                            std::shared_ptr<detail::SequenceProbe<float>>,
-                                                           std::shared_ptr<const void>, std::size_t, detail::SequenceReplay<float>);
+                                                           std::shared_ptr<const void>, std::size_t, SequenceReplay<float>);
 template SequenceResult<double> detail::run_sequence_probed(const CellRules<double>&, const Tensor<double>&,
                                                             const std::vector<Tensor<double>>&,
                                                             const std::vector<std::int64_t>&, bool, const std::string&,
                                                             std::shared_ptr<detail::SequenceProbe<double>>,
-                                                            std::shared_ptr<const void>, std::size_t, detail::SequenceReplay<double>);
+                                                            std::shared_ptr<const void>, std::size_t, SequenceReplay<double>);
 template SequenceResult<float> run_sequence(std::shared_ptr<const CellRules<float>>, const Tensor<float>&,
                                             const std::vector<Tensor<float>>&, const std::vector<std::int64_t>&, bool,
-                                            const std::string&, std::size_t);
+                                            const std::string&, std::size_t, SequenceReplay<float>);
 template SequenceResult<double> run_sequence(std::shared_ptr<const CellRules<double>>, const Tensor<double>&,
                                              const std::vector<Tensor<double>>&, const std::vector<std::int64_t>&, bool,
-                                             const std::string&, std::size_t);
+                                             const std::string&, std::size_t, SequenceReplay<double>);
 
 }  // namespace rw::nn::fused

@@ -278,7 +278,7 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
             // to (output, final states...), for its rules beyond first order. Like run_segments' reruns
             // it may run after the layer is gone, so it holds the cell and the lengths; it keeps every
             // step on its graph, also when the layer recomputes.
-            fused::detail::SequenceReplay<T> replay = [held, sequence, layer, direction](const std::vector<Tensor<T>>& in) {
+            fused::SequenceReplay<T> replay = [held, sequence, layer, direction](const std::vector<Tensor<T>>& in) {
                 const std::vector<Tensor<T>> prepared = unstack(held->prepare_input(in[0]), 0);
                 std::vector<Tensor<T>> outputs(sequence.steps);
                 State<T> last = run_steps(*held, prepared, 0, State<T>(in.begin() + 1, in.end()), sequence, layer, direction,

@@ -55,6 +55,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <typeinfo>
@@ -214,6 +215,13 @@ public:
     }
 };
 
+// The layer-direction recomputed with the cell's generic ops: (x, initial states...) to (output,
+// final states...), reading the cell's parameters itself (the weights() tensors). The fused op's
+// rules beyond first order differentiate it: double backward (create_graph) and forward mode
+// (tangents). A Recurrent layer supplies it; a direct run_sequence call may.
+template <class T>
+using SequenceReplay = std::function<std::vector<Tensor<T>>(const std::vector<Tensor<T>>& inputs)>;
+
 // Runs one layer-direction over the whole sequence as one tape op with the cell's rules.
 // input [T, B, I]; initial_state one [B, H] per state ([B, P] for h with a projection);
 // lengths empty or one per row in 1..T.
@@ -225,11 +233,13 @@ public:
 // graph is dropped. Rules held in a cell are passed with the cell as their owner through the
 // aliasing constructor, std::shared_ptr<const CellRules<T>>(cell, &cell->rules), which keeps the
 // whole cell alive. Null rules: std::invalid_argument.
+// `replay` (above) gives the op second order and forward mode; without one, backward with
+// create_graph and tangents on the op's inputs throw GraphError saying so.
 template <class T>
 SequenceResult<T> run_sequence(std::shared_ptr<const CellRules<T>> rules, const Tensor<T>& input,
                                const std::vector<Tensor<T>>& initial_state,
                                const std::vector<std::int64_t>& lengths, bool reverse, const std::string& name,
-                               std::size_t recompute_segment = 0);
+                               std::size_t recompute_segment = 0, SequenceReplay<T> replay = {});
 
 // How many row groups the driver splits a batch of `batch` rows into, one per thread: up to
 // blas::num_threads(), with at least 4 rows each (rows are independent until the weight
