@@ -15,6 +15,7 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
+#include "fused/tangent.hpp"
 #include "fused/tangent_run.hpp"
 #include "test_helpers.hpp"
 
@@ -243,6 +244,111 @@ BOOST_AUTO_TEST_CASE(a_projected_lstm_is_left_to_the_replay_and_says_why) {
     const Run run = fused::detail::run_tangent_sweeps<double>(*cell->fused_rules(), x, initial, {}, false, {}, {}, {});
     BOOST_CHECK_NE(run.refusal.find("projection"), std::string::npos);
     BOOST_CHECK(run.output_tangents.empty());
+}
+
+// Through a layer (the fused op's seam, replay.hpp): a two-layer bidirectional layer with lengths,
+// fused and generic from the same seed.
+struct Layers {
+    Recurrent<double> fused, generic;
+    Tensor<double> x, weighting;
+    std::vector<Tensor<double>> direction;
+    std::vector<std::int64_t> lengths{4, 2, 3};
+
+    explicit Layers(const std::string& cell, std::size_t proj_size = 0, bool bidirectional = true)
+        : fused(cell_factory<double>(cell, {}, {.proj_size = proj_size}), options(ExecutionPath::fused, proj_size, bidirectional)),
+          generic(cell_factory<double>(cell, {}, {.proj_size = proj_size}),
+                  options(ExecutionPath::generic, proj_size, bidirectional)) {
+        Generator g(11);
+        x = random_tensor<double>({steps, batch, input_size}, g, 1.0, true);
+        weighting = random_tensor<double>({steps, batch, (bidirectional ? 2 : 1) * (proj_size ? proj_size : hidden)}, g);
+        for (const auto& p : fused.parameters()) direction.push_back(random_tensor<double>(p.shape(), g));
+    }
+    static RecurrentOptions options(ExecutionPath path, std::size_t proj_size, bool bidirectional) {
+        return {.input_size = input_size, .hidden_size = hidden, .num_layers = 2, .bidirectional = bidirectional, .path = path,
+                .seed = 5, .proj_size = proj_size};
+    }
+    Tensor<double> loss(Recurrent<double>& layer) const {
+        return sum(mul(weighting, tanh(layer.forward(x, {}, lengths).output)));
+    }
+    // The double backward: d/dθ <dL/dθ, v>.
+    std::vector<Tensor<double>> double_backward(Recurrent<double>& layer) const {
+        const auto params = layer.parameters();
+        const auto gradient = rw::grad<double>({loss(layer)}, params, {}, {.create_graph = true});
+        Tensor<double> along;
+        for (std::size_t i = 0; i < params.size(); ++i) {
+            const Tensor<double> term = sum(mul(gradient[i], direction[i]));
+            along = along.defined() ? add(along, term) : term;
+        }
+        return rw::grad<double>({along}, params);
+    }
+    std::vector<Tensor<double>> hvp(Recurrent<double>& layer) const {
+        return rw::hvp_leaves<double>([&] { return loss(layer); }, layer.parameters(), direction).product;
+    }
+};
+
+BOOST_AUTO_TEST_CASE(a_layers_double_backward_runs_the_sweeps_and_equals_the_generic_path) {
+    for (const std::string cell : {"lstm", "gru", "rnn_tanh", "rnn_relu"}) {
+        Layers layers(cell);
+        const std::size_t before = fused::driver::tangent_sweeps_run();
+        const auto fast = layers.double_backward(layers.fused);
+        BOOST_CHECK_EQUAL(fused::driver::tangent_sweeps_run() - before, 4u);  // 2 layers x 2 directions
+        BOOST_CHECK(layers.fused.uses_fused());
+        const double difference = relative_difference(fast, layers.double_backward(layers.generic));
+        BOOST_CHECK_MESSAGE(difference < 1e-12, cell << ": relative difference " << difference);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(rw_hvp_through_the_fused_op_runs_the_sweeps_and_equals_the_generic_double_backward) {
+    // On run_sequence with a replay (a layer's stacking of final states has no JVP rule yet);
+    // loss = <w, y ⊙ y> (tanh_backward has no JVP rule yet): forward-over-reverse through the op's
+    // forward rule and its gradients' tangents.
+    for (const Case& c : {Case{"lstm", true, true}, Case{"gru", false, false}, Case{"rnn_tanh", true, false}}) {
+        const Setup s(c);
+        Generator g(5);
+        const Tensor<double> w = random_tensor<double>({steps, batch, hidden}, g);
+        const auto cell = s.cell;
+        const bool reverse = c.reverse;
+        fused::SequenceReplay<double> replay = [cell, reverse](const std::vector<Tensor<double>>& in) {
+            std::vector<Tensor<double>> prepared = unstack(cell->prepare_input(in[0]), 0);
+            State<double> state(in.begin() + 1, in.end());
+            std::vector<Tensor<double>> outputs(prepared.size());
+            for (std::size_t k = 0; k < prepared.size(); ++k) {
+                const std::size_t t = reverse ? prepared.size() - 1 - k : k;
+                state = cell->step(prepared[t], state);
+                outputs[t] = state[0];
+            }
+            std::vector<Tensor<double>> results{stack(outputs, 0)};
+            results.insert(results.end(), state.begin(), state.end());
+            return results;
+        };
+        const std::shared_ptr<const fused::CellRules<double>> rules(cell, s.rules);
+        auto loss = [&] {
+            auto result = fused::run_sequence<double>(rules, s.x, s.initial, {}, reverse, cell->kind(), 0, replay);
+            return sum(mul(w, mul(result.output, result.output)));
+        };
+        const std::vector<Tensor<double>>& all = s.inputs;  // x, weights, initial states
+        const std::size_t before = fused::driver::tangent_sweeps_run();
+        const auto product = rw::hvp_leaves<double>(loss, all, s.direction).product;
+        BOOST_CHECK_GE(fused::driver::tangent_sweeps_run() - before, 1u);
+        // The generic double backward of the same loss.
+        const auto outputs = s.generic_outputs(reverse);
+        const auto gradient = rw::grad<double>({sum(mul(w, mul(outputs[0], outputs[0])))}, all, {}, {.create_graph = true});
+        Tensor<double> along;
+        for (std::size_t i = 0; i < all.size(); ++i) {
+            const Tensor<double> term = sum(mul(gradient[i], s.direction[i]));
+            along = along.defined() ? add(along, term) : term;
+        }
+        const double difference = relative_difference(product, rw::grad<double>({along}, all));
+        BOOST_CHECK_MESSAGE(difference < 1e-12, c.name() << ": relative difference " << difference);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(a_projected_lstms_double_backward_takes_the_replay) {
+    Layers layers("lstm", 2);
+    const std::size_t before = fused::driver::tangent_sweeps_run();
+    const auto replayed = layers.double_backward(layers.fused);
+    BOOST_CHECK_EQUAL(fused::driver::tangent_sweeps_run(), before);
+    BOOST_CHECK_LT(relative_difference(replayed, layers.double_backward(layers.generic)), 1e-12);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -2,6 +2,7 @@
 // (Note [Second order through the fused op], replay.hpp).
 
 #include "replay.hpp"
+#include "tangent.hpp"
 
 #include <fmt/format.h>
 
@@ -80,6 +81,10 @@ Directional<T> directional(const ReplayOp<T>& op, const std::vector<Tensor<T>>& 
     require_leaf_weights(op, inputs);
     const std::size_t n = op.inputs, m = op.outputs;
     Directional<T> result{std::vector<Tensor<T>>(m), std::vector<Tensor<T>>(n)};
+    // The cell's tangent sweeps answer the same question without the replay where they apply.
+    if (op.saved && driver::tangent_directional(*op.saved, inputs, grad_outputs, v, u, want_jvp, want_gradients,
+                                                result.jvp, result.gradients))
+        return result;
 
     // The private graph's leaves: detached copies of x and the initial states (so no pass walks
     // into the graph that made them), the cell's own parameters, detached copies of dy. Its ops

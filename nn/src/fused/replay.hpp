@@ -25,6 +25,7 @@
 
 #include "driver.hpp"
 #include "probe.hpp"
+#include "window.hpp"
 
 namespace rw::nn::fused::replay {
 
@@ -34,6 +35,8 @@ struct ReplayOp {
     std::string op;                     // the fused op's name, e.g. "fused_lstm_reverse"
     SequenceReplay<T> replay;   // empty: run_sequence was called without one
     driver::InputIndex index;
+    // The op's saved forward, for the cell's fast tangent sweeps (tangent.hpp); null: replay only.
+    std::shared_ptr<driver::Saved<T>> saved;
     std::size_t inputs = 0, outputs = 0;
 
     // x and the initial states: the replay takes them as arguments; every other input is a
@@ -49,8 +52,10 @@ struct ReplayOp {
 //   gradients[i]: ∇²φ v + Jᵀ u, the tangent of B = ∇<dy, F> (computed where want_gradients[i]).
 // With u = 0 these are the second-order rule's two results; with v and u the tangents of the
 // inputs and grad outputs, the tangent of the fused backward's gradients (forward-over-reverse).
-// Here: the replay differentiated twice on a private graph (reverse-over-reverse, so it needs no
-// op's forward rule).
+// Here: the cell's tangent sweeps over the op's saved forward where the cell has tangent rules
+// and the sweeps cover the configuration (driver::tangent_directional, tangent.hpp: the GEMMs
+// stay fused), else the replay differentiated twice on a private graph (reverse-over-reverse,
+// so it needs no op's forward rule).
 template <class T>
 struct Directional {
     std::vector<Tensor<T>> jvp;        // per output

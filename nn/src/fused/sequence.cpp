@@ -330,16 +330,18 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     // reads every step's buffers, so it never infers.
     bool record = false;
     for (const auto& tensor : inputs) record = record || tensor.requires_grad();
-    if (!saved->probe && !(record && grad_mode_enabled())) {
+    bool tangents = false;
+    if (forward_mode_enabled())
+        for (const auto& tensor : inputs) tangents = tangents || tensor.has_tangent();
+    // With tangents and tangent rules the forward keeps its steps for the fast sweeps (tangent.hpp).
+    const bool sweeps = tangents && rules.has_tangent_rules();
+    if (!saved->probe && !(record && grad_mode_enabled()) && !sweeps) {
         saved->inference = true;
         saved->segment = inference_segment(d.steps, d.batch);
     }
     std::vector<const T*> initial;
     for (const auto& s : initial_state) initial.push_back(s.value().data());
     auto values = forward(*saved, w, input.value().data(), initial);
-    bool tangents = false;
-    if (forward_mode_enabled())
-        for (const auto& tensor : inputs) tangents = tangents || tensor.has_tangent();
     if (saved->inference && !tangents) {
         // Plain tensors, as record_op returns when it records nothing.
         SequenceResult<T> result;
@@ -355,6 +357,7 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     replay_op->op = op + (reverse ? "_reverse" : "");
     replay_op->replay = std::move(replay);
     replay_op->index = index;
+    replay_op->saved = saved;  // for the cell's fast tangent sweeps (tangent.hpp), when it has tangent rules
     replay_op->inputs = inputs.size();
     replay_op->outputs = values.size();
     const std::shared_ptr<const replay::ReplayOp<T>> held = replay_op;
