@@ -171,6 +171,57 @@ private:
     bool in_backward_;
 };
 
+// A user's tanh RNN cell with fused rules and tangent rules, the backward tangent rule missing
+// its second-derivative term (-2 dh y ẏ) when `planted`: what check_fused_cell must catch.
+class UserTanhCell : public FusedCell<UserTanhCell, double, StandardCell<double>> {
+public:
+    UserTanhCell(std::size_t input, std::size_t hidden, Generator& g, bool planted)
+        : FusedCell(input, hidden, 1, g, {}, {}, hidden), planted_(planted) {}
+    Tensor<double> prepare_input(const Tensor<double>& input) const override {
+        return project_input(input, summed_bias());
+    }
+    State<double> step(const Tensor<double>& x_t, const State<double>& state) const override {
+        return {tanh(add(x_t, gemm(state[0], weight_hh_, false, true)))};
+    }
+    std::string kind() const override { return "user_tanh"; }
+    fused::CellLayout layout() const override { return {.gates = 1, .states = 1, .recurrent = 1}; }
+    fused::CellWeights<double> weights() const override { return standard_weights(); }
+    void forward(const fused::ForwardRow<double>& row) const override {
+        for (std::size_t j = 0; j < row.hidden; ++j) row.next_state[0][j] = row.gates[j] = std::tanh(row.gates[j]);
+    }
+    void backward(const fused::BackwardRow<double>& row) const override {
+        for (std::size_t j = 0; j < row.hidden; ++j) {
+            const double y = row.gates[j];
+            row.grad_gates[j] = row.grad_state[0][j] * (1 - y * y);
+            row.grad_state[0][j] = 0;
+        }
+    }
+    bool has_tangent_rules() const override { return true; }
+    void forward_tangent(const fused::ForwardTangentRow<double>& row) const override {
+        for (std::size_t j = 0; j < row.hidden; ++j) {
+            const double y = row.gates[j];
+            row.tangent_next_state[0][j] = row.tangent_gates[j] = (1 - y * y) * row.tangent_gates[j];
+        }
+    }
+    void backward_tangent(const fused::BackwardTangentRow<double>& row) const override {
+        for (std::size_t j = 0; j < row.hidden; ++j) {
+            const double y = row.gates[j], dh = row.grad_state[0][j];
+            row.tangent_grad_gates[j] =
+                row.tangent_grad_state[0][j] * (1 - y * y) - (planted_ ? 0.0 : 2 * dh * y * row.tangent_gates[j]);
+            row.tangent_grad_state[0][j] = 0;
+        }
+    }
+
+private:
+    bool planted_;
+};
+
+CellFactory<double> user_tanh_factory(bool planted) {
+    return [planted](const CellSite& site, Generator& g) {
+        return std::make_shared<UserTanhCell>(site.input_size, site.hidden_size, g, planted);
+    };
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(fused_tangent)
@@ -244,6 +295,31 @@ BOOST_AUTO_TEST_CASE(a_projected_lstm_is_left_to_the_replay_and_says_why) {
     const Run run = fused::detail::run_tangent_sweeps<double>(*cell->fused_rules(), x, initial, {}, false, {}, {}, {});
     BOOST_CHECK_NE(run.refusal.find("projection"), std::string::npos);
     BOOST_CHECK(run.output_tangents.empty());
+}
+
+BOOST_AUTO_TEST_CASE(check_fused_cell_checks_the_built_in_cells_tangent_rules) {
+    for (const std::string cell : {"lstm", "gru", "rnn_tanh", "rnn_relu"}) {
+        const FusedCheckReport report = check_fused_cell(cell_factory<double>(cell), 3, 4);
+        BOOST_CHECK_MESSAGE(report.passed, report.to_string());
+        BOOST_CHECK(report.tangents_note.empty());
+        for (const auto& direction : report.directions) BOOST_CHECK_EQUAL(direction.tangents.empty(), false);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(check_fused_cell_passes_a_users_right_tangent_rules_and_names_a_wrong_one) {
+    const FusedCheckReport right = check_fused_cell(user_tanh_factory(false), 3, 4);
+    BOOST_CHECK_MESSAGE(right.passed, right.to_string());
+    const FusedCheckReport wrong = check_fused_cell(user_tanh_factory(true), 3, 4);
+    BOOST_CHECK(!wrong.passed);
+    BOOST_CHECK_EQUAL(wrong.pass, "tangents");
+    BOOST_CHECK_NE(wrong.tensor.find("Hv+J"), std::string::npos);
+    BOOST_CHECK_NE(wrong.to_string().find("tangent rules' sweeps"), std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(check_fused_cell_says_when_the_sweeps_leave_a_projected_lstm_to_the_replay) {
+    const FusedCheckReport report = check_fused_cell(cell_factory<double>("lstm", {}, {.proj_size = 2}), 3, 4);
+    BOOST_CHECK(report.passed);
+    BOOST_CHECK_NE(report.tangents_note.find("projection"), std::string::npos);
 }
 
 // Through a layer (the fused op's seam, replay.hpp): a two-layer bidirectional layer with lengths,
