@@ -100,23 +100,34 @@ int main(int argc, char** argv) {
         fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {dy}, {}, true, needed);
     };
     auto sweeps_jvp = [&] { fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {}, {}, false); };
-    auto generic_hvp = [&] {
-        auto out = generic_layer.forward(x);
-        auto grads = rw::grad<float>({out.output}, generic_params, {dy}, {.create_graph = true});
+    // Along x only (a sensitivity of the outputs to the input): no weight tangents.
+    std::vector<Tensor<float>> along_x(op_inputs.size());
+    along_x[0] = random(x.shape(), g);
+    auto sweeps_jvp_x = [&] { fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, along_x, {}, {}, false); };
+
+    // The same HVP end to end through the fused layer: its double backward, whose second-order
+    // rule runs the sweeps (replay::directional).
+    auto layer_hvp = [&](Recurrent<float>& layer, const std::vector<Tensor<float>>& ps, const std::vector<Tensor<float>>& v) {
+        auto out = layer.forward(x);
+        auto grads = rw::grad<float>({out.output}, ps, {dy}, {.create_graph = true});
         Tensor<float> along;
         for (std::size_t i = 0; i < grads.size(); ++i) {
-            const Tensor<float> term = sum(mul(grads[i], generic_direction[i]));
+            const Tensor<float> term = sum(mul(grads[i], v[i]));
             along = along.defined() ? add(along, term) : term;
         }
-        rw::grad<float>({along}, generic_params);
+        rw::grad<float>({along}, ps);
     };
+    auto generic_hvp = [&] { layer_hvp(generic_layer, generic_params, generic_direction); };
+    std::vector<Tensor<float>> fused_direction;
+    for (const auto& p : params) fused_direction.push_back(random(p.shape(), g));
+    auto fused_layer_hvp = [&] { layer_hvp(fused_layer, params, fused_direction); };
 
     const auto refusal = fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {dy}, {}, false).refusal;
     if (!refusal.empty()) {
         fmt::print(stderr, "the sweeps do not apply: {}\n", refusal);
         return 1;
     }
-    std::vector<double> t_step, t_forward, t_hvp, t_jvp, t_generic;
+    std::vector<double> t_step, t_forward, t_hvp, t_jvp, t_jvp_x, t_layer, t_generic;
     fused_step();  // warm-up: packing, allocations
     sweeps_hvp();
     for (std::size_t r = 0; r < rounds; ++r) {
@@ -124,6 +135,8 @@ int main(int argc, char** argv) {
         t_hvp.push_back(milliseconds(sweeps_hvp));
         t_forward.push_back(milliseconds(fused_forward));
         t_jvp.push_back(milliseconds(sweeps_jvp));
+        t_jvp_x.push_back(milliseconds(sweeps_jvp_x));
+        t_layer.push_back(milliseconds(fused_layer_hvp));
         if (!skip_generic) t_generic.push_back(milliseconds(generic_hvp));
     }
     const double step = median(t_step), forward = median(t_forward), hvp = median(t_hvp), jvp = median(t_jvp);
@@ -135,10 +148,15 @@ int main(int argc, char** argv) {
                hvp / step);
     fmt::print("fused JVP (forward + forward tangent sweep): {:.2f} ms  = {:.2f}x the fused forward (target <= 1.5)\n", jvp,
                jvp / forward);
+    fmt::print("fused JVP along x only:                      {:.2f} ms  = {:.2f}x the fused forward\n", median(t_jvp_x),
+               median(t_jvp_x) / forward);
+    const double layer = median(t_layer);
+    fmt::print("fused layer double backward (HVP):           {:.2f} ms  = {:.2f}x the fused step\n", layer, layer / step);
     if (!skip_generic) {
         const double generic = median(t_generic);
-        fmt::print("generic HVP (double backward on the tape):   {:.2f} ms  = {:.2f}x the fused HVP (target >= 2)\n",
-                   generic, generic / hvp);
+        fmt::print("generic layer double backward (HVP):         {:.2f} ms  = {:.2f}x the fused HVP, {:.2f}x the fused layer's "
+                   "(target >= 2)\n",
+                   generic, generic / hvp, generic / layer);
     }
     return 0;
 }

@@ -166,7 +166,7 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
                                      const std::vector<const T*>& tangents, const ForwardTangents<T>& ft,
                                      const std::vector<const T*>& grad_outputs,
                                      const std::vector<const T*>& grad_output_tangents,
-                                     const std::vector<bool>& needed) {
+                                     const std::vector<bool>& needed, bool with_gradients) {
     const Dims& d = saved.dims;
     const CellLayout& l = d.layout;
     const InputIndex& in = saved.index;
@@ -265,16 +265,23 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
     out.tangent.resize(values.size());
     auto wanted = [&](int index) { return index >= 0 && std::size_t(index) < needed.size() && needed[index]; };
     auto give = [&](int index, xt::xarray<T>&& gradient, xt::xarray<T>&& tangent) {
-        out.gradient[index] = Tensor<T>(std::move(gradient));
+        if (with_gradients) out.gradient[index] = Tensor<T>(std::move(gradient));
         out.tangent[index] = Tensor<T>(std::move(tangent));
+    };
+    // The primal products, skipped when only the tangents are wanted.
+    auto primal_sum = [&](xt::xarray<T>& into, std::size_t rows, std::size_t cols) {
+        if (!with_gradients) return std::unique_ptr<WeightGradient<T>>();
+        into = xt::xarray<T>::from_shape({rows, cols});
+        return std::make_unique<WeightGradient<T>>(into, rows, cols);
     };
     const T* x = values[in.x];
     const T* w_ih = values[in.weight_ih];
     const T* tx = at(tangents, in.x);
     const T* tw_ih = at(tangents, in.weight_ih);
     if (wanted(in.x)) {
-        xt::xarray<T> dx = xt::xarray<T>::from_shape({d.steps, B, I}), tdx = xt::xarray<T>::from_shape({d.steps, B, I});
-        blas::gemm(false, false, TB, I, GH, T(1), gg + GH, g2, w_ih, I, T(0), dx.data(), I);
+        xt::xarray<T> dx = with_gradients ? xt::xarray<T>::from_shape({d.steps, B, I}) : xt::xarray<T>();
+        xt::xarray<T> tdx = xt::xarray<T>::from_shape({d.steps, B, I});
+        if (with_gradients) blas::gemm(false, false, TB, I, GH, T(1), gg + GH, g2, w_ih, I, T(0), dx.data(), I);
         if (tw_ih) {
             Buffer<T> w_ih_stack = stacked(w_ih, tw_ih, GH, I);
             blas::gemm(false, false, TB, I, g2, T(1), gg, g2, w_ih_stack.data(), I, T(0), tdx.data(), I);
@@ -288,12 +295,14 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
     auto weight = [&](int index, const T* grads, std::size_t ld, std::size_t rows, std::size_t offset, const T* input,
                       const T* tinput, std::size_t cols) {
         if (!wanted(index)) return;
-        xt::xarray<T> dw = xt::xarray<T>::from_shape({rows, cols}), tdw = xt::xarray<T>::from_shape({rows, cols});
-        WeightGradient<T> primal(dw, rows, cols), tangent(tdw, rows, cols);
-        primal.add(grads + offset, ld, input, cols, TB, T(0));
+        xt::xarray<T> dw, tdw = xt::xarray<T>::from_shape({rows, cols});
+        WeightGradient<T> tangent(tdw, rows, cols);
+        if (auto primal = primal_sum(dw, rows, cols)) {
+            primal->add(grads + offset, ld, input, cols, TB, T(0));
+            primal->finish();
+        }
         tangent.add(grads, ld, input, cols, TB, T(0));
         if (tinput) tangent.add(grads + offset, ld, tinput, cols, TB, T(1));
-        primal.finish();
         tangent.finish();
         give(index, std::move(dw), std::move(tdw));
     };
@@ -311,10 +320,13 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
             std::copy_n(tx + r * I, I, tjoined.data() + r * IP);
             std::copy_n(th + r * P, P, tjoined.data() + r * IP + I);
         }
-        xt::xarray<T> dw = xt::xarray<T>::from_shape({GH, IP}), tdw = xt::xarray<T>::from_shape({GH, IP});
+        xt::xarray<T> dw, tdw = xt::xarray<T>::from_shape({GH, IP});
         xt::xarray<T> tdw_hh = tx ? xt::xarray<T>() : xt::xarray<T>::from_shape({GH, P});
-        WeightGradient<T> primal(dw, GH, IP), tangent(tdw, GH, IP);
-        primal.add(gg + GH, g2, joined.data(), IP, TB, T(0));
+        WeightGradient<T> tangent(tdw, GH, IP);
+        if (auto primal = primal_sum(dw, GH, IP)) {
+            primal->add(gg + GH, g2, joined.data(), IP, TB, T(0));
+            primal->finish();
+        }
         tangent.add(gg, g2, joined.data(), IP, TB, T(0));
         if (tx) {
             tangent.add(gg + GH, g2, tjoined.data(), IP, TB, T(1));
@@ -323,7 +335,6 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
             hh.add(gg + GH, g2, th, P, TB, T(0));
             hh.finish();
         }
-        primal.finish();
         tangent.finish();
         auto split = [&](const xt::xarray<T>& from, std::size_t offset, std::size_t cols, const T* extra) {
             xt::xarray<T> part = xt::xarray<T>::from_shape({GH, cols});
@@ -334,8 +345,9 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
             }
             return part;
         };
-        give(in.weight_ih, split(dw, 0, I, nullptr), split(tdw, 0, I, nullptr));
-        give(in.weight_hh, split(dw, I, P, nullptr), split(tdw, I, P, tx ? nullptr : tdw_hh.data()));
+        give(in.weight_ih, with_gradients ? split(dw, 0, I, nullptr) : xt::xarray<T>(), split(tdw, 0, I, nullptr));
+        give(in.weight_hh, with_gradients ? split(dw, I, P, nullptr) : xt::xarray<T>(),
+             split(tdw, I, P, tx ? nullptr : tdw_hh.data()));
     } else {
         weight(in.weight_ih, gg, g2, GH, GH, x, tx, I);
         if (l.recurrent > 0) weight(in.weight_hh, rr, r2, RH, r_primal, h, th, P);
@@ -345,7 +357,7 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
         if (!wanted(index)) return;
         xt::xarray<T> db = xt::xarray<T>::from_shape({width}), tdb = xt::xarray<T>::from_shape({width});
         Buffer<T> scratch(width);
-        column_sums(grads + offset, TB, width, ld, false, db.data(), scratch.data());
+        if (with_gradients) column_sums(grads + offset, TB, width, ld, false, db.data(), scratch.data());
         column_sums(grads, TB, width, ld, false, tdb.data(), scratch.data());
         give(index, std::move(db), std::move(tdb));
     };
@@ -388,8 +400,9 @@ bool tangent_directional(Saved<T>& saved, const std::vector<Tensor<T>>& inputs, 
     bool any = false;
     for (bool w : want_gradients) any = any || w;
     if (any) {
+        // The gradients themselves came from the fused backward: only their tangents are computed.
         TangentGradients<T> g = tangent_backward(saved, values, tangents, ft, pointers(grad_outputs, m), pointers(u, m),
-                                                 want_gradients);
+                                                 want_gradients, false);
         gradients = std::move(g.tangent);
     }
     ++sweeps_run;
@@ -406,11 +419,12 @@ template ForwardTangents<double> tangent_forward(Saved<double>&, const std::vect
 template TangentGradients<float> tangent_backward(Saved<float>&, const std::vector<const float*>&,
                                                   const std::vector<const float*>&, const ForwardTangents<float>&,
                                                   const std::vector<const float*>&, const std::vector<const float*>&,
-                                                  const std::vector<bool>&);
+                                                  const std::vector<bool>&, bool);
 template TangentGradients<double> tangent_backward(Saved<double>&, const std::vector<const double*>&,
                                                    const std::vector<const double*>&, const ForwardTangents<double>&,
                                                    const std::vector<const double*>&,
-                                                   const std::vector<const double*>&, const std::vector<bool>&);
+                                                   const std::vector<const double*>&, const std::vector<bool>&,
+                                                   bool);
 template bool tangent_directional(Saved<float>&, const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&,
                                   const std::vector<Tensor<float>>&, const std::vector<Tensor<float>>&, bool,
                                   const std::vector<bool>&, std::vector<Tensor<float>>&, std::vector<Tensor<float>>&);

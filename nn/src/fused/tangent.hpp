@@ -40,7 +40,8 @@ ForwardTangents<T> tangent_forward(Saved<T>& saved, const std::vector<const T*>&
 
 // The op's gradients for the op's outputs' gradients `grad_outputs` (output, then final states;
 // null: zero) and their tangents, in the direction (tangents, grad_output_tangents): per op input,
-// undefined where `needed` is false.
+// undefined where `needed` is false; with_gradients false: the tangents only (the primal backward
+// still runs step by step, its products over all steps are skipped).
 template <class T>
 struct TangentGradients {
     std::vector<Tensor<T>> gradient, tangent;
@@ -51,7 +52,7 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
                                      const std::vector<const T*>& tangents, const ForwardTangents<T>& forward,
                                      const std::vector<const T*>& grad_outputs,
                                      const std::vector<const T*>& grad_output_tangents,
-                                     const std::vector<bool>& needed);
+                                     const std::vector<bool>& needed, bool with_gradients = true);
 
 // The fused op's question beyond first order (replay.hpp's `directional`) answered by the sweeps:
 // along tangents v of the op's inputs and u of its grad outputs, at grad outputs dy,
