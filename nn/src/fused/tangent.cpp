@@ -194,6 +194,13 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
     const T* w_hh = at(values, in.weight_hh);
     const T* tw_hh = at(tangents, in.weight_hh);
     Buffer<T> w_hh_stack = tw_hh && contiguous ? stacked(w_hh, tw_hh, RH, P) : Buffer<T>();
+    // W_hh and [W_hh; Ẇ_hh] every step: packed once (gemm.hpp), as the first-order backward does.
+    std::unique_ptr<blas::PackedGemm<T>> primal_product, stacked_product;
+    if (l.recurrent > 0)
+        primal_product = std::make_unique<blas::PackedGemm<T>>(false, B, P, RH, w_hh, P, T(1), r2, P, d.steps);
+    if (w_hh_stack.data())
+        stacked_product =
+            std::make_unique<blas::PackedGemm<T>>(false, B, P, 2 * RH, w_hh_stack.data(), P, T(1), r2, P, d.steps);
 
     std::vector<const T*> state(S), next(S), extra(l.saved), tstate(S), tnext(S), textra(l.saved);
     std::vector<T*> grad(S), tgrad(S);
@@ -250,9 +257,9 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
         if (l.recurrent == 0) continue;
         // dh += dR W_hh; ḋh += ḋR W_hh + dR Ẇ_hh (one GEMM against [W_hh; Ẇ_hh] when contiguous).
         const T* r_step = rr + t * B * r2;
-        blas::gemm(false, false, B, P, RH, T(1), r_step + r_primal, r2, w_hh, P, T(1), dstate[0].data(), P);
-        if (w_hh_stack.data()) {
-            blas::gemm(false, false, B, P, 2 * RH, T(1), r_step, r2, w_hh_stack.data(), P, T(1), tdstate[0].data(), P);
+        primal_product->operator()(r_step + r_primal, dstate[0].data());
+        if (stacked_product) {
+            stacked_product->operator()(r_step, tdstate[0].data());
         } else {
             blas::gemm(false, false, B, P, RH, T(1), r_step, r2, w_hh, P, T(1), tdstate[0].data(), P);
             if (tw_hh)
