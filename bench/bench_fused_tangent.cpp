@@ -121,13 +121,19 @@ int main(int argc, char** argv) {
     std::vector<Tensor<float>> fused_direction;
     for (const auto& p : params) fused_direction.push_back(random(p.shape(), g));
     auto fused_layer_hvp = [&] { layer_hvp(fused_layer, params, fused_direction); };
+    // The same with the sweeps switched off: the fused op's replay differentiated twice.
+    auto replay_layer_hvp = [&] {
+        fused::driver::set_tangent_sweeps_enabled(false);
+        layer_hvp(fused_layer, params, fused_direction);
+        fused::driver::set_tangent_sweeps_enabled(true);
+    };
 
     const auto refusal = fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {dy}, {}, false).refusal;
     if (!refusal.empty()) {
         fmt::print(stderr, "the sweeps do not apply: {}\n", refusal);
         return 1;
     }
-    std::vector<double> t_step, t_forward, t_hvp, t_jvp, t_jvp_x, t_layer, t_generic;
+    std::vector<double> t_step, t_forward, t_hvp, t_jvp, t_jvp_x, t_layer, t_replay, t_generic;
     fused_step();  // warm-up: packing, allocations
     sweeps_hvp();
     for (std::size_t r = 0; r < rounds; ++r) {
@@ -137,6 +143,7 @@ int main(int argc, char** argv) {
         t_jvp.push_back(milliseconds(sweeps_jvp));
         t_jvp_x.push_back(milliseconds(sweeps_jvp_x));
         t_layer.push_back(milliseconds(fused_layer_hvp));
+        if (!skip_generic) t_replay.push_back(milliseconds(replay_layer_hvp));
         if (!skip_generic) t_generic.push_back(milliseconds(generic_hvp));
     }
     const double step = median(t_step), forward = median(t_forward), hvp = median(t_hvp), jvp = median(t_jvp);
@@ -153,7 +160,9 @@ int main(int argc, char** argv) {
     const double layer = median(t_layer);
     fmt::print("fused layer double backward (HVP):           {:.2f} ms  = {:.2f}x the fused step\n", layer, layer / step);
     if (!skip_generic) {
-        const double generic = median(t_generic);
+        const double replay = median(t_replay), generic = median(t_generic);
+        fmt::print("fused layer double backward by the replay:   {:.2f} ms  = {:.2f}x the fused layer's with the sweeps\n",
+                   replay, replay / layer);
         fmt::print("generic layer double backward (HVP):         {:.2f} ms  = {:.2f}x the fused HVP, {:.2f}x the fused layer's "
                    "(target >= 2)\n",
                    generic, generic / hvp, generic / layer);

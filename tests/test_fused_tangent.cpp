@@ -15,7 +15,6 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
-#include "fused/tangent.hpp"
 #include "fused/tangent_run.hpp"
 #include "test_helpers.hpp"
 
@@ -416,6 +415,20 @@ BOOST_AUTO_TEST_CASE(rw_hvp_through_the_fused_op_runs_the_sweeps_and_equals_the_
         }
         const double difference = relative_difference(product, rw::grad<double>({along}, all));
         BOOST_CHECK_MESSAGE(difference < 1e-12, c.name() << ": relative difference " << difference);
+    }
+}
+
+BOOST_AUTO_TEST_CASE(the_sweeps_and_the_replay_give_the_same_double_backward) {
+    for (const std::string cell : {"lstm", "gru"}) {
+        Layers layers(cell);
+        const auto fast = layers.double_backward(layers.fused);
+        fused::driver::set_tangent_sweeps_enabled(false);
+        const std::size_t before = fused::driver::tangent_sweeps_run();
+        const auto replayed = layers.double_backward(layers.fused);
+        fused::driver::set_tangent_sweeps_enabled(true);
+        BOOST_CHECK_EQUAL(fused::driver::tangent_sweeps_run(), before);
+        const double difference = relative_difference(fast, replayed);
+        BOOST_CHECK_MESSAGE(difference < 1e-12, cell << ": relative difference " << difference);
     }
 }
 

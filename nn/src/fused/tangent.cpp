@@ -377,6 +377,7 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
 
 namespace {
 std::atomic<std::size_t> sweeps_run{0};
+std::atomic<bool> sweeps_enabled{true};
 
 template <class T>
 std::vector<const T*> pointers(const std::vector<Tensor<T>>& tensors, std::size_t count) {
@@ -388,13 +389,15 @@ std::vector<const T*> pointers(const std::vector<Tensor<T>>& tensors, std::size_
 }  // namespace
 
 std::size_t tangent_sweeps_run() { return sweeps_run.load(); }
+void set_tangent_sweeps_enabled(bool enabled) { sweeps_enabled.store(enabled); }
+bool tangent_sweeps_enabled() { return sweeps_enabled.load(); }
 
 template <class T>
 bool tangent_directional(Saved<T>& saved, const std::vector<Tensor<T>>& inputs, const std::vector<Tensor<T>>& grad_outputs,
                          const std::vector<Tensor<T>>& v, const std::vector<Tensor<T>>& u, bool want_jvp,
                          const std::vector<bool>& want_gradients, std::vector<Tensor<T>>& jvp,
                          std::vector<Tensor<T>>& gradients) {
-    if (!tangent_sweep_refusal(saved).empty()) return false;
+    if (!sweeps_enabled.load() || !tangent_sweep_refusal(saved).empty()) return false;
     const std::size_t n = inputs.size(), m = 1 + saved.dims.layout.states;
     const std::vector<const T*> values = pointers(inputs, n), tangents = pointers(v, n);
     ForwardTangents<T> ft = tangent_forward(saved, values, tangents);

@@ -13,6 +13,7 @@
 
 #include <rewind/autograd/tensor.hpp>
 
+#include "tangent_run.hpp"
 #include "window.hpp"
 
 namespace rw::nn::fused::driver {
@@ -63,9 +64,5 @@ bool tangent_directional(Saved<T>& saved, const std::vector<Tensor<T>>& inputs, 
                          const std::vector<Tensor<T>>& v, const std::vector<Tensor<T>>& u, bool want_jvp,
                          const std::vector<bool>& want_gradients, std::vector<Tensor<T>>& jvp,
                          std::vector<Tensor<T>>& gradients);
-
-// How many times tangent_directional has answered (the fast sweeps ran), over all threads: tests
-// assert which path ran with it.
-std::size_t tangent_sweeps_run();
 
 }  // namespace rw::nn::fused::driver

@@ -1,6 +1,7 @@
 #pragma once
 // Private to nn/ (tests and the benchmark include it from nn/src): one layer-direction's fused
-// forward keeping every step, then the tangent sweeps over it (tangent.hpp), without the tape.
+// forward keeping every step, then the tangent sweeps over it (tangent.hpp), without the tape;
+// and the switch and count of the sweeps behind the fused op's seam (replay.hpp).
 // The op's inputs are in the fused op's order: x, W_ih, then b_ih, W_hh, b_hh where the cell has
 // them, then the initial states (tangent_op_inputs lists them).
 
@@ -37,3 +38,16 @@ TangentRun<T> run_tangent_sweeps(const CellRules<T>& rules, const Tensor<T>& inp
                                  const std::vector<bool>& needed = {});
 
 }  // namespace rw::nn::fused::detail
+
+namespace rw::nn::fused::driver {
+
+// Whether tangent_directional may answer (default true): false sends every cell to the replay,
+// for comparing the two paths in tests and benchmarks.
+void set_tangent_sweeps_enabled(bool enabled);
+bool tangent_sweeps_enabled();
+
+// How many times tangent_directional has answered (the fast sweeps ran), over all threads: tests
+// assert which path ran with it.
+std::size_t tangent_sweeps_run();
+
+}  // namespace rw::nn::fused::driver
