@@ -123,20 +123,32 @@ struct RunResult {
     std::vector<std::pair<std::string, xt::xarray<T>>> values;  // outputs, states, then gradients
 };
 
+// A configuration's forward arguments, drawn from `g`: the input, the given initial states.
+template <class T>
+struct LayerInputs {
+    Tensor<T> x;
+    std::vector<Tensor<T>> initial;
+    std::optional<std::vector<std::int64_t>> lengths;
+};
+
+template <class T>
+LayerInputs<T> draw_inputs(const Recurrent<T>& layer, const Config& c, Generator& g) {
+    const std::size_t directions = c.bidirectional ? 2 : 1;
+    Shape input_shape = c.batch_first ? Shape{c.batch, c.steps, c.input} : Shape{c.steps, c.batch, c.input};
+    LayerInputs<T> in{random_tensor<T>(input_shape, g, 1.0, c.x_requires_grad), {}, std::nullopt};
+    if (c.given_state)
+        for (std::size_t s = 0; s < layer.state_names().size(); ++s)
+            in.initial.push_back(random_tensor<T>({c.layers * directions, c.batch, layer.state_size(s)}, g, 0.8, true));
+    if (!c.lengths.empty()) in.lengths = c.lengths;
+    return in;
+}
+
 // One forward and backward of `layer` on its current path; the loss is a random weighting of
 // the chosen results (fixed by `seed`).
 template <class T>
 RunResult<T> run(Recurrent<T>& layer, const Config& c, std::uint64_t seed) {
     Generator g(seed);
-    const std::size_t directions = c.bidirectional ? 2 : 1;
-    Shape input_shape = c.batch_first ? Shape{c.batch, c.steps, c.input} : Shape{c.steps, c.batch, c.input};
-    Tensor<T> x = random_tensor<T>(input_shape, g, 1.0, c.x_requires_grad);
-    std::vector<Tensor<T>> initial;
-    if (c.given_state)
-        for (std::size_t s = 0; s < layer.state_names().size(); ++s)
-            initial.push_back(random_tensor<T>({c.layers * directions, c.batch, layer.state_size(s)}, g, 0.8, true));
-    std::optional<std::vector<std::int64_t>> lengths;
-    if (!c.lengths.empty()) lengths = c.lengths;
+    const auto [x, initial, lengths] = draw_inputs(layer, c, g);
 
     for (auto& p : layer.parameters()) p.zero_grad();
     auto result = layer.forward(x, initial, lengths);

@@ -43,7 +43,8 @@ BOOST_AUTO_TEST_SUITE(readme_snippets)
 BOOST_AUTO_TEST_CASE(every_snippet_here_is_in_the_readme_verbatim) {
     const std::string text = readme();
     BOOST_REQUIRE(!text.empty());
-    for (const char* name : {"lstm", "greedy decoding", "projections", "an optimizer of your own", "per-layer cells"})
+    for (const char* name : {"lstm", "greedy decoding", "projections", "an optimizer of your own", "per-layer cells",
+                             "gradient penalty"})
         BOOST_TEST(text.find(snippet(name) + "```\n") != std::string::npos, "README snippet '" << name << "'");
 }
 
@@ -95,6 +96,21 @@ BOOST_AUTO_TEST_CASE(the_lstm_snippet_runs_on_real_data) {
     BOOST_TEST(h_last.shape() == (Shape{4, 16}));
     BOOST_TEST(std::isfinite(double(xt::sum(xt::abs(lstm->parameter("weight_hh_l1_reverse").grad().value()))())));
     BOOST_TEST(xt::all(xt::isfinite(x.value())));
+}
+
+BOOST_AUTO_TEST_CASE(the_gradient_penalty_snippet_runs_on_the_fused_path) {
+    Generator data(8);
+    Tensor<double> x(nn::init::uniform<double>({6, 2, 3}, -1.0, 1.0, data), true);
+    // README snippet: gradient penalty
+    auto lstm = nn::make_lstm<double>({.input_size = 3, .hidden_size = 8});
+    Tensor<double> out = lstm->forward(x).output;
+    Tensor<double> dx = grad<double>({sum(mul(out, out))}, {x}, {}, {.create_graph = true})[0];
+    auto penalty_grads = grad<double>({sum(mul(dx, dx))}, lstm->parameters());  // d||dL/dx||^2 / dW, fused
+    // end of snippet
+    BOOST_TEST(lstm->uses_fused(), lstm->path_note());
+    BOOST_TEST(dx.grad_fn()->name() == "fused_lstm_backward");
+    BOOST_REQUIRE(penalty_grads.size() == lstm->parameters().size());
+    for (const auto& g : penalty_grads) BOOST_TEST(xt::sum(xt::abs(g.value()))() > 0.0);
 }
 
 BOOST_AUTO_TEST_CASE(the_projections_snippet_has_the_shapes_it_states) {

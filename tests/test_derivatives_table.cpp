@@ -34,3 +34,28 @@ BOOST_AUTO_TEST_CASE(every_op_declared_in_ops_hpp_has_a_row_in_docs_derivatives_
     for (const auto& op : ops)
         BOOST_TEST(table.find("| `" + op + "(") != std::string::npos, "no row for " << op << " in docs/derivatives.md");
 }
+
+// Forward mode (issue 20): every op row, the internal ops' included, ends with its tangent
+// (JVP) column, the output's tangent `dy` (or — for argmax, which has none).
+BOOST_AUTO_TEST_CASE(every_op_row_of_docs_derivatives_md_has_a_jvp_entry) {
+    const std::filesystem::path root = std::filesystem::path(REWIND_TESTS_DIR) / "..";
+    const std::string table = read(root / "docs" / "derivatives.md");
+    const std::string ops_part = table.substr(0, table.find("## Fused rules"));
+    std::istringstream lines(ops_part);
+    std::size_t rows = 0, headers = 0;
+    for (std::string line; std::getline(lines, line);) {
+        if (line.rfind("| op |", 0) == 0) {
+            ++headers;
+            BOOST_TEST(line.find("| tangent (JVP) |") != std::string::npos, "no JVP column in: " << line);
+        }
+        if (line.rfind("| `", 0) != 0) continue;
+        ++rows;
+        // The last cell: between the last two '|' (the JVP cells hold none of their own).
+        const std::size_t end = line.find_last_of('|'), begin = line.find_last_of('|', end - 1);
+        const std::string cell = line.substr(begin + 1, end - begin - 1);
+        const bool argmax = line.rfind("| `argmax(", 0) == 0;
+        BOOST_TEST((argmax ? cell.find("—") : cell.find("`dy")) != std::string::npos, "no JVP entry in: " << line);
+    }
+    BOOST_TEST(headers >= 6u);
+    BOOST_TEST(rows >= 55u);
+}

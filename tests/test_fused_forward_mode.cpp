@@ -1,7 +1,8 @@
 // Forward mode through the fused sequence op (Note [Second order through the fused op],
 // nn/src/fused/replay.hpp), op by op on fused::run_sequence given a replay: its JVP against its
 // own (hand-written) VJP by the adjoint identity, with and without recording; the HVP
-// forward-over-reverse against the generic ops' double backward; what is refused without a replay.
+// forward-over-reverse against the generic ops' double backward; what is refused without a
+// replay. Then through whole layers: JVP and HVP fused against generic for every cell.
 
 #include <boost/test/unit_test.hpp>
 
@@ -23,12 +24,12 @@ namespace {
 
 // One cell of `name` run over a whole sequence, fused with its generic replay, and the leaves a
 // derivative is taken over: x, the initial states and the cell's parameters.
-struct Sequence {
+struct OneSequence {
     std::shared_ptr<RecurrentCell<double>> cell;
     Tensor<double> x;
     std::vector<Tensor<double>> initial;
 
-    Sequence(const std::string& name, Generator& g, std::size_t steps = 4, std::size_t batch = 3) {
+    OneSequence(const std::string& name, Generator& g, std::size_t steps = 4, std::size_t batch = 3) {
         const std::size_t input = 3, hidden = 5;
         cell = factory_of<double>(name)({.input_size = input, .hidden_size = hidden}, g);
         x = random_tensor<double>({steps, batch, input}, g, 1.0, true);
@@ -77,16 +78,76 @@ std::vector<Tensor<double>> random_like(const std::vector<Tensor<double>>& tenso
     return out;
 }
 
-// Sets tangents on leaves for one scope.
+// Sets tangents on tensors for one scope.
+template <class T = double>
 struct Tangents {
-    Tangents(const std::vector<Tensor<double>>& leaves, const std::vector<Tensor<double>>& v) : leaves(leaves) {
-        for (std::size_t i = 0; i < leaves.size(); ++i) this->leaves[i].set_tangent(v[i]);
+    Tangents(const std::vector<Tensor<T>>& tensors, const std::vector<Tensor<T>>& v) : tensors(tensors) {
+        for (std::size_t i = 0; i < tensors.size(); ++i) this->tensors[i].set_tangent(v[i]);
     }
     ~Tangents() {
-        for (auto& leaf : leaves) leaf.clear_tangent();
+        for (auto& tensor : tensors) tensor.clear_tangent();
     }
-    std::vector<Tensor<double>> leaves;
+    std::vector<Tensor<T>> tensors;
 };
+
+// The layer's parameters, then the input and the given initial states where they take gradients.
+template <class T>
+std::vector<Tensor<T>> layer_leaves(const Recurrent<T>& layer, const LayerInputs<T>& in) {
+    std::vector<Tensor<T>> leaves = layer.parameters();
+    if (in.x.requires_grad()) leaves.push_back(in.x);
+    leaves.insert(leaves.end(), in.initial.begin(), in.initial.end());
+    return leaves;
+}
+
+template <class T>
+Tensor<T> squares(const RecurrentResult<T>& result) {
+    Tensor<T> loss = sum(mul(result.output, result.output));
+    for (const auto& s : result.state) loss = add(loss, sum(mul(s, s)));
+    return loss;
+}
+
+using Named = std::vector<std::pair<std::string, xt::xarray<double>>>;
+
+// The tangents of the output and final states along random directions of every leaf, and the
+// HVP of `squares` along them over the same leaves, on the layer's current path: by rw::hvp_leaves
+// (forward-over-reverse), or by differentiating the gradient again (reverse-over-reverse).
+Named layer_forward_mode(Recurrent<double>& layer, const Config& c, std::uint64_t seed, bool forward_over_reverse) {
+    Generator g(seed);
+    const LayerInputs<double> in = draw_inputs(layer, c, g);
+    const std::vector<Tensor<double>> leaves = layer_leaves(layer, in);
+    const std::vector<Tensor<double>> v = random_like(leaves, g);
+    Named named;
+    {
+        Tangents on(leaves, v);
+        const auto result = layer.forward(in.x, in.initial, in.lengths);
+        BOOST_TEST_REQUIRE(result.output.has_tangent(), c.to_string());
+        named.emplace_back("output tangent", result.output.tangent().value());
+        for (std::size_t s = 0; s < result.state.size(); ++s) {
+            BOOST_TEST_REQUIRE(result.state[s].has_tangent(), c.to_string());
+            named.emplace_back(layer.state_names()[s] + "_n tangent", result.state[s].tangent().value());
+        }
+    }
+    auto loss = [&] { return squares(layer.forward(in.x, in.initial, in.lengths)); };
+    std::vector<Tensor<double>> gradient, product;
+    if (forward_over_reverse) {
+        const HvpResult<double> h = hvp_leaves<double>(loss, leaves, v);
+        gradient = h.gradient;
+        product = h.product;
+    } else {
+        gradient = rw::grad<double>({loss()}, leaves, {}, {.create_graph = true});
+        Tensor<double> along;
+        for (std::size_t i = 0; i < leaves.size(); ++i) {
+            const Tensor<double> term = sum(mul(gradient[i], v[i]));
+            along = along.defined() ? add(along, term) : term;
+        }
+        product = rw::grad<double>({along}, leaves);
+    }
+    for (std::size_t i = 0; i < leaves.size(); ++i) {
+        named.emplace_back(fmt::format("gradient {}", i), gradient[i].value());
+        named.emplace_back(fmt::format("H v {}", i), product[i].value());
+    }
+    return named;
+}
 
 }  // namespace
 
@@ -98,7 +159,7 @@ BOOST_AUTO_TEST_CASE(the_fused_jvp_meets_the_fused_vjp_in_the_adjoint_identity_f
     for (const auto& name : cells) {
         if (name == "ln_lstm") continue;  // hands the driver slices (test_fused_second_order.cpp)
         Generator g(21);
-        Sequence sequence(name, g);
+        OneSequence sequence(name, g);
         const auto leaves = sequence.leaves();
         const auto v = random_like(leaves, g);
         std::vector<Tensor<double>> outputs, tangents;
@@ -125,7 +186,7 @@ BOOST_AUTO_TEST_CASE(the_fused_jvp_meets_the_fused_vjp_in_the_adjoint_identity_f
 
 BOOST_AUTO_TEST_CASE(the_inference_forward_gives_the_same_tangents_as_the_recorded_one) {
     Generator g(22);
-    Sequence sequence("gru", g);
+    OneSequence sequence("gru", g);
     const auto leaves = sequence.leaves();
     const auto v = random_like(leaves, g);
     Tangents on(leaves, v);
@@ -145,7 +206,7 @@ BOOST_AUTO_TEST_CASE(the_inference_forward_gives_the_same_tangents_as_the_record
 BOOST_AUTO_TEST_CASE(the_fused_hvp_forward_over_reverse_equals_the_generic_double_backward) {
     for (const auto& name : {"lstm", "gru", "rnn_tanh", "mgu", "indrnn"}) {
         Generator g(23);
-        Sequence sequence(name, g);
+        OneSequence sequence(name, g);
         const auto leaves = sequence.leaves();
         const auto v = random_like(leaves, g);
         // Quadratic in the outputs, so dL/d(outputs) carries a tangent of its own (Jᵀ u's u).
@@ -171,16 +232,49 @@ BOOST_AUTO_TEST_CASE(the_fused_hvp_forward_over_reverse_equals_the_generic_doubl
     }
 }
 
+BOOST_AUTO_TEST_CASE(jvp_and_forward_over_reverse_hvp_through_the_fused_layer_equal_the_generic_layers) {
+    Generator g(25);
+    for (const auto& cell : cells) {
+        if (cell == "ln_lstm") continue;
+        for (int round = 0; round < 3; ++round) {
+            Config c = random_config(g, 5);
+            c.cell = cell;
+            c.layers = std::min<std::size_t>(c.layers, 2);
+            c.batch = std::min<std::size_t>(c.batch, 3);
+            if (!c.lengths.empty()) c.lengths.resize(c.batch);
+            c.input = std::min<std::size_t>(c.input, 7);
+            c.hidden = std::min<std::size_t>(c.hidden, 7);
+            c.bias = c.bias || !has_bias_option(cell);
+            c.proj_size = cell == "lstm" && c.hidden > 1 && round == 1 ? c.hidden / 2 + 1 : 0;
+            BOOST_TEST_MESSAGE(c.to_string());
+            auto layer = make_layer<double>(c, ExecutionPath::fused, 50 + round);
+            const Named fused = layer_forward_mode(*layer, c, 60 + round, true);
+            BOOST_TEST_REQUIRE(layer->uses_fused(), c.to_string() << ": " << layer->path_note());
+            layer->set_path(ExecutionPath::generic);
+            // The reference HVP is reverse-over-reverse: rw::hvp_leaves on the generic path loses
+            // the tangent of a gradient two leaves share (add's backward hands bias_ih and
+            // bias_hh one tensor, and hvp takes the tangent off it for the first).
+            const Named generic = layer_forward_mode(*layer, c, 60 + round, false);
+            BOOST_REQUIRE_EQUAL(fused.size(), generic.size());
+            for (std::size_t i = 0; i < fused.size(); ++i)
+                BOOST_TEST(relative_error(fused[i].second, generic[i].second) <= 1e-12,
+                           c.to_string() << ": " << fused[i].first << " differs by "
+                                         << relative_error(fused[i].second, generic[i].second));
+        }
+    }
+}
+
 BOOST_AUTO_TEST_CASE(without_a_replay_tangents_are_refused_naming_the_op_and_the_replay) {
+    // A cell without tangent rules (the MGU): the built-in cells' sweeps need no replay.
     Generator g(24);
-    Sequence sequence("lstm", g);
-    Tangents on({sequence.x}, {random_tensor<double>(sequence.x.shape(), g)});
+    OneSequence sequence("mgu", g);
+    Tangents<double> on({sequence.x}, {random_tensor<double>(sequence.x.shape(), g)});
     try {
         sequence.fused(false);
         BOOST_FAIL("expected GraphError");
     } catch (const GraphError& error) {
         const std::string message = error.what();
-        BOOST_TEST(message.find("'fused_lstm'") != std::string::npos, message);
+        BOOST_TEST(message.find("'fused_cell'") != std::string::npos, message);  // the MGU names no kind
         BOOST_TEST(message.find("without a replay") != std::string::npos, message);
     }
 }

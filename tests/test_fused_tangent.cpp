@@ -432,6 +432,32 @@ BOOST_AUTO_TEST_CASE(the_sweeps_and_the_replay_give_the_same_double_backward) {
     }
 }
 
+BOOST_AUTO_TEST_CASE(a_direct_run_sequence_without_a_replay_gets_second_order_from_the_sweeps) {
+    const Setup s({"gru"});
+    const std::shared_ptr<const fused::CellRules<double>> rules(s.cell, s.rules);
+    auto outputs = [&] {
+        auto result = fused::run_sequence<double>(rules, s.x, s.initial, {}, false, "gru");  // no replay
+        return std::vector<Tensor<double>>{result.output, result.final_state[0]};
+    };
+    const std::size_t before = fused::driver::tangent_sweeps_run();
+    auto first = rw::grad(outputs(), s.inputs, s.cotangents, {.create_graph = true});
+    Tensor<double> along;
+    for (std::size_t i = 0; i < first.size(); ++i) {
+        const Tensor<double> term = sum(mul(first[i], s.direction[i]));
+        along = along.defined() ? add(along, term) : term;
+    }
+    const auto fast = rw::grad<double>({along}, s.inputs);
+    BOOST_CHECK_EQUAL(fused::driver::tangent_sweeps_run() - before, 1u);
+    const auto generic_outputs = s.generic_outputs(false);
+    auto generic_first = rw::grad(generic_outputs, s.inputs, s.cotangents, {.create_graph = true});
+    Tensor<double> generic_along;
+    for (std::size_t i = 0; i < generic_first.size(); ++i) {
+        const Tensor<double> term = sum(mul(generic_first[i], s.direction[i]));
+        generic_along = generic_along.defined() ? add(generic_along, term) : term;
+    }
+    BOOST_CHECK_LT(relative_difference(fast, rw::grad<double>({generic_along}, s.inputs)), 1e-12);
+}
+
 BOOST_AUTO_TEST_CASE(a_projected_lstms_double_backward_takes_the_replay) {
     Layers layers("lstm", 2);
     const std::size_t before = fused::driver::tangent_sweeps_run();

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include <xtensor/xmath.hpp>
 #include <xsimd/xsimd.hpp>
@@ -13,6 +14,7 @@
 #include "rewind/autograd/checked_size.hpp"
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/ops.hpp"
+#include "forward_rules.hpp"
 #include "pool.hpp"
 
 namespace rw {
@@ -140,21 +142,9 @@ Tensor<T> sum_to_shape_of(const Tensor<T>& g, const Tensor<T>& x) {
     return g.value().shape() == x.value().shape() ? g : sum_to(g, x.shape());
 }
 
-// The sum over the inputs that carry a tangent of term(tangent, input index), at the output's
-// shape: the forward rule of an op linear in each input's tangent. Zero tangents cost nothing.
-template <class T, class Term>
-Tensor<T> sum_of_tangents(const ForwardContext<T>& ctx, const Shape& shape, Term term) {
-    Tensor<T> total;
-    for (std::size_t i = 0; i < ctx.num_inputs(); ++i) {
-        if (!ctx.has_tangent(i)) continue;
-        Tensor<T> part = term(ctx.tangent(i), i);
-        if (part.shape() != shape) part = broadcast_to(part, shape);
-        total = total.defined() ? add(total, part) : part;
-    }
-    return total;
-}
-
 }  // namespace
+
+using detail::sum_of_tangents;
 
 // ---- binary ----
 
@@ -176,6 +166,9 @@ Tensor<T> sub(const Tensor<T>& a, const Tensor<T>& b) {
     return record_op<T>("sub", {a, b}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         return {sum_to_shape_of(g, ctx.input(0)), ctx.needs_input_grad(1) ? sum_to_shape_of(neg(g), ctx.input(1)) : Tensor<T>()};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // d(a - b) = da - db
+        return {sum_of_tangents(ctx, ctx.output(0).shape(), [](const Tensor<T>& t, std::size_t i) { return i == 0 ? t : neg(t); })};
     });
 }
 
@@ -203,15 +196,23 @@ Tensor<T> div(const Tensor<T>& a, const Tensor<T>& b) {
         Tensor<T> grad_a = div(g, b);  // d(a/b)/db = -(a/b)/b, so grad_b = -grad_a * (a/b)
         return {sum_to_shape_of(grad_a, a),
                 ctx.needs_input_grad(1) ? sum_to_shape_of(neg(mul(grad_a, ctx.output(0))), b) : Tensor<T>()};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // d(a / b) = da / b - y db / b
+        const auto &b = ctx.input(1), &y = ctx.output(0);
+        return {sum_of_tangents(ctx, y.shape(), [&](const Tensor<T>& t, std::size_t i) {
+            return i == 0 ? div(t, b) : neg(div(mul(t, y), b));
+        })};
     });
 }
 
 template <class T>
 Tensor<T> mul_mask(const Tensor<T>& a, const xt::xarray<T>& mask) {
     if (a.value().shape() != mask.shape()) throw_shape_error("mul_mask", "mask shape differs", a.shape(), to_shape(mask.shape()));
-    return record_op<T>("mul_mask", {a}, xt::xarray<T>(a.value() * mask), [mask](const BackwardContext<T>& ctx) -> Gradients<T> {
-        return {mul_mask(ctx.grad_output(0), mask)};
-    });
+    // One copy of the mask, shared by both rules.
+    auto shared = std::make_shared<const xt::xarray<T>>(mask);
+    return record_op<T>("mul_mask", {a}, xt::xarray<T>(a.value() * mask), [shared](const BackwardContext<T>& ctx) -> Gradients<T> {
+        return {mul_mask(ctx.grad_output(0), *shared)};
+    }, [shared](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {mul_mask(ctx.tangent(0), *shared)}; });
 }
 
 // ---- with a scalar ----
@@ -220,21 +221,21 @@ template <class T>
 Tensor<T> neg(const Tensor<T>& a) {
     return record_op<T>("neg", {a}, map(a.value(), [](T v) { return -v; }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {neg(ctx.grad_output(0))};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {neg(ctx.tangent(0))}; });
 }
 
 template <class T>
 Tensor<T> add_scalar(const Tensor<T>& a, Scalar<T> b) {
     return record_op<T>("add_scalar", {a}, map(a.value(), [b](T v) { return v + b; }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {ctx.grad_output(0)};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {ctx.tangent(0)}; });
 }
 
 template <class T>
 Tensor<T> mul_scalar(const Tensor<T>& a, Scalar<T> b) {
     return record_op<T>("mul_scalar", {a}, map(a.value(), [b](T v) { return v * b; }), [b](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul_scalar(ctx.grad_output(0), b)};
-    });
+    }, [b](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {mul_scalar(ctx.tangent(0), b)}; });
 }
 
 // ---- unary ----
@@ -258,6 +259,13 @@ Tensor<T> tanh_backward(const Tensor<T>& grad, const Tensor<T>& y) {
                             // d/dg = 1 - y^2;  d/dy = -2 g y
                             return {tanh_backward(gg, y),
                                     ctx.needs_input_grad(1) ? mul_scalar(mul(mul(gg, g), y), T(-2)) : Tensor<T>()};
+                        },
+                        [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            // d(h (1 - y²)) = dh (1 - y²) - 2 h y dy
+                            const auto &h = ctx.input(0), &y = ctx.input(1);
+                            return {sum_of_tangents(ctx, y.shape(), [&](const Tensor<T>& t, std::size_t i) {
+                                return i == 0 ? tanh_backward(t, y) : mul_scalar(mul(mul(t, h), y), T(-2));
+                            })};
                         });
 }
 
@@ -268,6 +276,8 @@ Tensor<T> sigmoid(const Tensor<T>& x) {
                                     [](const V& v) { return V(T(1)) / (V(T(1)) + exp_lanes(V(-v))); });
     return record_op<T>("sigmoid", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {sigmoid_backward(ctx.grad_output(0), ctx.output(0))};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        return {sigmoid_backward(ctx.tangent(0), ctx.output(0))};  // y (1 - y) dx
     });
 }
 
@@ -281,6 +291,13 @@ Tensor<T> sigmoid_backward(const Tensor<T>& grad, const Tensor<T>& y) {
                             // d/dg = y (1 - y);  d/dy = g (1 - 2y)
                             return {sigmoid_backward(gg, y),
                                     ctx.needs_input_grad(1) ? mul(mul(gg, g), add_scalar(mul_scalar(y, T(-2)), T(1))) : Tensor<T>()};
+                        },
+                        [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            // d(h y (1 - y)) = dh y (1 - y) + h (1 - 2y) dy
+                            const auto &h = ctx.input(0), &y = ctx.input(1);
+                            return {sum_of_tangents(ctx, y.shape(), [&](const Tensor<T>& t, std::size_t i) {
+                                return i == 0 ? sigmoid_backward(t, y) : mul(mul(t, h), add_scalar(mul_scalar(y, T(-2)), T(1)));
+                            })};
                         });
 }
 
@@ -288,6 +305,8 @@ template <class T>
 Tensor<T> relu(const Tensor<T>& x) {
     return record_op<T>("relu", {x}, map(x.value(), [](T v) { return v > T(0) ? v : T(0); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul_mask(ctx.grad_output(0), map(ctx.input(0).value(), [](T v) { return T(v > T(0)); }))};
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        return {mul_mask(ctx.tangent(0), map(ctx.input(0).value(), [](T v) { return T(v > T(0)); }))};
     });
 }
 
@@ -295,21 +314,21 @@ template <class T>
 Tensor<T> exp(const Tensor<T>& x) {
     return record_op<T>("exp", {x}, map_lanes(x.value(), [](T v) { return std::exp(v); }, [](const auto& v) { return exp_lanes(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul(ctx.grad_output(0), ctx.output(0))};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {mul(ctx.tangent(0), ctx.output(0))}; });
 }
 
 template <class T>
 Tensor<T> log(const Tensor<T>& x) {
     return record_op<T>("log", {x}, map_lanes(x.value(), [](T v) { return std::log(v); }, [](const auto& v) { return log_lanes(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {div(ctx.grad_output(0), ctx.input(0))};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {div(ctx.tangent(0), ctx.input(0))}; });
 }
 
 template <class T>
 Tensor<T> sqrt(const Tensor<T>& x) {
     return record_op<T>("sqrt", {x}, map(x.value(), [](T v) { return std::sqrt(v); }), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {div(mul_scalar(ctx.grad_output(0), T(0.5)), ctx.output(0))};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {div(mul_scalar(ctx.tangent(0), T(0.5)), ctx.output(0))}; });
 }
 
 template <class T>
@@ -320,6 +339,10 @@ Tensor<T> pow(const Tensor<T>& x, Scalar<T> exponent) {
         const auto& g = ctx.grad_output(0);
         if (exponent == T(0)) return {mul_scalar(g, T(0))};
         return {mul(mul_scalar(g, exponent), pow(ctx.input(0), exponent - T(1)))};
+    }, [exponent](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        const auto& t = ctx.tangent(0);
+        if (exponent == T(0)) return {mul_scalar(t, T(0))};
+        return {mul(mul_scalar(t, exponent), pow(ctx.input(0), exponent - T(1)))};
     });
 }
 
@@ -330,6 +353,9 @@ Tensor<T> clamp(const Tensor<T>& x, Scalar<T> low, Scalar<T> high) {
         const auto& v = ctx.input(0).value();
         // Like PyTorch, the gradient passes at the bounds themselves.
         return {mul_mask(ctx.grad_output(0), xt::xarray<T>(xt::cast<T>(v >= low && v <= high)))};
+    }, [low, high](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        const auto& v = ctx.input(0).value();
+        return {mul_mask(ctx.tangent(0), xt::xarray<T>(xt::cast<T>(v >= low && v <= high)))};
     });
 }
 

@@ -2,6 +2,7 @@
 // those ops' backward rules.
 
 #include <cmath>
+#include <memory>
 
 #include <fmt/format.h>
 #include <xtensor/xbuilder.hpp>
@@ -80,10 +81,16 @@ Tensor<T> cross_entropy(const Tensor<T>& logits, const std::vector<std::int64_t>
         loss += term;
     }
     const bool per_row = reduction == Reduction::none;
+    auto shared = std::make_shared<const xt::xarray<T>>(std::move(picker));  // for both rules
     return record_op<T>("cross_entropy", {log_probabilities}, per_row ? std::move(row_losses) : xt::xarray<T>(static_cast<T>(loss)),
-                        [picker = std::move(picker), per_row, rows](const BackwardContext<T>& ctx) -> Gradients<T> {
+                        [shared, per_row, rows](const BackwardContext<T>& ctx) -> Gradients<T> {
                             const Tensor<T> g = per_row ? reshape(ctx.grad_output(0), {rows, 1}) : ctx.grad_output(0);
-                            return {mul_mask(broadcast_to(g, ctx.input(0).shape()), picker)};
+                            return {mul_mask(broadcast_to(g, ctx.input(0).shape()), *shared)};
+                        },
+                        [shared, per_row](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            // linear in L: dloss = Σ_c P dL (per row for none)
+                            const Tensor<T> picked = mul_mask(ctx.tangent(0), *shared);
+                            return {per_row ? sum(picked, {1}) : sum(picked)};
                         });
 }
 

@@ -12,6 +12,7 @@
 #include "rewind/autograd/broadcast.hpp"
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/ops.hpp"
+#include "forward_rules.hpp"
 
 namespace rw {
 
@@ -38,6 +39,28 @@ Tensor<T> reduced_to(const Tensor<T>& g, const Tensor<T>& x) {
     return g.value().shape() == x.value().shape() ? g : sum_to(g, x.shape());
 }
 
+// The rules of an op y = M_a a + M_b b with constant masks at the output's shape (maximum,
+// minimum, where): the backward masks g and sums it down to each input; the forward masks each
+// input's tangent broadcast to the output (the transpose of the same linear map).
+template <class T>
+BackwardRule<T> masked_backward(xt::xarray<T> mask_a, xt::xarray<T> mask_b) {
+    return [mask_a = std::move(mask_a), mask_b = std::move(mask_b)](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& g = ctx.grad_output(0);
+        return {ctx.needs_input_grad(0) ? reduced_to(mul_mask(g, mask_a), ctx.input(0)) : Tensor<T>(),
+                ctx.needs_input_grad(1) ? reduced_to(mul_mask(g, mask_b), ctx.input(1)) : Tensor<T>()};
+    };
+}
+
+template <class T>
+ForwardRule<T> masked_forward(xt::xarray<T> mask_a, xt::xarray<T> mask_b) {
+    return [mask_a = std::move(mask_a), mask_b = std::move(mask_b)](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        const Shape shape = ctx.output(0).shape();
+        return {detail::sum_of_tangents(ctx, shape, [&](const Tensor<T>& t, std::size_t i) {
+            return mul_mask(detail::expanded_tangent(t, shape), i == 0 ? mask_a : mask_b);
+        })};
+    };
+}
+
 // maximum (larger = true) and minimum: PyTorch's rule, where(a == b, g / 2, g) masked to 0
 // where the other input wins, for each input; NaN compares false everywhere, so it passes g.
 template <class T>
@@ -54,11 +77,9 @@ Tensor<T> extremum(const Tensor<T>& a, const Tensor<T>& b, bool larger) {
         mask_a.data()[i] = u == v ? T(0.5) : T(!a_loses);
         mask_b.data()[i] = u == v ? T(0.5) : T(!b_loses);
     }
-    return record_op<T>(name, {a, b}, std::move(value), [mask_a, mask_b](const BackwardContext<T>& ctx) -> Gradients<T> {
-        const auto& g = ctx.grad_output(0);
-        return {ctx.needs_input_grad(0) ? reduced_to(mul_mask(g, mask_a), ctx.input(0)) : Tensor<T>(),
-                ctx.needs_input_grad(1) ? reduced_to(mul_mask(g, mask_b), ctx.input(1)) : Tensor<T>()};
-    });
+    BackwardRule<T> backward = masked_backward<T>(mask_a, mask_b);  // copies, before the forward rule takes them
+    return record_op<T>(name, {a, b}, std::move(value), std::move(backward),
+                        masked_forward<T>(std::move(mask_a), std::move(mask_b)));
 }
 
 }  // namespace
@@ -69,6 +90,10 @@ Tensor<T> rsqrt(const Tensor<T>& x) {
                         [](const BackwardContext<T>& ctx) -> Gradients<T> {
                             const Tensor<T> y = ctx.output(0);
                             return {mul(mul_scalar(ctx.grad_output(0), T(-0.5)), mul(y, mul(y, y)))};
+                        },
+                        [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            const Tensor<T> y = ctx.output(0);
+                            return {mul(mul_scalar(ctx.tangent(0), T(-0.5)), mul(y, mul(y, y)))};
                         });
 }
 
@@ -78,6 +103,10 @@ Tensor<T> abs(const Tensor<T>& x) {
                         [](const BackwardContext<T>& ctx) -> Gradients<T> {
                             const auto sign = map_values(ctx.input(0).value(), [](T v) { return T((v > 0) - (v < 0)); });
                             return {mul_mask(ctx.grad_output(0), sign)};
+                        },
+                        [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            const auto sign = map_values(ctx.input(0).value(), [](T v) { return T((v > 0) - (v < 0)); });
+                            return {mul_mask(ctx.tangent(0), sign)};
                         });
 }
 
@@ -103,11 +132,9 @@ Tensor<T> where(const xt::xarray<bool>& condition, const Tensor<T>& a, const Ten
         mask_a.data()[i] = T(p);
         mask_b.data()[i] = T(!p);
     }
-    return record_op<T>("where", {a, b}, std::move(value), [mask_a, mask_b](const BackwardContext<T>& ctx) -> Gradients<T> {
-        const auto& g = ctx.grad_output(0);
-        return {ctx.needs_input_grad(0) ? reduced_to(mul_mask(g, mask_a), ctx.input(0)) : Tensor<T>(),
-                ctx.needs_input_grad(1) ? reduced_to(mul_mask(g, mask_b), ctx.input(1)) : Tensor<T>()};
-    });
+    BackwardRule<T> backward = masked_backward<T>(mask_a, mask_b);  // copies, before the forward rule takes them
+    return record_op<T>("where", {a, b}, std::move(value), std::move(backward),
+                        masked_forward<T>(std::move(mask_a), std::move(mask_b)));
 }
 
 template <class T>
@@ -122,6 +149,11 @@ Tensor<T> softplus(const Tensor<T>& x, Scalar<T> beta, Scalar<T> threshold) {
         // Past the threshold the forward is x itself, so the gradient is g exactly (as PyTorch).
         const xt::xarray<bool> linear = v.value() * beta > threshold;
         return {rw::where(linear, g, mul(g, sigmoid(mul_scalar(v, beta))))};
+    }, [beta, threshold](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        const auto& v = ctx.input(0);
+        const Tensor<T> t = ctx.tangent(0);
+        const xt::xarray<bool> linear = v.value() * beta > threshold;
+        return {rw::where(linear, t, mul(t, sigmoid(mul_scalar(v, beta))))};
     });
 }
 
@@ -130,7 +162,7 @@ Tensor<T> log_sigmoid(const Tensor<T>& x) {
     auto value = map_values(x.value(), [](T v) { return std::min(v, T(0)) - std::log1p(std::exp(-std::abs(v))); });
     return record_op<T>("log_sigmoid", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {mul(ctx.grad_output(0), sigmoid(neg(ctx.input(0))))};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {mul(ctx.tangent(0), sigmoid(neg(ctx.input(0))))}; });
 }
 
 #define REWIND_NONLINEAR_OPS(T)                                                          \

@@ -10,6 +10,7 @@
 
 #include "rewind/autograd/errors.hpp"
 #include "rewind/autograd/ops.hpp"
+#include "forward_rules.hpp"
 
 namespace rw {
 
@@ -59,6 +60,10 @@ Tensor<T> var(const Tensor<T>& x, const std::vector<std::size_t>& axes_in, bool 
         Tensor<T> g = ctx.grad_output(0);
         if (!keepdims) g = reshape(g, kept_shape(x.shape(), axes));
         return {mul(mul_scalar(g, scale), sub(x, mean(x, axes, true)))};
+    }, [axes, scale, keepdims](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // d var = (2 / divisor) Σ_A (x - mean_A x) dx
+        const Tensor<T>& x = ctx.input(0);
+        return {mul_scalar(sum(mul(sub(x, mean(x, axes, true)), ctx.tangent(0)), axes, keepdims), scale)};
     });
 }
 
@@ -125,6 +130,20 @@ Tensor<T> layer_norm(const Tensor<T>& x, const Shape& normalized_shape, const Te
         }
         if (has_bias && ctx.needs_input_grad(bias_index)) grads[bias_index] = sum_to(g, ctx.input(bias_index).shape());
         return grads;
+    }, [axes, eps, has_weight](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // dy = dx̂ w + x̂ dw + db, dx̂ = r (dx - mean_A dx - x̂ mean_A(x̂ dx))
+        const Tensor<T>& x = ctx.input(0);
+        const Shape shape = x.shape();
+        const Tensor<T> rstd = rsqrt(add_scalar(var(x, axes, false, true), T(eps)));
+        const Tensor<T> normalised = mul(sub(x, mean(x, axes, true)), rstd);
+        return {detail::sum_of_tangents(ctx, shape, [&](const Tensor<T>& t, std::size_t i) {
+            if (i == 0) {
+                const Tensor<T> dnormalised =
+                    mul(rstd, sub(sub(t, mean(t, axes, true)), mul(normalised, mean(mul(normalised, t), axes, true))));
+                return has_weight ? mul(dnormalised, ctx.input(1)) : dnormalised;
+            }
+            return has_weight && i == 1 ? mul(normalised, t) : t;  // dw, db (broadcast over the rows)
+        })};
     });
 }
 

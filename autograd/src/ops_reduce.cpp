@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -131,9 +132,12 @@ Tensor<T> sum(const Tensor<T>& x, const std::vector<std::size_t>& axes, bool kee
             if (std::find(axes.begin(), axes.end(), d) == axes.end()) reduced.push_back(x.size(d));
         value.reshape(reduced);
     }
-    return record_op<T>("sum", {x}, std::move(value), [axes](const BackwardContext<T>& ctx) -> Gradients<T> {
+    auto shared = std::make_shared<const std::vector<std::size_t>>(axes);  // one copy for both rules
+    return record_op<T>("sum", {x}, std::move(value), [shared](const BackwardContext<T>& ctx) -> Gradients<T> {
         const Shape shape = ctx.input(0).shape();
-        return {broadcast_to(reshape(ctx.grad_output(0), kept_shape(shape, axes)), shape)};
+        return {broadcast_to(reshape(ctx.grad_output(0), kept_shape(shape, *shared)), shape)};
+    }, [shared, keepdims](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        return {sum(ctx.tangent(0), *shared, keepdims)};
     });
 }
 
@@ -159,6 +163,10 @@ Tensor<T> softmax(const Tensor<T>& x, std::size_t axis) {
         const auto& g = ctx.grad_output(0);
         const Tensor<T> y = ctx.output(0);
         return {mul(y, sub(g, sum(mul(g, y), {axis}, true)))};
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // dy = y (dx - Σ_axis y dx): the Jacobian is symmetric, so the same form as the backward
+        const Tensor<T> t = ctx.tangent(0), y = ctx.output(0);
+        return {mul(y, sub(t, sum(mul(t, y), {axis}, true)))};
     });
 }
 
@@ -168,6 +176,10 @@ Tensor<T> log_softmax(const Tensor<T>& x, std::size_t axis) {
     return record_op<T>("log_softmax", {x}, softmax_along(x.value(), axis, true), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
         const auto& g = ctx.grad_output(0);
         return {sub(g, mul(exp(ctx.output(0)), sum(g, {axis}, true)))};
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        // dy = dx - Σ_axis softmax(x) dx
+        const Tensor<T> t = ctx.tangent(0);
+        return {sub(t, sum(mul(exp(ctx.output(0)), t), {axis}, true))};
     });
 }
 

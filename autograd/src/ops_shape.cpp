@@ -1,6 +1,7 @@
 // Ops that move elements around or multiply matrices. Each backward sits below its forward.
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 
 #include <fmt/format.h>
@@ -17,6 +18,7 @@
 #include "rewind/autograd/gemm.hpp"
 #include "rewind/autograd/checked_size.hpp"
 #include "rewind/autograd/ops.hpp"
+#include "forward_rules.hpp"
 
 namespace rw {
 
@@ -64,6 +66,15 @@ template <class T>
 Tensor<T> index_add(const Tensor<T>& source, std::size_t axis, const std::vector<std::size_t>& indices,
                     std::size_t extent);
 
+// Every input's tangent, zeros for those without one: the forward rule of concat and stack.
+template <class T>
+std::vector<Tensor<T>> tangents_or_zeros(const ForwardContext<T>& ctx) {
+    std::vector<Tensor<T>> tangents;
+    tangents.reserve(ctx.num_inputs());
+    for (std::size_t i = 0; i < ctx.num_inputs(); ++i) tangents.push_back(ctx.tangent_or_zeros(i));
+    return tangents;
+}
+
 }  // namespace
 
 // ---- broadcasting and its adjoint ----
@@ -87,7 +98,7 @@ Tensor<T> broadcast_to(const Tensor<T>& x, const Shape& shape) {
     }
     return record_op<T>("broadcast_to", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {sum_to(ctx.grad_output(0), ctx.input(0).shape())};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {broadcast_to(ctx.tangent(0), ctx.output(0).shape())}; });
 }
 
 template <class T>
@@ -110,7 +121,7 @@ Tensor<T> sum_to(const Tensor<T>& x, const Shape& shape) {
     summed.reshape(shape);
     return record_op<T>("sum_to", {x}, std::move(summed), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {broadcast_to(ctx.grad_output(0), ctx.input(0).shape())};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {sum_to(ctx.tangent(0), ctx.output(0).shape())}; });
 }
 
 // ---- matrix products ----
@@ -164,6 +175,13 @@ Tensor<T> matrix_product(const char* op, const Tensor<T>& a, const Tensor<T>& b,
                                 grad_b = reshape(transpose_b ? gemm(g, a, true, transpose_a) : gemm(a, g, !transpose_a, false),
                                                  b.shape());
                             return {grad_a, grad_b};
+                        },
+                        [transpose_a, transpose_b](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            // dC = op(dA) op(B) + op(A) op(dB)
+                            const auto &a = ctx.input(0), &b = ctx.input(1);
+                            return {detail::sum_of_tangents(ctx, ctx.output(0).shape(), [&](const Tensor<T>& t, std::size_t i) {
+                                return i == 0 ? gemm(t, b, transpose_a, transpose_b) : gemm(a, t, transpose_a, transpose_b);
+                            })};
                         });
 }
 
@@ -194,7 +212,7 @@ Tensor<T> reshape(const Tensor<T>& x, const Shape& shape) {
     value.reshape(shape);
     return record_op<T>("reshape", {x}, std::move(value), [](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {reshape(ctx.grad_output(0), ctx.input(0).shape())};
-    });
+    }, [](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {reshape(ctx.tangent(0), ctx.output(0).shape())}; });
 }
 
 template <class T>
@@ -208,7 +226,7 @@ Tensor<T> squeeze(const Tensor<T>& x, std::size_t axis) {
     value.reshape(shape);
     return record_op<T>("squeeze", {x}, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {unsqueeze(ctx.grad_output(0), axis)};
-    });
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {squeeze(ctx.tangent(0), axis)}; });
 }
 
 template <class T>
@@ -221,7 +239,7 @@ Tensor<T> unsqueeze(const Tensor<T>& x, std::size_t axis) {
     value.reshape(shape);
     return record_op<T>("unsqueeze", {x}, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {squeeze(ctx.grad_output(0), axis)};
-    });
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {unsqueeze(ctx.tangent(0), axis)}; });
 }
 
 template <class T>
@@ -238,11 +256,13 @@ Tensor<T> permute(const Tensor<T>& x, const std::vector<std::size_t>& axes) {
     std::iota(identity.begin(), identity.end(), std::size_t{0});
     if (sorted != identity) throw_shape_error("permute", fmt::format("axes [{}] are not a permutation of the tensor's axes", fmt::join(axes, ", ")), x.shape());
     xt::xarray<T> value = xt::transpose(x.value(), axes);
-    return record_op<T>("permute", {x}, std::move(value), [axes](const BackwardContext<T>& ctx) -> Gradients<T> {
+    auto shared = std::make_shared<const std::vector<std::size_t>>(axes);  // one copy for both rules
+    return record_op<T>("permute", {x}, std::move(value), [shared](const BackwardContext<T>& ctx) -> Gradients<T> {
+        const auto& axes = *shared;
         std::vector<std::size_t> inverse(axes.size());
         for (std::size_t i = 0; i < axes.size(); ++i) inverse[axes[i]] = i;
         return {permute(ctx.grad_output(0), inverse)};
-    });
+    }, [shared](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {permute(ctx.tangent(0), *shared)}; });
 }
 
 // ---- pieces along an axis ----
@@ -262,7 +282,7 @@ Tensor<T> slice(const Tensor<T>& x, std::size_t axis, std::size_t begin, std::si
     copy_along_axis(x.value().data(), from.extent, begin, value.data(), end - begin, 0, end - begin, from.outer, from.inner);
     return record_op<T>("slice", {x}, std::move(value), [axis, begin, extent = from.extent](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {pad_slice(ctx.grad_output(0), axis, begin, extent)};
-    });
+    }, [axis, begin, end](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {slice(ctx.tangent(0), axis, begin, end)}; });
 }
 
 namespace {
@@ -279,6 +299,8 @@ Tensor<T> pad_slice(const Tensor<T>& part, std::size_t axis, std::size_t begin, 
     copy_along_axis(part.value().data(), length, 0, value.data(), extent, begin, length, to.outer, to.inner);
     return record_op<T>("pad_slice", {part}, std::move(value), [axis, begin, length](const BackwardContext<T>& ctx) -> Gradients<T> {
         return {slice(ctx.grad_output(0), axis, begin, begin + length)};
+    }, [axis, begin, extent](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        return {pad_slice(ctx.tangent(0), axis, begin, extent)};
     });
 }
 
@@ -317,7 +339,7 @@ Tensor<T> concat(const std::vector<Tensor<T>>& parts, std::size_t axis) {
             if (ctx.needs_input_grad(i))
                 gradients[i] = slice(ctx.grad_output(0), axis, offsets[i], offsets[i] + ctx.input(i).size(axis));
         return gradients;
-    });
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {concat(tangents_or_zeros(ctx), axis)}; });
 }
 
 template <class T>
@@ -339,7 +361,7 @@ Tensor<T> stack(const std::vector<Tensor<T>>& parts, std::size_t axis) {
         copy_along_axis(parts[i].value().data(), 1, 0, value.data(), parts.size(), i, 1, to.outer, to.inner);
     return record_op<T>("stack", parts, std::move(value), [axis](const BackwardContext<T>& ctx) -> Gradients<T> {
         return unstack(ctx.grad_output(0), axis);
-    });
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return {stack(tangents_or_zeros(ctx), axis)}; });
 }
 
 // The adjoint of stack: one output per position of `axis`, with that axis removed.
@@ -361,7 +383,7 @@ std::vector<Tensor<T>> unstack(const Tensor<T>& x, std::size_t axis) {
         std::vector<Tensor<T>> gradients;
         for (std::size_t i = 0; i < ctx.num_outputs(); ++i) gradients.push_back(ctx.grad_output_or_zeros(i));
         return {stack(gradients, axis)};
-    });
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> { return unstack(ctx.tangent(0), axis); });
 }
 
 template <class T>
@@ -392,6 +414,10 @@ std::vector<Tensor<T>> split(const Tensor<T>& x, const std::vector<std::size_t>&
         std::vector<Tensor<T>> gradients;
         for (std::size_t i = 0; i < ctx.num_outputs(); ++i) gradients.push_back(ctx.grad_output_or_zeros(i));
         return {concat(gradients, axis)};
+    }, [axis](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        std::vector<std::size_t> sizes;
+        for (std::size_t i = 0; i < ctx.num_outputs(); ++i) sizes.push_back(ctx.output(i).size(axis));
+        return split(ctx.tangent(0), sizes, axis);
     });
 }
 
@@ -427,9 +453,13 @@ Tensor<T> index_select(const Tensor<T>& x, std::size_t axis, const std::vector<s
     xt::xarray<T> value = checked_array<T>("index_select", result_shape);
     for (std::size_t j = 0; j < rows.size(); ++j)
         copy_along_axis(x.value().data(), from.extent, rows[j], value.data(), rows.size(), j, 1, from.outer, from.inner);
+    auto shared = std::make_shared<const std::vector<std::size_t>>(std::move(rows));  // for both rules
     return record_op<T>("index_select", {x}, std::move(value),
-                        [axis, rows = std::move(rows), extent = from.extent](const BackwardContext<T>& ctx) -> Gradients<T> {
-                            return {index_add(ctx.grad_output(0), axis, rows, extent)};
+                        [axis, shared, extent = from.extent](const BackwardContext<T>& ctx) -> Gradients<T> {
+                            return {index_add(ctx.grad_output(0), axis, *shared, extent)};
+                        },
+                        [axis, shared](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+                            return {index_select(ctx.tangent(0), axis, std::vector<std::int64_t>(shared->begin(), shared->end()))};
                         });
 }
 
@@ -456,6 +486,8 @@ Tensor<T> index_add(const Tensor<T>& source, std::size_t axis, const std::vector
     return record_op<T>("index_add", {source}, std::move(value), [axis, indices](const BackwardContext<T>& ctx) -> Gradients<T> {
         std::vector<std::int64_t> signed_indices(indices.begin(), indices.end());
         return {index_select(ctx.grad_output(0), axis, signed_indices)};
+    }, [axis, indices, extent](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        return {index_add(ctx.tangent(0), axis, indices, extent)};
     });
 }
 

@@ -18,7 +18,9 @@ std::vector<Tensor<T>> checkpoint(const std::string& name, const CheckpointFn<T>
                 parameters[p].grad_fn()->name()));
     std::vector<Tensor<T>> outputs;
     {
+        // Tangents, if any, come from the forward rule below, which reruns fn for them.
         NoGradGuard no_grad;
+        ForwardModeGuard no_tangents(false);
         outputs = fn(inputs);
     }
     std::vector<xt::xarray<T>> values;
@@ -33,9 +35,13 @@ std::vector<Tensor<T>> checkpoint(const std::string& name, const CheckpointFn<T>
                                          name));
         // Detached inputs: the rerun's backward stops at them instead of walking into the graph
         // that made them, which the outer pass is still running.
+        // Forward-over-reverse: a fresh input carries its original's tangent, so the rerun's
+        // backward returns gradients that carry theirs (the parameters are read as they are).
         std::vector<Tensor<T>> fresh;
-        for (std::size_t i = 0; i < count; ++i)
+        for (std::size_t i = 0; i < count; ++i) {
             fresh.push_back(ctx.input(i).detach().set_requires_grad(ctx.needs_input_grad(i)));
+            if (ctx.input(i).has_tangent()) fresh.back().set_tangent(ctx.input(i).tangent());
+        }
         EnableGradGuard recording(true);
         const std::vector<Tensor<T>> again = fn(fresh);
         std::vector<Tensor<T>> roots, seeds, targets;
@@ -56,7 +62,21 @@ std::vector<Tensor<T>> checkpoint(const std::string& name, const CheckpointFn<T>
         for (std::size_t j = 0; j < found.size(); ++j) gradients[target_index[j]] = found[j];
         return gradients;
     };
-    return record_op<T>("checkpoint_" + name, std::move(op_inputs), std::move(values), std::move(rerun));
+    // The JVP reruns fn with forward mode back on, over dual copies of the inputs; the parameters'
+    // own tangents are read by fn directly. Recording stays off (the rule runs without grad mode).
+    auto forward = [fn, count = inputs.size()](const ForwardContext<T>& ctx) -> std::vector<Tensor<T>> {
+        ForwardModeGuard tangents_on(true);
+        std::vector<Tensor<T>> duals;
+        for (std::size_t i = 0; i < count; ++i) {
+            duals.push_back(ctx.input(i).detach());
+            if (ctx.has_tangent(i)) duals.back().set_tangent(ctx.tangent(i));
+        }
+        const std::vector<Tensor<T>> again = fn(duals);
+        std::vector<Tensor<T>> tangents;
+        for (const auto& output : again) tangents.push_back(output.tangent());
+        return tangents;
+    };
+    return record_op<T>("checkpoint_" + name, std::move(op_inputs), std::move(values), std::move(rerun), std::move(forward));
 }
 
 template std::vector<Tensor<float>> checkpoint(const std::string&, const CheckpointFn<float>&,

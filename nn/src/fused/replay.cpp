@@ -2,7 +2,6 @@
 // (Note [Second order through the fused op], replay.hpp).
 
 #include "replay.hpp"
-#include "tangent.hpp"
 
 #include <fmt/format.h>
 
@@ -77,14 +76,11 @@ template <class T>
 Directional<T> directional(const ReplayOp<T>& op, const std::vector<Tensor<T>>& inputs,
                            const std::vector<Tensor<T>>& grad_outputs, const std::vector<Tensor<T>>& v,
                            const std::vector<Tensor<T>>& u, bool want_jvp, const std::vector<bool>& want_gradients) {
-    require_replay(op);
-    require_leaf_weights(op, inputs);
     const std::size_t n = op.inputs, m = op.outputs;
     Directional<T> result{std::vector<Tensor<T>>(m), std::vector<Tensor<T>>(n)};
-    // The cell's tangent sweeps answer the same question without the replay where they apply.
-    if (op.saved && driver::tangent_directional(*op.saved, inputs, grad_outputs, v, u, want_jvp, want_gradients,
-                                                result.jvp, result.gradients))
-        return result;
+    if (op.sweeps && op.sweeps(inputs, grad_outputs, v, u, want_jvp, want_gradients, result)) return result;
+    require_replay(op);
+    require_leaf_weights(op, inputs);
 
     // The private graph's leaves: detached copies of x and the initial states (so no pass walks
     // into the graph that made them), the cell's own parameters, detached copies of dy. Its ops
@@ -176,11 +172,15 @@ bool beyond_first_order(const BackwardContext<T>& ctx) {
 template <class T>
 Gradients<T> record_backward(const std::shared_ptr<const ReplayOp<T>>& op, const BackwardContext<T>& ctx,
                              Gradients<T> values) {
-    require_replay(*op);
     const std::size_t n = op->inputs, m = op->outputs;
     std::vector<Tensor<T>> inputs;
     for (std::size_t i = 0; i < n; ++i) inputs.push_back(ctx.input(i));
-    require_leaf_weights(*op, inputs);
+    // Refused here, before anything is recorded, when only the replay can answer; sweeps that
+    // decline later fall back to the replay and refuse then.
+    if (!op->sweeps) {
+        require_replay(*op);
+        require_leaf_weights(*op, inputs);
+    }
     for (std::size_t o = 0; o < m; ++o) inputs.push_back(ctx.grad_output_or_zeros(o));
     // One output per gradient the fused backward computed; slots[k] is its input.
     std::vector<std::size_t> slots;
@@ -251,7 +251,7 @@ Gradients<T> record_backward(const std::shared_ptr<const ReplayOp<T>>& op, const
 template <class T>
 ForwardRule<T> forward_rule(const std::shared_ptr<const ReplayOp<T>>& op) {
     return [op](const ForwardContext<T>& c) -> std::vector<Tensor<T>> {
-        if (!op->replay)
+        if (!op->replay && !op->sweeps)
             throw GraphError(fmt::format(
                 "op '{}' has no forward-mode (JVP) rule without a replay: the fused op's tangents come from a replay "
                 "of the sequence with the cell's generic step(), which a layer (rw::nn::Recurrent) supplies and "

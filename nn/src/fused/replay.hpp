@@ -1,6 +1,7 @@
 #pragma once
 // Private to the fused driver: the fused sequence op's derivatives beyond first order, taken
-// from the layer's replay of the layer-direction with the cell's generic ops (probe.hpp).
+// from the layer's replay of the layer-direction with the cell's generic ops (SequenceReplay,
+// cell_rules.hpp).
 //
 // Note [Second order through the fused op]: the fused op F maps θ = (x, weights, units, initial
 // states) to (output, final states). Its first-order rule is the hand-written fused backward
@@ -17,6 +18,7 @@
 // Third order (create_graph through the second-order rule) and tangents through the
 // second-order rule are refused.
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -25,26 +27,8 @@
 
 #include "driver.hpp"
 #include "probe.hpp"
-#include "window.hpp"
 
 namespace rw::nn::fused::replay {
-
-// What the rules beyond first order know of one fused op.
-template <class T>
-struct ReplayOp {
-    std::string op;                     // the fused op's name, e.g. "fused_lstm_reverse"
-    SequenceReplay<T> replay;   // empty: run_sequence was called without one
-    driver::InputIndex index;
-    // The op's saved forward, for the cell's fast tangent sweeps (tangent.hpp); null: replay only.
-    std::shared_ptr<driver::Saved<T>> saved;
-    std::size_t inputs = 0, outputs = 0;
-
-    // x and the initial states: the replay takes them as arguments; every other input is a
-    // tensor of the cell's that the replay reads itself.
-    bool replayed(std::size_t i) const { return int(i) == index.x || int(i) >= index.states; }
-    // "weight_hh", "unit 2", "initial state 1", ... for error messages.
-    std::string input_name(std::size_t i) const;
-};
 
 // The seam. Along a direction v of the inputs (one per input of F, undefined: zero) and u of
 // the grad outputs (one per output, undefined: zero), at grad outputs dy (undefined: zero):
@@ -52,14 +36,34 @@ struct ReplayOp {
 //   gradients[i]: ∇²φ v + Jᵀ u, the tangent of B = ∇<dy, F> (computed where want_gradients[i]).
 // With u = 0 these are the second-order rule's two results; with v and u the tangents of the
 // inputs and grad outputs, the tangent of the fused backward's gradients (forward-over-reverse).
-// Here: the cell's tangent sweeps over the op's saved forward where the cell has tangent rules
-// and the sweeps cover the configuration (driver::tangent_directional, tangent.hpp: the GEMMs
-// stay fused), else the replay differentiated twice on a private graph (reverse-over-reverse,
-// so it needs no op's forward rule).
+// Computed by the op's sweeps when it has them, else by differentiating the replay twice on a
+// private graph (reverse-over-reverse, so it needs no op's forward rule).
 template <class T>
 struct Directional {
     std::vector<Tensor<T>> jvp;        // per output
     std::vector<Tensor<T>> gradients;  // per input
+};
+
+// What the rules beyond first order know of one fused op.
+template <class T>
+struct ReplayOp {
+    std::string op;                     // the fused op's name, e.g. "fused_lstm_reverse"
+    SequenceReplay<T> replay;           // empty: run_sequence was called without one
+    driver::InputIndex index;
+    std::size_t inputs = 0, outputs = 0;
+    // The fast alternative to the replay, for a cell whose rules offer tangent rules: the driver's
+    // tangent sweeps over the op's saved buffers, given `directional`'s arguments (inputs, grad
+    // outputs, v, u, want_jvp, want_gradients), filling its result and returning true, or
+    // returning false (touching nothing) where they do not apply; then the replay runs.
+    std::function<bool(const std::vector<Tensor<T>>&, const std::vector<Tensor<T>>&, const std::vector<Tensor<T>>&,
+                       const std::vector<Tensor<T>>&, bool, const std::vector<bool>&, Directional<T>&)>
+        sweeps;
+
+    // x and the initial states: the replay takes them as arguments; every other input is a
+    // tensor of the cell's that the replay reads itself.
+    bool replayed(std::size_t i) const { return int(i) == index.x || int(i) >= index.states; }
+    // "weight_hh", "unit 2", "initial state 1", ... for error messages.
+    std::string input_name(std::size_t i) const;
 };
 
 template <class T>

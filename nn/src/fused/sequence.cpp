@@ -21,6 +21,7 @@
 #include "forward_steps.hpp"
 #include "probe.hpp"
 #include "replay.hpp"
+#include "tangent.hpp"
 #include "window.hpp"
 #include "rewind/nn/layers/cell.hpp"
 
@@ -357,7 +358,13 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     replay_op->op = op + (reverse ? "_reverse" : "");
     replay_op->replay = std::move(replay);
     replay_op->index = index;
-    replay_op->saved = saved;  // for the cell's fast tangent sweeps (tangent.hpp), when it has tangent rules
+    if (rules.has_tangent_rules())  // the cell's tangent sweeps over the saved buffers (tangent.hpp)
+        replay_op->sweeps = [saved](const std::vector<Tensor<T>>& inputs, const std::vector<Tensor<T>>& grad_outputs,
+                                    const std::vector<Tensor<T>>& v, const std::vector<Tensor<T>>& u, bool want_jvp,
+                                    const std::vector<bool>& want, replay::Directional<T>& result) {
+            return driver::tangent_directional(*saved, inputs, grad_outputs, v, u, want_jvp, want, result.jvp,
+                                               result.gradients);
+        };
     replay_op->inputs = inputs.size();
     replay_op->outputs = values.size();
     const std::shared_ptr<const replay::ReplayOp<T>> held = replay_op;
