@@ -15,6 +15,7 @@
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
 
+#include "fused/check_tangent.hpp"
 #include "fused/tangent_run.hpp"
 #include "test_helpers.hpp"
 
@@ -86,28 +87,7 @@ struct Setup {
 
     // The cell's step() on the tape, finished rows keeping their state and giving zeros.
     std::vector<Tensor<double>> generic_outputs(bool reverse) const {
-        const Tensor<double> prepared = cell->prepare_input(x);
-        State<double> state = initial;
-        std::vector<Tensor<double>> outs(steps);
-        for (std::size_t k = 0; k < steps; ++k) {
-            const std::size_t t = reverse ? steps - 1 - k : k;
-            State<double> next = cell->step(squeeze(slice(prepared, 0, t, t + 1), 0), state);
-            Tensor<double> out = next[0];
-            if (!lengths.empty()) {
-                for (std::size_t s = 0; s < next.size(); ++s) {
-                    xt::xarray<bool> on = xt::xarray<bool>::from_shape(next[s].shape());
-                    for (std::size_t b = 0; b < batch; ++b)
-                        for (std::size_t j = 0; j < next[s].size(1); ++j) on(b, j) = std::int64_t(t) < lengths[b];
-                    if (s == 0) out = rw::where(on, next[0], Tensor<double>::zeros(next[0].shape()));
-                    next[s] = rw::where(on, next[s], state[s]);
-                }
-            }
-            outs[t] = out;
-            state = next;
-        }
-        std::vector<Tensor<double>> result{stack(outs, 0)};
-        for (const auto& s : state) result.push_back(s);
-        return result;
+        return fused::detail::tape_sequence(*cell, x, initial, lengths, reverse);
     }
 };
 

@@ -17,8 +17,32 @@ namespace rw::nn::fused::detail {
 
 namespace {
 
+TensorDifference compare(const std::string& name, const Tensor<double>& fused, const Tensor<double>& tape,
+                         const Shape& shape) {
+    const xt::xarray<double> zeros = xt::zeros<double>(shape);
+    const xt::xarray<double>& a = fused.defined() ? fused.value() : zeros;
+    const xt::xarray<double>& b = tape.defined() ? tape.value() : zeros;
+    TensorDifference d{name, 0, 0};
+    if (a.shape() != b.shape()) return {name, INFINITY, 0};
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        d.difference = std::max(d.difference, std::isnan(a.data()[i]) != std::isnan(b.data()[i])
+                                                  ? INFINITY
+                                                  : std::abs(a.data()[i] - b.data()[i]));
+        d.scale = std::max(d.scale, std::abs(b.data()[i]));
+    }
+    return d;
+}
+
+Tensor<double> random_like(const Shape& shape, Generator& g) {
+    xt::xarray<double> value = xt::xarray<double>::from_shape(shape);
+    for (auto& v : value) v = g.uniform(-1.0, 1.0);
+    return Tensor<double>(std::move(value));
+}
+
+}  // namespace
+
 // The cell's step() over the sequence on the tape; finished rows keep their state and output zeros.
-std::vector<Tensor<double>> generic_sequence(const RecurrentCell<double>& cell, const Tensor<double>& x,
+std::vector<Tensor<double>> tape_sequence(const RecurrentCell<double>& cell, const Tensor<double>& x,
                                              const std::vector<Tensor<double>>& initial,
                                              const std::vector<std::int64_t>& lengths, bool reverse) {
     const std::size_t T = x.size(0), B = x.size(1);
@@ -45,30 +69,6 @@ std::vector<Tensor<double>> generic_sequence(const RecurrentCell<double>& cell, 
     return result;
 }
 
-TensorDifference compare(const std::string& name, const Tensor<double>& fused, const Tensor<double>& tape,
-                         const Shape& shape) {
-    const xt::xarray<double> zeros = xt::zeros<double>(shape);
-    const xt::xarray<double>& a = fused.defined() ? fused.value() : zeros;
-    const xt::xarray<double>& b = tape.defined() ? tape.value() : zeros;
-    TensorDifference d{name, 0, 0};
-    if (a.shape() != b.shape()) return {name, INFINITY, 0};
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        d.difference = std::max(d.difference, std::isnan(a.data()[i]) != std::isnan(b.data()[i])
-                                                  ? INFINITY
-                                                  : std::abs(a.data()[i] - b.data()[i]));
-        d.scale = std::max(d.scale, std::abs(b.data()[i]));
-    }
-    return d;
-}
-
-Tensor<double> random_like(const Shape& shape, Generator& g) {
-    xt::xarray<double> value = xt::xarray<double>::from_shape(shape);
-    for (auto& v : value) v = g.uniform(-1.0, 1.0);
-    return Tensor<double>(std::move(value));
-}
-
-}  // namespace
-
 std::string check_tangent_rules(const RecurrentCell<double>& cell, const CellRules<double>& rules,
                                 const xt::xarray<double>& x_value, const std::vector<xt::xarray<double>>& initial_values,
                                 const std::vector<std::int64_t>& lengths, bool reverse,
@@ -88,7 +88,7 @@ std::string check_tangent_rules(const RecurrentCell<double>& cell, const CellRul
 
     // On the tape: B = grad(<dy, F>, θ) with create_graph, then <v, B> + <u, F> differentiated
     // w.r.t. θ (∇²φ v + Jᵀ u) and w.r.t. dy (J v), in one pass.
-    const std::vector<Tensor<double>> outputs = generic_sequence(cell, x, initial, lengths, reverse);
+    const std::vector<Tensor<double>> outputs = tape_sequence(cell, x, initial, lengths, reverse);
     const std::vector<Tensor<double>> first = rw::grad(outputs, inputs, dy, {.retain_graph = true, .create_graph = true});
     std::vector<Tensor<double>> roots, seeds;
     for (std::size_t i = 0; i < first.size(); ++i)

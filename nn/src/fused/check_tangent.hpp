@@ -14,6 +14,12 @@
 
 namespace rw::nn::fused::detail {
 
+// The cell's step() over the sequence on the tape (prepare_input, then step by step in the
+// direction's order), finished rows keeping their state and giving zeros: output, final states.
+std::vector<Tensor<double>> tape_sequence(const RecurrentCell<double>& cell, const Tensor<double>& x,
+                                          const std::vector<Tensor<double>>& initial,
+                                          const std::vector<std::int64_t>& lengths, bool reverse);
+
 // One layer-direction on the check's data (x, initial states, lengths; dy: the loss's weights of
 // the output and the final states): the sweeps' J v and ∇²<dy, F> v + Jᵀ u for random v, u drawn
 // from g, against the cell's step() on the tape. Appends one difference per output and per op

@@ -53,6 +53,58 @@ Tensor<T> tensor_of(const T* data, Shape shape) {
     return Tensor<T>(std::move(value));
 }
 
+// The buffers one row of one step reads and writes, primal and tangent, in both sweeps: the
+// states before the step, after it (the next step's "before", or the finals after the last
+// processed step), the saved buffers and the gate row.
+template <class T>
+class RowPointers {
+public:
+    RowPointers(Saved<T>& saved, ForwardTangents<T>& ft)
+        : saved_(saved), ft_(ft), S_(saved.dims.layout.states), E_(saved.dims.layout.saved) {
+        state.resize(S_), tstate.resize(S_), next.resize(S_), tnext.resize(S_), extra.resize(E_), textra.resize(E_);
+    }
+    // Row b of step t; t_next: the step after it in processing order, unless `last`.
+    void point(std::size_t t, std::size_t t_next, bool last, std::size_t b) {
+        const Dims& d = saved_.dims;
+        const std::size_t B = d.batch, H = d.hidden, at_row = t * B + b;
+        for (std::size_t s = 0; s < S_; ++s) {
+            const std::size_t W = d.width(s);
+            state[s] = saved_.states[s].data() + at_row * W;
+            tstate[s] = ft_.states[s].data() + at_row * W;
+            next[s] = (last ? saved_.finals[s].data() : saved_.states[s].data() + t_next * B * W) + b * W;
+            tnext[s] = (last ? ft_.finals[s].data() : ft_.states[s].data() + t_next * B * W) + b * W;
+        }
+        for (std::size_t e = 0; e < E_; ++e) {
+            extra[e] = saved_.extra[e].data() + at_row * H;
+            textra[e] = ft_.extra[e].data() + at_row * H;
+        }
+        gates = saved_.gates.data() + at_row * d.gate_width();
+        tgates = ft_.gates.data() + at_row * d.gate_width();
+    }
+    // Points a row's fields at these buffers once (the vectors keep their addresses).
+    template <class Row>
+    void attach(Row& row) const {
+        row.hidden = saved_.dims.hidden;
+        row.output = saved_.dims.output;
+        row.state = state.data();
+        row.next_state = next.data();
+        row.saved = extra.data();
+        row.tangent_state = tstate.data();
+        row.tangent_next_state = tnext.data();
+        row.tangent_saved = textra.data();
+    }
+
+    std::vector<const T*> state, tstate;
+    std::vector<T*> next, tnext, extra, textra;
+    T* gates = nullptr;
+    T* tgates = nullptr;
+
+private:
+    Saved<T>& saved_;
+    ForwardTangents<T>& ft_;
+    std::size_t S_, E_;
+};
+
 }  // namespace
 
 template <class T>
@@ -112,17 +164,9 @@ ForwardTangents<T> tangent_forward(Saved<T>& saved, const std::vector<const T*>&
     if (l.recurrent > 0) product = std::make_unique<blas::PackedGemm<T>>(true, B, RH, P, w_hh, P, T(1), P, stride, d.steps);
 
     xt::xarray<T> output = xt::xarray<T>::from_shape({d.steps, B, P});
-    std::vector<const T*> state(S), tstate(S);
-    std::vector<T*> next(S), tnext(S), extra(l.saved), textra(l.saved);
+    RowPointers<T> at_row(saved, ft);
     ForwardTangentRow<T> row;
-    row.hidden = H;
-    row.output = P;
-    row.state = state.data();
-    row.next_state = next.data();
-    row.saved = extra.data();
-    row.tangent_state = tstate.data();
-    row.tangent_next_state = tnext.data();
-    row.tangent_saved = textra.data();
+    at_row.attach(row);
     row.bias_hh = separate ? at(values, in.bias_hh) : nullptr;
     row.tangent_bias_hh = separate ? at(tangents, in.bias_hh) : nullptr;
     for (std::size_t k = 0; k < d.steps; ++k) {
@@ -131,29 +175,18 @@ ForwardTangents<T> tangent_forward(Saved<T>& saved, const std::vector<const T*>&
         const std::size_t t_next = last ? 0 : step_at(k + 1, d.steps, saved.reverse);
         if (product) product->operator()(ft.states[0].data() + t * B * P, recurrent + t * B * stride);
         for (std::size_t b = 0; b < B; ++b) {
-            const std::size_t at_row = t * B + b;
-            for (std::size_t s = 0; s < S; ++s) {
-                const std::size_t W = d.width(s);
-                state[s] = saved.states[s].data() + at_row * W;
-                tstate[s] = ft.states[s].data() + at_row * W;
-                next[s] = (last ? saved.finals[s].data() : saved.states[s].data() + t_next * B * W) + b * W;
-                tnext[s] = (last ? ft.finals[s].data() : ft.states[s].data() + t_next * B * W) + b * W;
-            }
-            T* out = output.data() + at_row * P;
+            at_row.point(t, t_next, last, b);
+            T* out = output.data() + (t * B + b) * P;
             if (!saved.row_active(t, b)) {  // a finished row keeps its state and outputs zeros
-                for (std::size_t s = 0; s < S; ++s) std::copy_n(tstate[s], d.width(s), tnext[s]);
+                for (std::size_t s = 0; s < S; ++s) std::copy_n(at_row.tstate[s], d.width(s), at_row.tnext[s]);
                 std::fill_n(out, P, T(0));
                 continue;
             }
-            for (std::size_t e = 0; e < l.saved; ++e) {
-                extra[e] = saved.extra[e].data() + at_row * H;
-                textra[e] = ft.extra[e].data() + at_row * H;
-            }
-            row.gates = saved.gates.data() + at_row * GH;
-            row.tangent_gates = gates + at_row * GH;
-            row.tangent_recurrent = separate ? recurrent + at_row * RH : nullptr;
+            row.gates = at_row.gates;
+            row.tangent_gates = at_row.tgates;
+            row.tangent_recurrent = separate ? recurrent + (t * B + b) * RH : nullptr;
             saved.rules->forward_tangent(row);
-            std::copy_n(tnext[0], P, out);
+            std::copy_n(at_row.tnext[0], P, out);
         }
     }
     ft.output = Tensor<T>(std::move(output));
@@ -163,14 +196,14 @@ ForwardTangents<T> tangent_forward(Saved<T>& saved, const std::vector<const T*>&
 
 template <class T>
 TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*>& values,
-                                     const std::vector<const T*>& tangents, const ForwardTangents<T>& ft,
+                                     const std::vector<const T*>& tangents, ForwardTangents<T>& ft,
                                      const std::vector<const T*>& grad_outputs,
                                      const std::vector<const T*>& grad_output_tangents,
                                      const std::vector<bool>& needed, bool with_gradients) {
     const Dims& d = saved.dims;
     const CellLayout& l = d.layout;
     const InputIndex& in = saved.index;
-    const std::size_t B = d.batch, H = d.hidden, P = d.output, I = d.input, GH = d.gate_width(),
+    const std::size_t B = d.batch, P = d.output, I = d.input, GH = d.gate_width(),
                       RH = d.recurrent_width(), S = l.states, TB = d.steps * B;
     const bool separate = d.separate();
     // [ḋG | dG] per row; the separate product's [ḋR | dR] likewise. dR is dG's first R blocks when
@@ -202,51 +235,36 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
         stacked_product =
             std::make_unique<blas::PackedGemm<T>>(false, B, P, 2 * RH, w_hh_stack.data(), P, T(1), r2, P, d.steps);
 
-    std::vector<const T*> state(S), next(S), extra(l.saved), tstate(S), tnext(S), textra(l.saved);
+    RowPointers<T> at_row(saved, ft);
     std::vector<T*> grad(S), tgrad(S);
     BackwardTangentRow<T> row;
-    row.hidden = H;
-    row.output = P;
-    row.state = state.data();
-    row.next_state = next.data();
-    row.saved = extra.data();
+    at_row.attach(row);
     row.grad_state = grad.data();
-    row.tangent_state = tstate.data();
-    row.tangent_next_state = tnext.data();
-    row.tangent_saved = textra.data();
     row.tangent_grad_state = tgrad.data();
     for (std::size_t k = d.steps; k-- > 0;) {
         const std::size_t t = step_at(k, d.steps, saved.reverse);
         const bool last = k + 1 == d.steps;
         const std::size_t t_next = last ? 0 : step_at(k + 1, d.steps, saved.reverse);
         for (std::size_t b = 0; b < B; ++b) {
-            const std::size_t at_row = t * B + b;
-            T* g_row = gg + at_row * g2;
-            T* r_row = rr + at_row * r2;
+            const std::size_t row_at = t * B + b;
+            T* g_row = gg + row_at * g2;
+            T* r_row = rr + row_at * r2;
             if (!saved.row_active(t, b)) {  // the state gradients pass through, nothing reaches the weights
                 std::fill_n(g_row, g2, T(0));
                 if (separate) std::fill_n(r_row, r2, T(0));
                 continue;
             }
+            at_row.point(t, t_next, last, b);
             for (std::size_t s = 0; s < S; ++s) {
-                const std::size_t W = d.width(s);
-                state[s] = saved.states[s].data() + at_row * W;
-                tstate[s] = ft.states[s].data() + at_row * W;
-                next[s] = (last ? saved.finals[s].data() : saved.states[s].data() + t_next * B * W) + b * W;
-                tnext[s] = (last ? ft.finals[s].data() : ft.states[s].data() + t_next * B * W) + b * W;
-                grad[s] = dstate[s].data() + b * W;
-                tgrad[s] = tdstate[s].data() + b * W;
+                grad[s] = dstate[s].data() + b * d.width(s);
+                tgrad[s] = tdstate[s].data() + b * d.width(s);
             }
             for (std::size_t p = 0; p < P; ++p) {
-                if (dy) grad[0][p] += dy[at_row * P + p];
-                if (tdy) tgrad[0][p] += tdy[at_row * P + p];
+                if (dy) grad[0][p] += dy[row_at * P + p];
+                if (tdy) tgrad[0][p] += tdy[row_at * P + p];
             }
-            for (std::size_t e = 0; e < l.saved; ++e) {
-                extra[e] = saved.extra[e].data() + at_row * H;
-                textra[e] = ft.extra[e].data() + at_row * H;
-            }
-            row.gates = saved.gates.data() + at_row * GH;
-            row.tangent_gates = ft.gates.data() + at_row * GH;
+            row.gates = at_row.gates;
+            row.tangent_gates = at_row.tgates;
             row.tangent_grad_gates = g_row;
             row.grad_gates = g_row + GH;
             row.tangent_grad_recurrent = separate ? r_row : nullptr;
@@ -427,11 +445,11 @@ template ForwardTangents<float> tangent_forward(Saved<float>&, const std::vector
 template ForwardTangents<double> tangent_forward(Saved<double>&, const std::vector<const double*>&,
                                                  const std::vector<const double*>&);
 template TangentGradients<float> tangent_backward(Saved<float>&, const std::vector<const float*>&,
-                                                  const std::vector<const float*>&, const ForwardTangents<float>&,
+                                                  const std::vector<const float*>&, ForwardTangents<float>&,
                                                   const std::vector<const float*>&, const std::vector<const float*>&,
                                                   const std::vector<bool>&, bool);
 template TangentGradients<double> tangent_backward(Saved<double>&, const std::vector<const double*>&,
-                                                   const std::vector<const double*>&, const ForwardTangents<double>&,
+                                                   const std::vector<const double*>&, ForwardTangents<double>&,
                                                    const std::vector<const double*>&,
                                                    const std::vector<const double*>&, const std::vector<bool>&,
                                                    bool);

@@ -50,7 +50,7 @@ struct TangentGradients {
 
 template <class T>
 TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*>& values,
-                                     const std::vector<const T*>& tangents, const ForwardTangents<T>& forward,
+                                     const std::vector<const T*>& tangents, ForwardTangents<T>& forward,
                                      const std::vector<const T*>& grad_outputs,
                                      const std::vector<const T*>& grad_output_tangents,
                                      const std::vector<bool>& needed, bool with_gradients = true);
