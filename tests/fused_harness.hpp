@@ -118,6 +118,21 @@ inline Config random_config(Generator& g, std::size_t max_steps = 50) {
     return c;
 }
 
+// A random configuration of `cell` small enough for the generic path's products beyond first
+// order to be quick (test_fused_second_order.cpp, test_fused_forward_mode.cpp).
+inline Config small_random_config(const std::string& cell, Generator& g) {
+    Config c = random_config(g, 6);
+    c.cell = cell;
+    c.layers = std::min<std::size_t>(c.layers, 2);
+    c.batch = std::min<std::size_t>(c.batch, 4);
+    if (!c.lengths.empty()) c.lengths.resize(c.batch);
+    c.input = std::min<std::size_t>(c.input, 9);
+    c.hidden = std::min<std::size_t>(c.hidden, 9);
+    c.bias = c.bias || !has_bias_option(cell);
+    c.proj_size = cell == "lstm" && c.hidden > 1 && g.uniform(0, 1) < 0.3 ? 1 + c.hidden / 2 : 0;
+    return c;
+}
+
 template <class T>
 struct RunResult {
     std::vector<std::pair<std::string, xt::xarray<T>>> values;  // outputs, states, then gradients

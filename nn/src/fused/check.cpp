@@ -16,6 +16,7 @@
 #include <rewind/autograd/ops.hpp>
 #include <rewind/autograd/random.hpp>
 
+#include "check_tangent.hpp"
 #include "probe.hpp"
 
 namespace rw::nn {
@@ -263,6 +264,16 @@ FusedCheckReport check_fused_cell(const RecurrentCell<double>& cell, const Fused
         }
         for (const auto& d : direction.gradients)
             if (!agrees(d, options.tolerance)) diverge("gradients", reverse, 0, d);
+        if (rules->has_tangent_rules()) {
+            std::vector<Array> dy{data.out_weight};
+            dy.insert(dy.end(), data.final_weight.begin(), data.final_weight.end());
+            Generator directions(options.seed + (reverse ? 2 : 1));
+            const std::string why = fused::detail::check_tangent_rules(cell, *rules, data.x, data.initial, data.lengths,
+                                                                       reverse, dy, directions, direction.tangents);
+            if (!why.empty()) report.tangents_note = "tangent rules not checked: " + why;
+            for (const auto& d : direction.tangents)
+                if (!agrees(d, options.tolerance)) diverge("tangents", reverse, 0, d);
+        }
         report.directions.push_back(std::move(direction));
     }
     return report;
@@ -280,6 +291,9 @@ FusedCheckReport check_fused_cell(const CellFactory<double>& factory, std::size_
 std::string FusedCheckReport::to_string(bool per_step) const {
     std::string out;
     if (passed) out += fmt::format("fused rules agree with the tape (tolerance {:.0e} relative)\n", tolerance);
+    else if (pass == "tangents")
+        out += fmt::format("FAILED: {} direction, the tangent rules' sweeps give {} off by {:.3g} (largest |value| {:.3g})\n",
+                           reverse ? "reverse" : "forward", tensor, difference, scale);
     else if (pass == "gradients")
         out += fmt::format("FAILED: {} direction, gradient of {} differs by {:.3g} (largest |value| {:.3g})\n",
                            reverse ? "reverse" : "forward", tensor, difference, scale);
@@ -288,6 +302,7 @@ std::string FusedCheckReport::to_string(bool per_step) const {
                            reverse ? "reverse" : "forward", pass, step, pass == "backward" ? "dL/d(" + tensor + ")" : tensor,
                            difference, scale);
     if (!gates_note.empty()) out += "note: " + gates_note + "\n";
+    if (!tangents_note.empty()) out += "note: " + tangents_note + "\n";
     for (const auto& direction : directions) {
         out += fmt::format("{} direction\n", direction.reverse ? "reverse" : "forward");
         auto line = [&](const std::string& label, const std::vector<TensorDifference>& ds) {
@@ -313,6 +328,7 @@ std::string FusedCheckReport::to_string(bool per_step) const {
             line("backward", backward);
         }
         line("gradients", direction.gradients);
+        if (!direction.tangents.empty()) line("tangents", direction.tangents);
     }
     return out;
 }

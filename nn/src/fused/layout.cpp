@@ -22,6 +22,16 @@ void CellRules<T>::backward_second(const BackwardRow<T>&) const {
 }
 
 template <class T>
+void CellRules<T>::forward_tangent(const ForwardTangentRow<T>&) const {
+    throw std::logic_error("fused rules: forward_tangent() is not written (has_tangent_rules() should be false)");
+}
+
+template <class T>
+void CellRules<T>::backward_tangent(const BackwardTangentRow<T>&) const {
+    throw std::logic_error("fused rules: backward_tangent() is not written (has_tangent_rules() should be false)");
+}
+
+template <class T>
 std::vector<std::string> CellRules<T>::gate_names() const {
     std::vector<std::string> names;
     for (std::size_t g = 0; g < layout().gates; ++g) names.push_back(fmt::format("gate {}", g));

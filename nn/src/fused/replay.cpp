@@ -76,11 +76,11 @@ template <class T>
 Directional<T> directional(const ReplayOp<T>& op, const std::vector<Tensor<T>>& inputs,
                            const std::vector<Tensor<T>>& grad_outputs, const std::vector<Tensor<T>>& v,
                            const std::vector<Tensor<T>>& u, bool want_jvp, const std::vector<bool>& want_gradients) {
-    if (op.sweeps) return op.sweeps(inputs, grad_outputs, v, u, want_jvp, want_gradients);
-    require_replay(op);
-    require_leaf_weights(op, inputs);
     const std::size_t n = op.inputs, m = op.outputs;
     Directional<T> result{std::vector<Tensor<T>>(m), std::vector<Tensor<T>>(n)};
+    if (op.sweeps && op.sweeps(inputs, grad_outputs, v, u, want_jvp, want_gradients, result)) return result;
+    require_replay(op);
+    require_leaf_weights(op, inputs);
 
     // The private graph's leaves: detached copies of x and the initial states (so no pass walks
     // into the graph that made them), the cell's own parameters, detached copies of dy. Its ops
@@ -172,11 +172,15 @@ bool beyond_first_order(const BackwardContext<T>& ctx) {
 template <class T>
 Gradients<T> record_backward(const std::shared_ptr<const ReplayOp<T>>& op, const BackwardContext<T>& ctx,
                              Gradients<T> values) {
-    if (!op->sweeps) require_replay(*op);
     const std::size_t n = op->inputs, m = op->outputs;
     std::vector<Tensor<T>> inputs;
     for (std::size_t i = 0; i < n; ++i) inputs.push_back(ctx.input(i));
-    require_leaf_weights(*op, inputs);
+    // Refused here, before anything is recorded, when only the replay can answer; sweeps that
+    // decline later fall back to the replay and refuse then.
+    if (!op->sweeps) {
+        require_replay(*op);
+        require_leaf_weights(*op, inputs);
+    }
     for (std::size_t o = 0; o < m; ++o) inputs.push_back(ctx.grad_output_or_zeros(o));
     // One output per gradient the fused backward computed; slots[k] is its input.
     std::vector<std::size_t> slots;

@@ -1,6 +1,7 @@
 #pragma once
 // Private to the fused driver: the fused sequence op's derivatives beyond first order, taken
-// from the layer's replay of the layer-direction with the cell's generic ops (probe.hpp).
+// from the layer's replay of the layer-direction with the cell's generic ops (SequenceReplay,
+// cell_rules.hpp).
 //
 // Note [Second order through the fused op]: the fused op F maps θ = (x, weights, units, initial
 // states) to (output, final states). Its first-order rule is the hand-written fused backward
@@ -51,11 +52,11 @@ struct ReplayOp {
     driver::InputIndex index;
     std::size_t inputs = 0, outputs = 0;
     // The fast alternative to the replay, for a cell whose rules offer tangent rules: the driver's
-    // tangent sweeps over the op's saved buffers, (inputs, grad outputs, v, u, want_jvp,
-    // want_gradients) to `directional`'s result. When set, the replay is not run.
-    std::function<Directional<T>(const std::vector<Tensor<T>>&, const std::vector<Tensor<T>>&,
-                                 const std::vector<Tensor<T>>&, const std::vector<Tensor<T>>&, bool,
-                                 const std::vector<bool>&)>
+    // tangent sweeps over the op's saved buffers, given `directional`'s arguments (inputs, grad
+    // outputs, v, u, want_jvp, want_gradients), filling its result and returning true, or
+    // returning false (touching nothing) where they do not apply; then the replay runs.
+    std::function<bool(const std::vector<Tensor<T>>&, const std::vector<Tensor<T>>&, const std::vector<Tensor<T>>&,
+                       const std::vector<Tensor<T>>&, bool, const std::vector<bool>&, Directional<T>&)>
         sweeps;
 
     // x and the initial states: the replay takes them as arguments; every other input is a

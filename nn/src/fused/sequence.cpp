@@ -21,6 +21,7 @@
 #include "forward_steps.hpp"
 #include "probe.hpp"
 #include "replay.hpp"
+#include "tangent.hpp"
 #include "window.hpp"
 #include "rewind/nn/layers/cell.hpp"
 
@@ -330,16 +331,18 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     // reads every step's buffers, so it never infers.
     bool record = false;
     for (const auto& tensor : inputs) record = record || tensor.requires_grad();
-    if (!saved->probe && !(record && grad_mode_enabled())) {
+    bool tangents = false;
+    if (forward_mode_enabled())
+        for (const auto& tensor : inputs) tangents = tangents || tensor.has_tangent();
+    // With tangents and tangent rules the forward keeps its steps for the fast sweeps (tangent.hpp).
+    const bool sweeps = tangents && rules.has_tangent_rules();
+    if (!saved->probe && !(record && grad_mode_enabled()) && !sweeps) {
         saved->inference = true;
         saved->segment = inference_segment(d.steps, d.batch);
     }
     std::vector<const T*> initial;
     for (const auto& s : initial_state) initial.push_back(s.value().data());
     auto values = forward(*saved, w, input.value().data(), initial);
-    bool tangents = false;
-    if (forward_mode_enabled())
-        for (const auto& tensor : inputs) tangents = tangents || tensor.has_tangent();
     if (saved->inference && !tangents) {
         // Plain tensors, as record_op returns when it records nothing.
         SequenceResult<T> result;
@@ -355,6 +358,13 @@ SequenceResult<T> detail::run_sequence_probed(const CellRules<T>& rules, const T
     replay_op->op = op + (reverse ? "_reverse" : "");
     replay_op->replay = std::move(replay);
     replay_op->index = index;
+    if (rules.has_tangent_rules())  // the cell's tangent sweeps over the saved buffers (tangent.hpp)
+        replay_op->sweeps = [saved](const std::vector<Tensor<T>>& inputs, const std::vector<Tensor<T>>& grad_outputs,
+                                    const std::vector<Tensor<T>>& v, const std::vector<Tensor<T>>& u, bool want_jvp,
+                                    const std::vector<bool>& want, replay::Directional<T>& result) {
+            return driver::tangent_directional(*saved, inputs, grad_outputs, v, u, want_jvp, want, result.jvp,
+                                               result.gradients);
+        };
     replay_op->inputs = inputs.size();
     replay_op->outputs = values.size();
     const std::shared_ptr<const replay::ReplayOp<T>> held = replay_op;

@@ -111,6 +111,40 @@ void RNNCell<T>::backward(const fused::BackwardRow<T>& row) const {
     });
 }
 
+// Tangent rules (docs/derivatives.md, "Fused tangent rules"): ẏ = f'(a) ȧ, read off y.
+template <class T>
+bool RNNCell<T>::has_tangent_rules() const {
+    return true;
+}
+
+template <class T>
+void RNNCell<T>::forward_tangent(const fused::ForwardTangentRow<T>& row) const {
+    const bool relu = nonlinearity_ == Nonlinearity::relu;
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V y = load_lane<V>(row.gate(0) + j), da = load_lane<V>(row.tangent_gates + j);
+        const V dy = relu ? fused::where_positive(y, da) : da * (V(1) - y * y);
+        store_lane(row.tangent_gates + j, dy);
+        store_lane(row.tangent_next_state[0] + j, dy);
+    });
+}
+
+// tanh: (dh (1 - y²))˙ = ḋh (1 - y²) - 2 dh y ẏ; relu: [y > 0] ḋh (f'' = 0 almost everywhere).
+template <class T>
+void RNNCell<T>::backward_tangent(const fused::BackwardTangentRow<T>& row) const {
+    const T* dh = row.grad_state[0];
+    T* tdh = row.tangent_grad_state[0];
+    const bool relu = nonlinearity_ == Nonlinearity::relu;
+    lanes<T>(row.hidden, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V g = load_lane<V>(dh + j), tg = load_lane<V>(tdh + j), y = load_lane<V>(row.gate(0) + j);
+        const V ty = load_lane<V>(row.tangent_gates + j);
+        store_lane(row.tangent_grad_gate(0) + j,
+                   relu ? fused::where_positive(y, tg) : tg * (V(1) - y * y) - V(2) * g * y * ty);
+        store_lane(tdh + j, V(0));
+    });
+}
+
 // ---- LSTM ----
 
 namespace {
@@ -210,6 +244,64 @@ void LSTMCell<T>::backward(const fused::BackwardRow<T>& row) const {
     });
 }
 
+template <class T>
+bool LSTMCell<T>::has_tangent_rules() const {
+    return true;
+}
+
+// The gate row's tangents: σ' = σ(1 - σ), tanh' = 1 - tanh², then ċ' = ḟ c + f ċ + i̇ g + i ġ and
+// ḣ' (or ṁ) = ȯ tanh(c') + o (1 - tanh²(c')) ċ'.
+template <class T>
+void LSTMCell<T>::forward_tangent(const fused::ForwardTangentRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    T* tp = row.tangent_gates;
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V i = load_lane<V>(row.gate(0) + j), f = load_lane<V>(row.gate(1) + j);
+        const V g = load_lane<V>(row.gate(2) + j), o = load_lane<V>(row.gate(3) + j);
+        const V ti = i * (V(1) - i) * load_lane<V>(tp + j), tf = f * (V(1) - f) * load_lane<V>(tp + H + j);
+        const V tg = (V(1) - g * g) * load_lane<V>(tp + 2 * H + j), to = o * (V(1) - o) * load_lane<V>(tp + 3 * H + j);
+        const V tc = tf * load_lane<V>(row.state[1] + j) + f * load_lane<V>(row.tangent_state[1] + j) + ti * g + i * tg;
+        const V th = fused::tanh_lane(load_lane<V>(row.next_state[1] + j));
+        store_lane(tp + j, ti);
+        store_lane(tp + H + j, tf);
+        store_lane(tp + 2 * H + j, tg);
+        store_lane(tp + 3 * H + j, to);
+        store_lane(row.tangent_next_state[1] + j, tc);
+        store_lane(row.tangent_next_state[0] + j, to * th + o * (V(1) - th * th) * tc);
+    });
+}
+
+// The JVP of backward() term by term (σ'' = σ'(1 - 2σ), tanh'' = -2 tanh tanh'); τ = tanh(c').
+template <class T>
+void LSTMCell<T>::backward_tangent(const fused::BackwardTangentRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    const T* tg_row = row.tangent_gates;
+    T* tdh = row.tangent_grad_state[0];
+    T* tdc = row.tangent_grad_state[1];
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V dh = load_lane<V>(row.grad_state[0] + j), tdhv = load_lane<V>(tdh + j);
+        const V i = load_lane<V>(row.gate(0) + j), f = load_lane<V>(row.gate(1) + j);
+        const V g = load_lane<V>(row.gate(2) + j), o = load_lane<V>(row.gate(3) + j);
+        const V ti = load_lane<V>(tg_row + j), tf = load_lane<V>(tg_row + H + j);
+        const V tg = load_lane<V>(tg_row + 2 * H + j), to = load_lane<V>(tg_row + 3 * H + j);
+        const V c = load_lane<V>(row.state[1] + j), tc_before = load_lane<V>(row.tangent_state[1] + j);
+        const V tau = fused::tanh_lane(load_lane<V>(row.next_state[1] + j));
+        const V dtau = V(1) - tau * tau;
+        const V ttau = dtau * load_lane<V>(row.tangent_next_state[1] + j);
+        const V dcv = load_lane<V>(row.grad_state[1] + j) + dh * o * dtau;
+        const V tdcv = load_lane<V>(tdc + j) + tdhv * o * dtau + dh * to * dtau - V(2) * dh * o * tau * ttau;
+        const V si = i * (V(1) - i), sf = f * (V(1) - f), so = o * (V(1) - o), sg = V(1) - g * g;
+        store_lane(row.tangent_grad_gate(0) + j, tdcv * g * si + dcv * tg * si + dcv * g * (V(1) - V(2) * i) * ti);
+        store_lane(row.tangent_grad_gate(1) + j, tdcv * c * sf + dcv * tc_before * sf + dcv * c * (V(1) - V(2) * f) * tf);
+        store_lane(row.tangent_grad_gate(2) + j, tdcv * i * sg + dcv * ti * sg - V(2) * dcv * i * g * tg);
+        store_lane(row.tangent_grad_gate(3) + j, tdhv * tau * so + dh * ttau * so + dh * tau * (V(1) - V(2) * o) * to);
+        store_lane(tdc + j, tdcv * f + dcv * tf);
+        store_lane(tdh + j, V(0));
+    });
+}
+
 // ---- GRU ----
 
 template <class T>
@@ -285,6 +377,65 @@ void GRUCell<T>::backward(const fused::BackwardRow<T>& row) const {
         store_lane(row.grad_recurrent_gate(1) + j, dpz);
         store_lane(row.grad_recurrent_gate(2) + j, dpn * r);
         store_lane(dh + j, dhv * z);
+    });
+}
+
+template <class T>
+bool GRUCell<T>::has_tangent_rules() const {
+    return true;
+}
+
+// With p = W_hn h + b_hn (saved[0]): ṙ = r(1 - r)(ṗre_r + ḣid_r), ż likewise, ṅ = (1 - n²)(ṗre_n +
+// ṙ p + r ṗ), ḣ' = ṅ + ż (h - n) + z (ḣ - ṅ).
+template <class T>
+void GRUCell<T>::forward_tangent(const fused::ForwardTangentRow<T>& row) const {
+    const std::size_t H = row.hidden;
+    const T* tbias = row.tangent_bias_hh;
+    T* tp = row.tangent_gates;
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        auto thidden = [&](std::size_t k) {
+            const V product = row.tangent_recurrent ? load_lane<V>(row.tangent_recurrent_gate(k) + j) : V(T(0));
+            return tbias ? product + load_lane<V>(tbias + k * H + j) : product;
+        };
+        const V r = load_lane<V>(row.gate(0) + j), z = load_lane<V>(row.gate(1) + j), n = load_lane<V>(row.gate(2) + j);
+        const V tr = r * (V(1) - r) * (load_lane<V>(tp + j) + thidden(0));
+        const V tz = z * (V(1) - z) * (load_lane<V>(tp + H + j) + thidden(1));
+        const V thn = thidden(2);
+        const V tn = (V(1) - n * n) * (load_lane<V>(tp + 2 * H + j) + tr * load_lane<V>(row.saved[0] + j) + r * thn);
+        const V h = load_lane<V>(row.state[0] + j), th = load_lane<V>(row.tangent_state[0] + j);
+        store_lane(tp + j, tr);
+        store_lane(tp + H + j, tz);
+        store_lane(tp + 2 * H + j, tn);
+        store_lane(row.tangent_saved[0] + j, thn);
+        store_lane(row.tangent_next_state[0] + j, tn + tz * (h - n) + z * (th - tn));
+    });
+}
+
+template <class T>
+void GRUCell<T>::backward_tangent(const fused::BackwardTangentRow<T>& row) const {
+    T* tdh = row.tangent_grad_state[0];
+    const std::size_t H = row.hidden;
+    lanes<T>(H, [&](std::size_t j, auto tag) {
+        using V = decltype(tag);
+        const V dh = load_lane<V>(row.grad_state[0] + j), tdhv = load_lane<V>(tdh + j);
+        const V r = load_lane<V>(row.gate(0) + j), z = load_lane<V>(row.gate(1) + j), n = load_lane<V>(row.gate(2) + j);
+        const V tr = load_lane<V>(row.tangent_gates + j), tz = load_lane<V>(row.tangent_gates + H + j);
+        const V tn = load_lane<V>(row.tangent_gates + 2 * H + j);
+        const V p = load_lane<V>(row.saved[0] + j), tpv = load_lane<V>(row.tangent_saved[0] + j);
+        const V h = load_lane<V>(row.state[0] + j), th = load_lane<V>(row.tangent_state[0] + j);
+        const V sn = V(1) - n * n, sr = r * (V(1) - r), sz = z * (V(1) - z);
+        const V dpn = dh * (V(1) - z) * sn;
+        const V tdpn = tdhv * (V(1) - z) * sn - dh * tz * sn - V(2) * dh * (V(1) - z) * n * tn;
+        const V tdpr = tdpn * p * sr + dpn * tpv * sr + dpn * p * (V(1) - V(2) * r) * tr;
+        const V tdpz = tdhv * (h - n) * sz + dh * (th - tn) * sz + dh * (h - n) * (V(1) - V(2) * z) * tz;
+        store_lane(row.tangent_grad_gate(0) + j, tdpr);
+        store_lane(row.tangent_grad_gate(1) + j, tdpz);
+        store_lane(row.tangent_grad_gate(2) + j, tdpn);
+        store_lane(row.tangent_grad_recurrent_gate(0) + j, tdpr);
+        store_lane(row.tangent_grad_recurrent_gate(1) + j, tdpz);
+        store_lane(row.tangent_grad_recurrent_gate(2) + j, tdpn * r + dpn * tr);
+        store_lane(tdh + j, tdhv * z + dh * tz);
     });
 }
 

@@ -274,7 +274,7 @@ SequenceResult<T> Recurrent<T>::run_direction(const RecurrentCell<T>& cell, cons
         const fused::CellRules<T>* rules = (observer_ || probe_) ? nullptr : cell.usable_fused_rules(&why_not);
         if (rules) {
             const std::shared_ptr<RecurrentCell<T>> held = cells_[layer * num_directions() + direction];
-            // The op's replay (fused/probe.hpp): these steps on the generic path, (x, initial states...)
+            // The op's replay (fused/cell_rules.hpp): these steps on the generic path, (x, initial states...)
             // to (output, final states...), for its rules beyond first order. Like run_segments' reruns
             // it may run after the layer is gone, so it holds the cell and the lengths; it keeps every
             // step on its graph, also when the layer recomputes.

@@ -143,6 +143,52 @@ struct BackwardRow {
     T* grad_recurrent_gate(std::size_t k) const { return grad_recurrent + k * hidden; }
 };
 
+// Optional tangent rules (forward mode and second order on the fast path; Note [Tangent sweeps],
+// nn/src/fused/tangent.cpp). A cell never has to write them: without them the layer replays the
+// cell's generic step() for forward mode and double backward. With them the driver runs tangent
+// sweeps that keep the GEMMs fused (cells without units, second stage or projection).
+//
+// forward_tangent(row): the JVP of forward(). It runs right after forward() on the same row and
+// sees what forward() left (the gate row, the next states, the saved buffers). In: tangent_gates
+// holds the tangents of the gate pre-activations (stage-1 product added when into gates),
+// tangent_recurrent / tangent_bias_hh those of the separate product and b_hh (null: zero),
+// tangent_state those of the states before the step. Out: tangent_gates is overwritten with the
+// tangent of the gate row as forward() left it, tangent_next_state and tangent_saved are the
+// tangents of what forward() wrote there.
+template <class T>
+struct ForwardTangentRow : ForwardRow<T> {
+    T* tangent_gates = nullptr;                   // [G*H] in: pre-activations'; out: the gate row's
+    const T* tangent_recurrent = nullptr;         // [R*H] when separate
+    const T* tangent_bias_hh = nullptr;           // [R*H] when separate and b_hh has a tangent, else null
+    const T* const* tangent_state = nullptr;      // [states]
+    T* const* tangent_next_state = nullptr;       // [states] out
+    T* const* tangent_saved = nullptr;            // [layout.saved] out
+
+    const T* tangent_gate(std::size_t k) const { return tangent_gates + k * this->hidden; }
+    const T* tangent_recurrent_gate(std::size_t k) const { return tangent_recurrent + k * this->hidden; }
+};
+
+// backward_tangent(row): the JVP of backward() with respect to everything backward() reads: the
+// kept buffers (their tangents from forward_tangent) and grad_state (its tangent in
+// tangent_grad_state). It runs right BEFORE backward() on the same row, so grad_state still holds
+// dL/d(state after the step); it must not write the primal outputs. Out: tangent_grad_gates
+// (all G blocks), tangent_grad_recurrent when separate, and tangent_grad_state replaced by the
+// tangent of the direct part of dL/d(state before), as backward() does for grad_state.
+template <class T>
+struct BackwardTangentRow : BackwardRow<T> {
+    const T* tangent_gates = nullptr;             // [G*H] the gate row's, from forward_tangent
+    const T* const* tangent_state = nullptr;      // before the step
+    const T* const* tangent_next_state = nullptr; // after the step
+    const T* const* tangent_saved = nullptr;
+    T* const* tangent_grad_state = nullptr;       // in: of dL/d(after); out: of the direct part of dL/d(before)
+    T* tangent_grad_gates = nullptr;              // [G*H] out
+    T* tangent_grad_recurrent = nullptr;          // [R*H] out, when separate
+
+    const T* tangent_gate(std::size_t k) const { return tangent_gates + k * this->hidden; }
+    T* tangent_grad_gate(std::size_t k) const { return tangent_grad_gates + k * this->hidden; }
+    T* tangent_grad_recurrent_gate(std::size_t k) const { return tangent_grad_recurrent + k * this->hidden; }
+};
+
 template <class T>
 class CellRules {
 public:
@@ -156,6 +202,10 @@ public:
     // Two-stage cells only.
     virtual void forward_second(const ForwardRow<T>& row) const;
     virtual void backward_second(const BackwardRow<T>& row) const;
+    // Optional tangent rules (ForwardTangentRow above): false unless the cell writes both.
+    virtual bool has_tangent_rules() const { return false; }
+    virtual void forward_tangent(const ForwardTangentRow<T>& row) const;
+    virtual void backward_tangent(const BackwardTangentRow<T>& row) const;
     // Names of the G gate blocks in weight_ih's order, for reports (default "gate 0", ...).
     virtual std::vector<std::string> gate_names() const;
     // GEMM flops of one forward step; the default counts the layout's products.

@@ -15,6 +15,10 @@
 // (the cell's prepare_input() is the input projection, as for every built-in cell). A cell with an
 // output projection (an LSTM with proj_size) is checked the same way: h at its own width P, and
 // the projection's weight among the parameters' gradients.
+// A cell with optional tangent rules (CellRules::has_tangent_rules) has them checked too, per
+// direction and whole-sequence: the fast tangent sweeps' J v and ∇²<dy, F> v + Jᵀ u (random v, u;
+// dy the loss's weights) against the tape's derivatives of step() taken twice; where the sweeps do
+// not cover the cell's configuration (a projection, say) tangents_note says so.
 
 #include <cstddef>
 #include <cstdint>
@@ -51,6 +55,7 @@ struct FusedDirectionReport {
     bool reverse = false;
     std::vector<StepDifferences> steps;       // in time order
     std::vector<TensorDifference> gradients;  // parameters, x, initial states
+    std::vector<TensorDifference> tangents;   // the tangent rules: J v per output, Hv + Jᵀu per input
 };
 
 struct FusedCheckReport {
@@ -58,12 +63,13 @@ struct FusedCheckReport {
     std::vector<FusedDirectionReport> directions;
     bool passed = true;
     // The first divergence, when !passed.
-    std::string pass;             // "forward", "backward" or "gradients"
+    std::string pass;             // "forward", "backward", "gradients" or "tangents"
     bool reverse = false;         // in which direction
     std::size_t step = 0;         // time step (forward/backward)
     std::string tensor;
     double difference = 0, scale = 0;
     std::string gates_note;       // why gate blocks were not compared, if they were not
+    std::string tangents_note;    // why the cell's tangent rules were not checked, if it has them
     // A summary: the verdict, then per direction the worst per tensor and the first divergence.
     std::string to_string(bool per_step = false) const;
 };

@@ -76,6 +76,9 @@ public:
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
+    bool has_tangent_rules() const override;
+    void forward_tangent(const fused::ForwardTangentRow<T>& row) const override;
+    void backward_tangent(const fused::BackwardTangentRow<T>& row) const override;
 
 private:
     Nonlinearity nonlinearity_;
@@ -111,6 +114,9 @@ public:
     }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
+    bool has_tangent_rules() const override;
+    void forward_tangent(const fused::ForwardTangentRow<T>& row) const override;
+    void backward_tangent(const fused::BackwardTangentRow<T>& row) const override;
 
 private:
     Tensor<T> weight_hr_;
@@ -136,6 +142,9 @@ public:
     fused::CellWeights<T> weights() const override { return this->standard_weights(); }
     void forward(const fused::ForwardRow<T>& row) const override;
     void backward(const fused::BackwardRow<T>& row) const override;
+    bool has_tangent_rules() const override;
+    void forward_tangent(const fused::ForwardTangentRow<T>& row) const override;
+    void backward_tangent(const fused::BackwardTangentRow<T>& row) const override;
 };
 
 extern template class StandardCell<float>;
