@@ -1,11 +1,11 @@
-// bench_fused_tangent: forward mode and the Hessian-vector product through the fused LSTM's tangent
-// sweeps (nn/src/fused/tangent.cpp) against the fused first-order step, the fused forward and the
-// generic path's HVP (double backward on the tape), in alternating rounds; medians and their
+// bench_fused_tangent: forward mode and Hessian-vector products through a fused LSTM layer (its
+// tangent sweeps, nn/src/fused/tangent.cpp) against the fused first-order step, the fused forward
+// and the same products through the generic layer, in alternating rounds; medians and their
 // ratios, one thread by default (issue 20's targets: HVP <= 3x the fused step and >= 2x faster
 // than the generic HVP; JVP <= 1.5x a fused forward). build/bin/bench_fused_tangent --help.
 //
-// The sweeps are called through the driver's full-memory run (tangent_run.hpp): the same
-// forward the recorded op runs, then the sweeps, without the tape around them.
+// Everything goes through the public API a user calls: rw::hvp_leaves and tangents set on the
+// layer's parameters, rw::jvp, rw::grad with create_graph.
 
 #include <algorithm>
 #include <chrono>
@@ -19,8 +19,6 @@
 
 #include <rewind/autograd.hpp>
 #include <rewind/nn.hpp>
-
-#include "fused/tangent_run.hpp"
 
 namespace {
 
@@ -58,14 +56,14 @@ int main(int argc, char** argv) {
     std::size_t steps = 100, batch = 32, input = 256, hidden = 256, rounds = 7;
     int threads = 1;
     bool skip_generic = false;
-    CLI::App app{"forward mode and HVP through the fused LSTM's tangent sweeps"};
+    CLI::App app{"forward mode and HVP through a fused LSTM layer against the generic one"};
     app.add_option("--steps", steps)->check(CLI::PositiveNumber);
     app.add_option("--batch", batch)->check(CLI::PositiveNumber);
     app.add_option("--input", input)->check(CLI::PositiveNumber);
     app.add_option("--hidden", hidden)->check(CLI::PositiveNumber);
     app.add_option("--rounds", rounds, "alternating rounds; medians are reported")->check(CLI::PositiveNumber);
     app.add_option("--threads", threads, "BLAS threads")->check(CLI::PositiveNumber);
-    app.add_flag("--skip-generic", skip_generic, "leave out the generic path's HVP (slow)");
+    app.add_flag("--skip-generic", skip_generic, "leave out the generic layer's products (slow)");
     CLI11_PARSE(app, argc, argv);
     blas::set_num_threads(threads);
 
@@ -76,96 +74,82 @@ int main(int argc, char** argv) {
                                              .seed = 3});
     const Tensor<float> x = random({steps, batch, input}, g);
     const Tensor<float> dy = random({steps, batch, hidden}, g);
-    const auto& cell = fused_layer.cell(0, 0);
-    const auto& rules = *cell.fused_rules();
-    const std::vector<Tensor<float>> initial{Tensor<float>::zeros({batch, hidden}), Tensor<float>::zeros({batch, hidden})};
-    const std::vector<Tensor<float>> op_inputs = fused::detail::tangent_op_inputs(rules, x, initial);
-    // The direction: random on the four weights, zero on x and the initial states (an HVP in weight space).
-    std::vector<Tensor<float>> direction(op_inputs.size());
-    std::vector<bool> needed(op_inputs.size(), false);
-    for (std::size_t i = 1; i + 2 < op_inputs.size(); ++i) {
-        direction[i] = random(op_inputs[i].shape(), g);
-        needed[i] = true;
-    }
-    const std::vector<Tensor<float>> params = fused_layer.parameters(), generic_params = generic_layer.parameters();
-    std::vector<Tensor<float>> generic_direction;
-    for (const auto& p : generic_params) generic_direction.push_back(random(p.shape(), g));
+    const Tensor<float> x_direction = random(x.shape(), g);
+    // One direction in weight space, the same for both layers (same seed, same parameter order).
+    const std::vector<Tensor<float>> fused_params = fused_layer.parameters(), generic_params = generic_layer.parameters();
+    std::vector<Tensor<float>> direction;
+    for (const auto& p : fused_params) direction.push_back(random(p.shape(), g));
 
-    auto fused_step = [&] {
-        auto out = fused_layer.forward(x);
-        rw::grad<float>({out.output}, params, {dy});
+    // The loss <dy, y> whose Hessian the products take.
+    auto loss_of = [&](Recurrent<float>& layer) {
+        return [&layer, &x, &dy] { return sum(mul(layer.forward(x).output, dy)); };
     };
-    auto fused_forward = [&] { fused_layer.forward(x); };
-    auto sweeps_hvp = [&] {
-        fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {dy}, {}, true, needed);
+    auto step = [&] { rw::grad<float>({loss_of(fused_layer)()}, fused_params); };
+    auto forward = [&] {
+        NoGradGuard no_grad;
+        fused_layer.forward(x);
     };
-    auto sweeps_jvp = [&] { fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {}, {}, false); };
-    // Along x only (a sensitivity of the outputs to the input): no weight tangents.
-    std::vector<Tensor<float>> along_x(op_inputs.size());
-    along_x[0] = random(x.shape(), g);
-    auto sweeps_jvp_x = [&] { fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, along_x, {}, {}, false); };
-
-    // The same HVP end to end through the fused layer: its double backward, whose second-order
-    // rule runs the sweeps (replay::directional).
-    auto layer_hvp = [&](Recurrent<float>& layer, const std::vector<Tensor<float>>& ps, const std::vector<Tensor<float>>& v) {
-        auto out = layer.forward(x);
-        auto grads = rw::grad<float>({out.output}, ps, {dy}, {.create_graph = true});
-        Tensor<float> along;
-        for (std::size_t i = 0; i < grads.size(); ++i) {
-            const Tensor<float> term = sum(mul(grads[i], v[i]));
-            along = along.defined() ? add(along, term) : term;
-        }
-        rw::grad<float>({along}, ps);
+    auto hvp = [&](Recurrent<float>& layer, const std::vector<Tensor<float>>& ps) {
+        return [&layer, &ps, &direction, &loss_of] { rw::hvp_leaves<float>(loss_of(layer), ps, direction); };
     };
-    auto generic_hvp = [&] { layer_hvp(generic_layer, generic_params, generic_direction); };
-    std::vector<Tensor<float>> fused_direction;
-    for (const auto& p : params) fused_direction.push_back(random(p.shape(), g));
-    auto fused_layer_hvp = [&] { layer_hvp(fused_layer, params, fused_direction); };
-    // The same with the sweeps switched off: the fused op's replay differentiated twice.
-    auto replay_layer_hvp = [&] {
-        fused::driver::set_tangent_sweeps_enabled(false);
-        layer_hvp(fused_layer, params, fused_direction);
-        fused::driver::set_tangent_sweeps_enabled(true);
+    // Reverse-over-reverse: grad with create_graph, then the gradient of <grad, v>.
+    auto double_backward = [&](Recurrent<float>& layer, const std::vector<Tensor<float>>& ps) {
+        return [&layer, &ps, &direction, &loss_of] {
+            auto grads = rw::grad<float>({loss_of(layer)()}, ps, {}, {.create_graph = true});
+            Tensor<float> along;
+            for (std::size_t i = 0; i < grads.size(); ++i) {
+                const Tensor<float> term = sum(mul(grads[i], direction[i]));
+                along = along.defined() ? add(along, term) : term;
+            }
+            rw::grad<float>({along}, ps);
+        };
+    };
+    // JVP along the weights: tangents on the parameters, one forward (nothing recorded).
+    auto jvp_weights = [&] {
+        NoGradGuard no_grad;
+        for (std::size_t i = 0; i < fused_params.size(); ++i) Tensor<float>(fused_params[i]).set_tangent(direction[i]);
+        Tensor<float> y = fused_layer.forward(x).output;
+        for (auto p : fused_params) p.clear_tangent();
+        if (!y.has_tangent()) throw std::runtime_error("no tangent reached the output");
+    };
+    auto jvp_x = [&] {
+        NoGradGuard no_grad;
+        rw::jvp<float>([&](const std::vector<Tensor<float>>& in) { return std::vector{fused_layer.forward(in[0]).output}; },
+                       {x}, {x_direction});
     };
 
-    const auto refusal = fused::detail::run_tangent_sweeps<float>(rules, x, initial, {}, false, direction, {dy}, {}, false).refusal;
-    if (!refusal.empty()) {
-        fmt::print(stderr, "the sweeps do not apply: {}\n", refusal);
-        return 1;
-    }
-    std::vector<double> t_step, t_forward, t_hvp, t_jvp, t_jvp_x, t_layer, t_replay, t_generic;
-    fused_step();  // warm-up: packing, allocations
-    sweeps_hvp();
+    std::vector<double> t_step, t_forward, t_hvp, t_jvp, t_jvp_x, t_double, t_generic_hvp, t_generic_double;
+    step();  // warm-up: packing, allocations
+    hvp(fused_layer, fused_params)();
     for (std::size_t r = 0; r < rounds; ++r) {
-        t_step.push_back(milliseconds(fused_step));
-        t_hvp.push_back(milliseconds(sweeps_hvp));
-        t_forward.push_back(milliseconds(fused_forward));
-        t_jvp.push_back(milliseconds(sweeps_jvp));
-        t_jvp_x.push_back(milliseconds(sweeps_jvp_x));
-        t_layer.push_back(milliseconds(fused_layer_hvp));
-        if (!skip_generic) t_replay.push_back(milliseconds(replay_layer_hvp));
-        if (!skip_generic) t_generic.push_back(milliseconds(generic_hvp));
+        t_step.push_back(milliseconds(step));
+        t_hvp.push_back(milliseconds(hvp(fused_layer, fused_params)));
+        t_forward.push_back(milliseconds(forward));
+        t_jvp.push_back(milliseconds(jvp_weights));
+        t_jvp_x.push_back(milliseconds(jvp_x));
+        t_double.push_back(milliseconds(double_backward(fused_layer, fused_params)));
+        if (skip_generic) continue;
+        t_generic_hvp.push_back(milliseconds(hvp(generic_layer, generic_params)));
+        t_generic_double.push_back(milliseconds(double_backward(generic_layer, generic_params)));
     }
-    const double step = median(t_step), forward = median(t_forward), hvp = median(t_hvp), jvp = median(t_jvp);
+    const double s = median(t_step), f = median(t_forward), h = median(t_hvp), d = median(t_double);
     fmt::print("CPU: {}; BLAS threads {}; float32; LSTM T={} B={} I={} H={}; {} alternating rounds, medians\n",
                cpu_name(), threads, steps, batch, input, hidden, rounds);
-    fmt::print("fused first-order step (forward + backward): {:.2f} ms\n", step);
-    fmt::print("fused forward (recorded):                    {:.2f} ms\n", forward);
-    fmt::print("fused HVP (forward + tangent sweeps):        {:.2f} ms  = {:.2f}x the fused step (target <= 3)\n", hvp,
-               hvp / step);
-    fmt::print("fused JVP (forward + forward tangent sweep): {:.2f} ms  = {:.2f}x the fused forward (target <= 1.5)\n", jvp,
-               jvp / forward);
-    fmt::print("fused JVP along x only:                      {:.2f} ms  = {:.2f}x the fused forward\n", median(t_jvp_x),
-               median(t_jvp_x) / forward);
-    const double layer = median(t_layer);
-    fmt::print("fused layer double backward (HVP):           {:.2f} ms  = {:.2f}x the fused step\n", layer, layer / step);
+    fmt::print("fused first-order step (forward + weight gradients): {:8.2f} ms\n", s);
+    fmt::print("fused forward (no_grad):                             {:8.2f} ms\n", f);
+    fmt::print("fused HVP (rw::hvp_leaves, forward-over-reverse):    {:8.2f} ms = {:.2f}x the fused step (target <= 3)\n",
+               h, h / s);
+    fmt::print("fused double backward (reverse-over-reverse):        {:8.2f} ms = {:.2f}x the fused step\n", d, d / s);
+    fmt::print("fused JVP along the weights (no_grad):               {:8.2f} ms = {:.2f}x the fused forward (target <= 1.5)\n",
+               median(t_jvp), median(t_jvp) / f);
+    fmt::print("fused JVP along x (rw::jvp, no_grad):                {:8.2f} ms = {:.2f}x the fused forward\n",
+               median(t_jvp_x), median(t_jvp_x) / f);
     if (!skip_generic) {
-        const double replay = median(t_replay), generic = median(t_generic);
-        fmt::print("fused layer double backward by the replay:   {:.2f} ms  = {:.2f}x the fused layer's with the sweeps\n",
-                   replay, replay / layer);
-        fmt::print("generic layer double backward (HVP):         {:.2f} ms  = {:.2f}x the fused HVP, {:.2f}x the fused layer's "
-                   "(target >= 2)\n",
-                   generic, generic / hvp, generic / layer);
+        const double gh = median(t_generic_hvp), gd = median(t_generic_double);
+        fmt::print("generic HVP (rw::hvp_leaves):                        {:8.2f} ms = {:.2f}x the fused HVP (target >= 2)\n",
+                   gh, gh / h);
+        fmt::print("generic double backward:                             {:8.2f} ms = {:.2f}x the fused double backward\n",
+                   gd, gd / d);
     }
     return 0;
 }

@@ -243,9 +243,8 @@ BOOST_AUTO_TEST_CASE(jvp_and_forward_over_reverse_hvp_through_the_fused_layer_eq
             const Named fused = layer_forward_mode(*layer, c, 60 + round, true);
             BOOST_TEST_REQUIRE(layer->uses_fused(), c.to_string() << ": " << layer->path_note());
             layer->set_path(ExecutionPath::generic);
-            // The reference HVP is reverse-over-reverse: rw::hvp_leaves on the generic path loses
-            // the tangent of a gradient two leaves share (add's backward hands bias_ih and
-            // bias_hh one tensor, and hvp takes the tangent off it for the first).
+            // The reference HVP is reverse-over-reverse on the generic path: a route that shares
+            // nothing with the fused op's forward-over-reverse one.
             const Named generic = layer_forward_mode(*layer, c, 60 + round, false);
             BOOST_REQUIRE_EQUAL(fused.size(), generic.size());
             for (std::size_t i = 0; i < fused.size(); ++i)
