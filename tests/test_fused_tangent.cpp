@@ -354,9 +354,9 @@ BOOST_AUTO_TEST_CASE(a_layers_double_backward_runs_the_sweeps_and_equals_the_gen
 }
 
 BOOST_AUTO_TEST_CASE(rw_hvp_through_the_fused_op_runs_the_sweeps_and_equals_the_generic_double_backward) {
-    // On run_sequence with a replay (a layer's stacking of final states has no JVP rule yet);
-    // loss = <w, y ⊙ y> (tanh_backward has no JVP rule yet): forward-over-reverse through the op's
-    // forward rule and its gradients' tangents.
+    // On run_sequence with a replay; loss = <w, y ⊙ y>: forward-over-reverse through the op's
+    // forward rule and its gradients' tangents, which reuse the forward rule's sweep (Note
+    // [Forward sweep kept]): one forward sweep per product.
     for (const Case& c : {Case{"lstm", true, true}, Case{"gru", false, false}, Case{"rnn_tanh", true, false}}) {
         const Setup s(c);
         Generator g(5);
@@ -383,8 +383,10 @@ BOOST_AUTO_TEST_CASE(rw_hvp_through_the_fused_op_runs_the_sweeps_and_equals_the_
         };
         const std::vector<Tensor<double>>& all = s.inputs;  // x, weights, initial states
         const std::size_t before = fused::driver::tangent_sweeps_run();
+        const std::size_t forward_before = fused::driver::forward_sweeps_run();
         const auto product = rw::hvp_leaves<double>(loss, all, s.direction).product;
-        BOOST_CHECK_GE(fused::driver::tangent_sweeps_run() - before, 1u);
+        BOOST_CHECK_EQUAL(fused::driver::tangent_sweeps_run() - before, 2u);  // the forward rule, the backward
+        BOOST_CHECK_EQUAL(fused::driver::forward_sweeps_run() - forward_before, 1u);
         // The generic double backward of the same loss.
         const auto outputs = s.generic_outputs(reverse);
         const auto gradient = rw::grad<double>({sum(mul(w, mul(outputs[0], outputs[0])))}, all, {}, {.create_graph = true});

@@ -394,8 +394,17 @@ TangentGradients<T> tangent_backward(Saved<T>& saved, const std::vector<const T*
 }
 
 namespace {
-std::atomic<std::size_t> sweeps_run{0};
+std::atomic<std::size_t> sweeps_run{0}, forward_sweeps{0};
 std::atomic<bool> sweeps_enabled{true};
+
+// The same tensors (not equal values): both undefined, or one handle's.
+template <class T>
+bool same_tensors(const std::vector<Tensor<T>>& a, const std::vector<Tensor<T>>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (a[i].defined() != b[i].defined() || (a[i].defined() && !a[i].same(b[i]))) return false;
+    return true;
+}
 
 template <class T>
 std::vector<const T*> pointers(const std::vector<Tensor<T>>& tensors, std::size_t count) {
@@ -407,6 +416,7 @@ std::vector<const T*> pointers(const std::vector<Tensor<T>>& tensors, std::size_
 }  // namespace
 
 std::size_t tangent_sweeps_run() { return sweeps_run.load(); }
+std::size_t forward_sweeps_run() { return forward_sweeps.load(); }
 void set_tangent_sweeps_enabled(bool enabled) { sweeps_enabled.store(enabled); }
 bool tangent_sweeps_enabled() { return sweeps_enabled.load(); }
 
@@ -418,18 +428,34 @@ bool tangent_directional(Saved<T>& saved, const std::vector<Tensor<T>>& inputs, 
     if (!sweeps_enabled.load() || !tangent_sweep_refusal(saved).empty()) return false;
     const std::size_t n = inputs.size(), m = 1 + saved.dims.layout.states;
     const std::vector<const T*> values = pointers(inputs, n), tangents = pointers(v, n);
-    ForwardTangents<T> ft = tangent_forward(saved, values, tangents);
+    bool any = false;
+    for (bool w : want_gradients) any = any || w;
+    // Note [Forward sweep kept]: forward-over-reverse (rw::hvp) asks twice along the same v: the
+    // op's forward rule for J v, then its backward for the gradients' tangents, which read every
+    // step's forward tangents again. The first call keeps its sweep in `saved` with the tangent
+    // tensors it went along (held, so no other tensor can take their place); the second reuses it
+    // when its v is those same tensors. The sweep depends on nothing else (the op's inputs are
+    // fixed and the backward sweep only reads it).
+    std::shared_ptr<ForwardTangents<T>> ft;
+    if (saved.forward_sweep && same_tensors(saved.forward_sweep_along, v)) {
+        ft = saved.forward_sweep;
+    } else {
+        ft = std::make_shared<ForwardTangents<T>>(tangent_forward(saved, values, tangents));
+        ++forward_sweeps;
+        if (want_jvp && !any) {
+            saved.forward_sweep = ft;
+            saved.forward_sweep_along = v;
+        }
+    }
     jvp.assign(m, Tensor<T>());
     gradients.assign(n, Tensor<T>());
     if (want_jvp) {
-        jvp[0] = ft.output;
-        for (std::size_t s = 0; s + 1 < m; ++s) jvp[1 + s] = ft.final_state[s];
+        jvp[0] = ft->output;
+        for (std::size_t s = 0; s + 1 < m; ++s) jvp[1 + s] = ft->final_state[s];
     }
-    bool any = false;
-    for (bool w : want_gradients) any = any || w;
     if (any) {
         // The gradients themselves came from the fused backward: only their tangents are computed.
-        TangentGradients<T> g = tangent_backward(saved, values, tangents, ft, pointers(grad_outputs, m), pointers(u, m),
+        TangentGradients<T> g = tangent_backward(saved, values, tangents, *ft, pointers(grad_outputs, m), pointers(u, m),
                                                  want_gradients, false);
         gradients = std::move(g.tangent);
     }

@@ -49,5 +49,7 @@ bool tangent_sweeps_enabled();
 // How many times tangent_directional has answered (the fast sweeps ran), over all threads: tests
 // assert which path ran with it.
 std::size_t tangent_sweeps_run();
+// How many forward tangent sweeps tangent_directional ran (Note [Forward sweep kept]).
+std::size_t forward_sweeps_run();
 
 }  // namespace rw::nn::fused::driver

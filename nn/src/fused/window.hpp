@@ -13,6 +13,9 @@
 
 namespace rw::nn::fused::driver {
 
+template <class T>
+struct ForwardTangents;  // tangent.hpp
+
 // Everything the backward needs besides the op's inputs. The step buffers form a window over
 // the steps, in time order (slot t - window_t0 is step t whatever the direction): all of them,
 // or one segment of `segment` steps when recomputing (Note [Recomputation]).
@@ -38,6 +41,9 @@ struct Saved {
     std::vector<std::uint8_t> active;  // [T, B], empty when every row runs every step
     std::vector<bool> all_active;      // per step
     std::shared_ptr<detail::SequenceProbe<T>> probe;  // null unless checking
+    // The last forward tangent sweep and the tangents it went along (Note [Forward sweep kept], tangent.cpp).
+    std::shared_ptr<ForwardTangents<T>> forward_sweep;
+    std::vector<Tensor<T>> forward_sweep_along;
 
     bool row_active(std::size_t t, std::size_t b) const {
         return active.empty() || all_active[t] || active[t * dims.batch + b];
