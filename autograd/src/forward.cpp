@@ -11,7 +11,6 @@ namespace rw {
 
 namespace {
 
-template <class T>
 void check_count(const char* op, const char* given, std::size_t count, const char* expected, std::size_t wanted) {
     if (count != wanted)
         throw std::invalid_argument(fmt::format("{}: {} {} given for {} {}", op, count, given, wanted, expected));
@@ -71,7 +70,7 @@ Tensor<T> make_dual(const Tensor<T>& primal, const Tensor<T>& tangent) {
 template <class T>
 JvpResult<T> jvp(const TensorFunction<T>& f, const std::vector<Tensor<T>>& primals,
                  const std::vector<Tensor<T>>& tangents) {
-    check_count<T>("jvp", "tangents", tangents.size(), "primals", primals.size());
+    check_count("jvp", "tangents", tangents.size(), "primals", primals.size());
     std::vector<Tensor<T>> duals;
     for (std::size_t i = 0; i < primals.size(); ++i) {
         check_like("jvp", "tangent", i, tangents[i], "primal", primals[i]);
@@ -98,7 +97,7 @@ VjpResult<T> vjp(const TensorFunction<T>& f, const std::vector<Tensor<T>>& prima
         EnableGradGuard recording(true);
         result.outputs = f(leaves);
     }
-    check_count<T>("vjp", "cotangents", cotangents.size(), "outputs", result.outputs.size());
+    check_count("vjp", "cotangents", cotangents.size(), "outputs", result.outputs.size());
     std::vector<Tensor<T>> roots, seeds;
     for (std::size_t o = 0; o < result.outputs.size(); ++o) {
         check_like("vjp", "cotangent", o, cotangents[o], "output", result.outputs[o]);
@@ -115,7 +114,7 @@ VjpResult<T> vjp(const TensorFunction<T>& f, const std::vector<Tensor<T>>& prima
 
 template <class T>
 HvpResult<T> hvp(const LossFunction<T>& f, const std::vector<Tensor<T>>& primals, const std::vector<Tensor<T>>& vectors) {
-    check_count<T>("hvp", "vectors", vectors.size(), "primals", primals.size());
+    check_count("hvp", "vectors", vectors.size(), "primals", primals.size());
     std::vector<Tensor<T>> leaves;
     for (std::size_t i = 0; i < primals.size(); ++i) {
         check_like("hvp", "vector", i, vectors[i], "primal", primals[i]);
@@ -130,7 +129,7 @@ HvpResult<T> hvp(const LossFunction<T>& f, const std::vector<Tensor<T>>& primals
 template <class T>
 HvpResult<T> hvp_leaves(const std::function<Tensor<T>()>& loss, const std::vector<Tensor<T>>& leaves,
                         const std::vector<Tensor<T>>& vectors) {
-    check_count<T>("hvp_leaves", "vectors", vectors.size(), "leaves", leaves.size());
+    check_count("hvp_leaves", "vectors", vectors.size(), "leaves", leaves.size());
     for (std::size_t i = 0; i < leaves.size(); ++i) {
         check_like("hvp_leaves", "vector", i, vectors[i], "leaf", leaves[i]);
         if (!leaves[i].is_leaf() || !leaves[i].requires_grad())
